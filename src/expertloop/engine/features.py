@@ -1,0 +1,263 @@
+"""Deep features from torchvision backbones, behind one small API.
+
+A registry maps a backbone name to a builder that returns the first layers of
+a torchvision classification network, so every workflow that needs "CNN
+features of an image" (feature explorer, semi-automatic labeling, blood-cell
+regions) asks for them the same way::
+
+    from expertloop.engine import features, jobs
+    feats = jobs.run_job(features.extract_features(image, backbone="vgg16"))
+
+Pre-trained weights come through torchvision's normal weights API (they are
+looked up in the torch hub cache, ``$TORCH_HOME/hub/checkpoints``, and
+downloaded there on a connected machine). ``pretrained="auto"`` uses them when
+they can be had and otherwise falls back to random weights *with a warning*;
+``pretrained=True`` makes a missing file an error; ``pretrained=False`` never
+tries.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from expertloop.engine.backend import get_torch, get_torchvision
+from expertloop.engine.device import select_device
+from expertloop.engine.jobs import Job, Progress
+from expertloop.engine.seed import seed_everything
+from expertloop.engine.tiling import count_tiles, iter_tiles
+
+log = logging.getLogger(__name__)
+
+
+class WeightsUnavailableWarning(UserWarning):
+    """Pre-trained weights could not be loaded; random weights are used."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    model: str  # torchvision.models builder name
+    weights: str  # weights enum member, e.g. "MobileNet_V2_Weights.IMAGENET1K_V1"
+    truncate: Callable  # (full model) -> nn.Module producing features
+    channels: int  # output channels
+    stride: int  # output stride in pixels
+    halo: int  # context each side, in pixels, for seamless tiling
+
+
+def _mobilenet_v2(m):
+    return m.features[:7]  # 32 channels, stride 8
+
+
+def _vgg16(m):
+    return m.features[:9]  # conv1_1..conv2_2 + ReLU, 128 channels, stride 2
+
+
+def _resnet18(m):
+    torch = get_torch()
+    return torch.nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "mobilenet_v2": BackboneSpec(
+        "mobilenet_v2", "mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1",
+        _mobilenet_v2, channels=32, stride=8, halo=32,
+    ),
+    "vgg16": BackboneSpec(
+        "vgg16", "vgg16", "VGG16_Weights.IMAGENET1K_V1", _vgg16,
+        channels=128, stride=2, halo=16,
+    ),
+    "resnet18": BackboneSpec(
+        "resnet18", "resnet18", "ResNet18_Weights.IMAGENET1K_V1", _resnet18,
+        channels=64, stride=4, halo=32,
+    ),
+}
+
+
+def available_backbones() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def _spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown backbone {name!r}; choose one of {available_backbones()}"
+        ) from None
+
+
+def build_backbone(name: str = "mobilenet_v2", pretrained: bool | str = "auto", device=None):
+    """Return ``(module, spec, used_pretrained)`` with the module in eval mode."""
+    if pretrained not in (True, False, "auto"):
+        raise ValueError("pretrained must be True, False or 'auto'")
+    spec = _spec(name)
+    tv = get_torchvision()
+    builder = getattr(tv.models, spec.model)
+    model, used = None, False
+    if pretrained:
+        try:
+            weights = tv.models.get_weight(spec.weights)
+            model, used = builder(weights=weights), True
+        except Exception as exc:  # no network / no cached file / bad file
+            if pretrained is True:
+                raise RuntimeError(
+                    f"pre-trained weights {spec.weights} for {name} are not available "
+                    f"({type(exc).__name__}: {exc}). Put the file in the torch hub "
+                    "cache ($TORCH_HOME/hub/checkpoints) or use pretrained=False."
+                ) from exc
+            warnings.warn(
+                f"pre-trained weights {spec.weights} for {name} are not available "
+                f"({type(exc).__name__}); using RANDOM weights: features will be "
+                "much less informative. Put the weights file in the torch hub "
+                "cache to fix this.",
+                WeightsUnavailableWarning,
+                stacklevel=2,
+            )
+    if model is None:
+        model = builder(weights=None)
+    module = spec.truncate(model).eval().to(select_device(device))
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module, spec, used
+
+
+def _as_rgb_float(plane: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) -> (3, H, W) float32 normalised to ~ImageNet stats."""
+    a = np.asarray(plane, dtype=np.float32)
+    if a.ndim == 2:
+        a = np.repeat(a[None], 3, axis=0)
+    elif a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = np.moveaxis(a[..., :3], -1, 0)
+    else:
+        raise ValueError(f"expected a 2D grey or RGB(A) plane, got shape {plane.shape}")
+    lo, hi = np.percentile(a, (0.5, 99.5))
+    a = (a - lo) / (hi - lo if hi > lo else 1.0)
+    mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
+    std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+    return ((a - mean) / std).astype(np.float32, copy=False)
+
+
+def extract_features(
+    image: np.ndarray,
+    backbone: str = "mobilenet_v2",
+    *,
+    pretrained: bool | str = "auto",
+    tile: int = 256,
+    rgb: bool | None = None,
+    device=None,
+    seed: int | None = None,
+) -> Job[np.ndarray]:
+    """Job: dense CNN features of a 2D image or of each plane of a 3D stack.
+
+    Returns float32 features of shape ``(C, H/s, W/s)`` for a 2D image and
+    ``(Z, C, H/s, W/s)`` for a stack, ``s`` being the backbone's stride
+    (``BACKBONES[name].stride``). ``seed`` fixes random weights when no
+    pre-trained ones are used. Large planes are processed in tiles with a
+    halo, so the result does not depend on the tile size (up to padding
+    effects at tile borders outside the halo's reach).
+    """
+    torch = get_torch()
+    image = np.asarray(image)
+    if rgb is None:
+        rgb = image.ndim >= 3 and image.shape[-1] in (3, 4)
+    planes = image[None] if image.ndim == (3 if rgb else 2) else image
+    if planes.ndim != (4 if rgb else 3) or 0 in planes.shape:
+        raise ValueError(
+            f"extract_features takes a 2D image or a 3D stack (RGB allowed), got shape {image.shape}"
+        )
+    if tile <= 0:
+        raise ValueError("tile must be positive")
+    yield Progress(0, None, f"building {backbone}")
+    if seed is not None:
+        seed_everything(seed)
+    module, spec, _ = build_backbone(backbone, pretrained, device)
+    dev = next(module.parameters()).device
+    s = spec.stride
+    tile = max(s, (tile // s) * s)
+    halo = -(-spec.halo // s) * s
+    h, w = planes.shape[1:3]
+    hs, ws = -(-h // s), -(-w // s)
+    out = np.zeros((len(planes), spec.channels, hs, ws), np.float32)
+    per_plane = count_tiles((h, w), tile)
+    total = per_plane * len(planes)
+    done = 0
+    with torch.inference_mode():
+        for z, plane in enumerate(planes):
+            x = _as_rgb_float(plane)
+            for t in iter_tiles((h, w), tile, halo):
+                chunk = x[:, t.read[0], t.read[1]]
+                ph = (-chunk.shape[1]) % s
+                pw = (-chunk.shape[2]) % s
+                if ph or pw:
+                    chunk = np.pad(chunk, ((0, 0), (0, ph), (0, pw)), mode="edge")
+                f = module(torch.from_numpy(np.ascontiguousarray(chunk))[None].to(dev))[0]
+                f = f.float().cpu().numpy()
+                cy, cx = t.core
+                wy, wx = t.write
+                oy = slice(wy.start // s, -(-wy.stop // s))
+                ox = slice(wx.start // s, -(-wx.stop // s))
+                fy = slice(cy.start // s, cy.start // s + (oy.stop - oy.start))
+                fx = slice(cx.start // s, cx.start // s + (ox.stop - ox.start))
+                out[z, :, oy, ox] = f[:, fy, fx]
+                done += 1
+                msg = f"{backbone}: plane {z + 1}/{len(planes)}, tile {done}/{total}"
+                yield Progress(done, total, msg)
+    is_2d = image.ndim == (3 if rgb else 2)
+    return out[0] if is_2d else out
+
+
+def features_to_rgb(features: np.ndarray, out_shape: tuple[int, int] | None = None, seed: int = 0) -> np.ndarray:
+    """Project ``(C, h, w)`` or ``(Z, C, h, w)`` features to 3 PCA channels in [0, 1].
+
+    With ``out_shape`` (H, W) the result is upsampled (nearest neighbour) to
+    that size, so it overlays the source image. Returns ``(..., H, W, 3)``.
+    """
+    from sklearn.decomposition import PCA
+
+    f = np.asarray(features, np.float32)
+    stack = f[None] if f.ndim == 3 else f
+    if stack.ndim != 4:
+        raise ValueError(f"features must be (C,h,w) or (Z,C,h,w), got {f.shape}")
+    z, c, h, w = stack.shape
+    flat = np.moveaxis(stack, 1, -1).reshape(-1, c)
+    n = min(3, c, flat.shape[0])
+    proj = PCA(n_components=n, random_state=seed).fit_transform(flat)
+    if n < 3:
+        proj = np.pad(proj, ((0, 0), (0, 3 - n)))
+    lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
+    proj = np.clip((proj - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
+    rgb = proj.reshape(z, h, w, 3).astype(np.float32)
+    if out_shape is not None:
+        H, W = out_shape
+        iy = np.minimum((np.arange(H) * h) // H, h - 1)
+        ix = np.minimum((np.arange(W) * w) // W, w - 1)
+        rgb = rgb[:, iy][:, :, ix]
+    return rgb[0] if f.ndim == 3 else rgb
+
+
+def feature_pca(
+    image: np.ndarray,
+    backbone: str = "mobilenet_v2",
+    *,
+    pretrained: bool | str = "auto",
+    tile: int = 256,
+    rgb: bool | None = None,
+    device=None,
+    seed: int | None = 0,
+) -> Job[tuple[np.ndarray, int]]:
+    """Job: features of ``image`` shown as 3 PCA channels.
+
+    Returns ``(rgb, stride)``: an RGB float image of shape ``(..., h, w, 3)``
+    at ``1/stride`` of the input resolution (show it with ``scale`` multiplied
+    by ``stride``).
+    """
+    feats = yield from extract_features(
+        image, backbone, pretrained=pretrained, tile=tile, rgb=rgb, device=device, seed=seed
+    )
+    yield Progress(0, None, "projecting features (PCA)")
+    return features_to_rgb(feats, seed=seed or 0), BACKBONES[backbone].stride

@@ -1,0 +1,145 @@
+"""The job protocol shared by every long engine step.
+
+A *job* is a generator that ``yield``\\ s :class:`Progress` records and
+``return``\\ s its result::
+
+    def smooth_stack(stack, sigma) -> Job[np.ndarray]:
+        out = np.empty_like(stack)
+        for i, plane in enumerate(stack):
+            out[i] = gaussian(plane, sigma)
+            yield Progress(i + 1, len(stack), f"plane {i + 1}/{len(stack)}")
+        return out
+
+Rules every job follows:
+
+* it yields often (at least every ~50 ms of work), so the GUI stays live and
+  cancellation is quick;
+* it may be stopped at any yield: the runner then calls ``close()`` on it,
+  which raises ``GeneratorExit`` at that yield, so ``try/finally`` blocks run
+  and no half-written file is left behind;
+* it never touches Qt or napari; a partial result (e.g. a preview) may ride
+  on ``Progress.partial``.
+
+:func:`run_job` drives a job synchronously (scripts, tests, the CLI); the
+napari widgets drive the same generator in a worker thread
+(:mod:`expertloop.widgets._jobs`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress record yielded by a job."""
+
+    step: int
+    total: int | None = None  # None: unknown length
+    message: str = ""
+    partial: Any = None  # optional partial result, e.g. a preview image
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(max(self.step / self.total, 0.0), 1.0)
+
+    def __str__(self) -> str:
+        count = f"{self.step}/{self.total}" if self.total else str(self.step)
+        return f"[{count}] {self.message}".rstrip()
+
+
+Job = Generator[Progress, None, T]
+
+
+class JobCancelled(Exception):
+    """Raised by :func:`run_job` when a job was cancelled."""
+
+
+class JobError(Exception):
+    """An engine job failed; the original exception is ``__cause__``.
+
+    (Deliberately not a ``RuntimeError``: Qt worker code treats RuntimeError
+    as a deleted-object condition and would swallow it.)
+    """
+
+
+class CancelToken:
+    """Thread-safe cancellation flag shared between a runner and a caller."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+def run_job(
+    job: Job[T],
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    cancel: CancelToken | None = None,
+) -> T:
+    """Run a job to completion in this thread and return its result.
+
+    ``on_progress`` receives every :class:`Progress` record; ``cancel`` is
+    checked at every yield: when set, the job is closed at that yield and
+    :class:`JobCancelled` is raised. Exceptions from the job propagate
+    unchanged.
+    """
+    if not hasattr(job, "send") or not hasattr(job, "close"):
+        raise TypeError(
+            f"run_job expects a job generator, got {type(job).__name__}: "
+            "did you call the job function?"
+        )
+    try:
+        while True:
+            if cancel is not None and cancel.cancelled:
+                job.close()
+                raise JobCancelled("job cancelled")
+            try:
+                record = next(job)
+            except StopIteration as stop:
+                return stop.value
+            if not isinstance(record, Progress):
+                job.close()
+                raise TypeError(
+                    f"a job must yield Progress records, got {type(record).__name__}"
+                )
+            if on_progress is not None:
+                on_progress(record)
+    finally:
+        job.close()
+
+
+def rescale(job: Job[T], start: int, span: int, total: int) -> Job[T]:
+    """Map a sub-job's progress onto ``[start, start + span]`` of ``total``.
+
+    Use it to compose jobs: ``result = yield from rescale(sub(), 0, 50, 100)``.
+    """
+    try:
+        while True:
+            try:
+                record = next(job)
+            except StopIteration as stop:
+                return stop.value
+            frac = record.fraction
+            step = start + (round(frac * span) if frac is not None else 0)
+            yield Progress(step, total, record.message, record.partial)
+    finally:
+        job.close()
+
+
+def print_progress(record: Progress) -> None:
+    """A simple ``on_progress`` callback for scripts: one line per record."""
+    print(record, flush=True)

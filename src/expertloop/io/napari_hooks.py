@@ -1,0 +1,112 @@
+"""npe2 contributions: reader, writers and sample data.
+
+These are referenced by id from ``napari.yaml``. Nothing here imports torch;
+napari is imported only inside functions, to show notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from expertloop.io.readers import ImageReadError, file_kind, read_image
+from expertloop.io.writers import write_nifti, write_tiff
+
+log = logging.getLogger(__name__)
+
+#: what napari treats as "read, but nothing to add" (no error dialog)
+_NOTHING = [(None,)]
+
+
+def _notify_error(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_error
+    except ImportError:  # pragma: no cover - napari is a dependency
+        log.error(message)
+        return
+    show_error(message)
+
+
+def _notify_info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+def napari_get_reader(path: str | list[str]) -> Callable | None:
+    """Return a reader for NIfTI/TIFF/PNG/JPEG paths, ``None`` otherwise.
+
+    Decides from the file name only and never raises: a file that turns out
+    to be corrupt is reported by the reader itself, as a notification.
+    """
+    try:
+        if isinstance(path, (list, tuple)):
+            if not path or not all(file_kind(p) for p in path):
+                return None
+        elif file_kind(path) is None or os.path.isdir(path):
+            return None
+    except Exception:  # never raise at the get-reader stage
+        return None
+    return read_layers
+
+
+def read_layers(path: str | list[str]) -> list[tuple]:
+    """Read one file (or several) into napari layer data.
+
+    A file that cannot be read gives a clear error notification and adds
+    nothing (napari shows no traceback dialog).
+    """
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    layers: list[tuple] = []
+    for p in paths:
+        try:
+            items = read_image(p)
+        except ImageReadError as exc:
+            _notify_error(f"napari-expertloop could not open {Path(p).name}: {exc}")
+            continue
+        for item in items:
+            axes = item.meta.get("metadata", {}).get("axes", "")
+            if "channel_axis" in item.meta and len(axes) >= 4:
+                _notify_info(
+                    f"{Path(p).name}: {item.data.ndim}-D TIFF (axes {axes}); "
+                    "channels opened as separate layers"
+                )
+            layers.append(item.as_layer_data())
+    return layers or _NOTHING
+
+
+def _layer_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta.get(k) for k in ("scale", "rgb", "metadata") if k in meta}
+
+
+def write_image_tiff(path: str, data: Any, meta: dict) -> list[str]:
+    return [str(write_tiff(path, data, _layer_meta(meta)))]
+
+
+def write_image_nifti(path: str, data: Any, meta: dict) -> list[str]:
+    return [str(write_nifti(path, data, _layer_meta(meta)))]
+
+
+# ------------------------------------------------------------ sample data
+def sample_path(name: str) -> Path:
+    """Path of a sample file shipped in ``expertloop/data``."""
+    p = resources.files("expertloop") / "data" / name
+    return Path(str(p))
+
+
+def _sample(name: str) -> list[tuple]:
+    return [item.as_layer_data() for item in read_image(sample_path(name))]
+
+
+def sample_mri() -> list[tuple]:
+    """Colin27 T1 brain MRI, skull-stripped, 1 mm (mricron-data, BSD-3)."""
+    return _sample("colin27_t1_brain.nii.gz")
+
+
+def sample_nuclei() -> list[tuple]:
+    """Fluorescence nuclei, Data Science Bowl 2018 (via stardist, BSD-3)."""
+    return _sample("dsb2018_nuclei.tif")

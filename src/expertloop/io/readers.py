@@ -1,0 +1,262 @@
+"""Image readers: NIfTI, TIFF/OME-TIFF, PNG/JPEG -> arrays with metadata.
+
+Pure functions with no napari import. :func:`read_image` returns a list of
+:class:`ImageData` (one per layer) or raises :class:`ImageReadError` with a
+message a user can act on. The napari reader hook in
+:mod:`expertloop.io.napari_hooks` wraps it.
+
+Orientation of NIfTI volumes
+----------------------------
+NIfTI data is first reoriented to the closest canonical RAS+ orientation
+(``nibabel.as_closest_canonical``), then transposed to napari's
+(z, y, x) order and flipped in y so that an axial slice shows anterior at the
+top and the patient's left on the left of the screen (neurological
+convention). The array axes are then:
+
+* axis 0: inferior -> superior (the slider),
+* axis 1: anterior -> posterior (rows),
+* axis 2: left -> right (columns; increasing R coordinate).
+
+``scale`` is the voxel spacing (mm) in that order. The original affine and
+the axis codes are kept in the layer's ``metadata`` (``nifti_affine``,
+``axes``) and :func:`expertloop.io.writers.write_nifti` uses them to write
+labels back in the source's voxel grid. A 4D NIfTI (x, y, z, t) becomes
+(t, z, y, x).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
+PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
+SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES + PLAIN_SUFFIXES
+
+#: axis codes of a NIfTI volume as returned by :func:`read_nifti`
+NIFTI_AXES = ("S", "P", "R")  # increasing superior, posterior, right
+
+
+class ImageReadError(ValueError):
+    """A file could not be read; the message says why in plain words."""
+
+
+@dataclass
+class ImageData:
+    """One layer's worth of image data."""
+
+    data: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    layer_type: str = "image"
+
+    def as_layer_data(self) -> tuple:
+        return (self.data, self.meta, self.layer_type)
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """'nifti', 'tiff', 'plain' or None, from the file name only."""
+    name = str(path).lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(TIFF_SUFFIXES):
+        return "tiff"
+    if name.endswith(PLAIN_SUFFIXES):
+        return "plain"
+    return None
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suf in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return path.stem
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path.name}: the file is empty (0 bytes)")
+
+
+def read_image(path: str | os.PathLike) -> list[ImageData]:
+    """Read any supported image file (dispatch on the file name)."""
+    path = Path(path)
+    kind = file_kind(path)
+    if kind is None:
+        raise ImageReadError(
+            f"{path.name}: unsupported file type; expertloop reads "
+            + ", ".join(SUPPORTED_SUFFIXES)
+        )
+    _check_file(path)
+    return {"nifti": read_nifti, "tiff": read_tiff, "plain": read_plain}[kind](path)
+
+
+# ---------------------------------------------------------------- NIfTI
+def nifti_to_napari(data: np.ndarray) -> np.ndarray:
+    """Canonical RAS+ (x, y, z[, t]) array -> napari (..., z, y, x), y flipped."""
+    arr = np.moveaxis(data, [0, 1, 2], [-1, -2, -3])  # (t, z, y, x)
+    return arr[..., ::-1, :]
+
+
+def napari_to_nifti(arr: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`nifti_to_napari`."""
+    arr = arr[..., ::-1, :]
+    return np.moveaxis(arr, [-1, -2, -3], [0, 1, 2])
+
+
+def read_nifti(path: str | os.PathLike) -> list[ImageData]:
+    import nibabel as nib
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        img = nib.load(str(path))
+        canon = nib.as_closest_canonical(img)
+        data = np.asanyarray(canon.dataobj)
+    except (EOFError, zlib.error, OSError) as exc:
+        raise ImageReadError(
+            f"{path.name}: the NIfTI file is truncated or corrupt ({type(exc).__name__}: {exc})"
+        ) from exc
+    except (nib.filebasedimages.ImageFileError, ValueError) as exc:
+        raise ImageReadError(f"{path.name}: not a valid NIfTI file ({exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim not in (3, 4):
+        raise ImageReadError(
+            f"{path.name}: NIfTI with {data.ndim} dimensions {data.shape}; "
+            "expertloop reads 3D volumes and 4D time series"
+        )
+    zooms = [float(z) for z in canon.header.get_zooms()[: data.ndim]]
+    out = nifti_to_napari(data)
+    scale = [zooms[2], zooms[1], zooms[0]]
+    # world coordinates (mm) of voxel (0, 0, 0) of the napari array
+    aff = canon.affine
+    corner = aff @ np.array([0, data.shape[1] - 1, 0, 1.0])
+    translate = [corner[2], -corner[1], corner[0]]
+    if data.ndim == 4:
+        scale = [zooms[3] or 1.0] + scale
+        translate = [0.0] + translate
+    meta = {
+        "name": _stem(path),
+        "scale": scale,
+        "translate": translate,
+        "metadata": {
+            "source": str(path),
+            "format": "nifti",
+            "nifti_affine": img.affine.tolist(),
+            "canonical_affine": canon.affine.tolist(),
+            "source_axcodes": "".join(nib.aff2axcodes(img.affine)),
+            "axes": ("T" if data.ndim == 4 else "") + "".join(NIFTI_AXES),
+            "units": "mm",
+        },
+    }
+    return [ImageData(out, meta, "image")]
+
+
+# ----------------------------------------------------------------- TIFF
+def _tiff_scale(tif, axes: str) -> dict[str, float]:
+    """Physical pixel size per axis letter, from OME or ImageJ metadata."""
+    scale: dict[str, float] = {}
+    if tif.is_ome and tif.ome_metadata:
+        for ax in "XYZ":
+            m = re.search(rf'PhysicalSize{ax}="([0-9.eE+-]+)"', tif.ome_metadata)
+            if m:
+                scale[ax] = float(m.group(1))
+        return scale
+    page = tif.pages.first
+    ij = tif.imagej_metadata or {}
+    for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
+        t = page.tags.get(tag)
+        if t is not None:
+            num, den = t.value if isinstance(t.value, tuple) else (t.value, 1)
+            if num and den and (num / den) > 0 and (num, den) != (1, 1):
+                scale[ax] = den / num
+    if ij.get("spacing"):
+        scale["Z"] = float(ij["spacing"])
+    return scale
+
+
+def read_tiff(path: str | os.PathLike) -> list[ImageData]:
+    import tifffile
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            data = series.asarray()
+            scale_by_axis = _tiff_scale(tif, axes)
+    except tifffile.TiffFileError as exc:
+        raise ImageReadError(f"{path.name}: not a valid TIFF file ({exc})") from exc
+    except (EOFError, OSError, ValueError, IndexError, zlib.error) as exc:
+        raise ImageReadError(
+            f"{path.name}: the TIFF file is truncated or corrupt ({type(exc).__name__}: {exc})"
+        ) from exc
+    if data.ndim != len(axes):  # squeezed series
+        axes = axes[-data.ndim :]
+    rgb = axes.endswith("S") and data.shape[-1] in (3, 4)
+    if axes.endswith("S") and not rgb:  # samples that are not RGB: channels
+        axes = axes[:-1] + "C"
+    channel_axis = axes.index("C") if "C" in axes else None
+    spatial = [a for a in axes if a not in "CS"]
+    if len(spatial) > 4:
+        raise ImageReadError(
+            f"{path.name}: a {data.ndim}-D TIFF (axes {axes!r}, shape {data.shape}) "
+            "has more than 4 non-channel dimensions; expertloop reads 2D, 3D "
+            "and time series (up to T, Z, Y, X) plus channels. Save it with "
+            "ImageJ/OME axis metadata or split it first."
+        )
+    if len(spatial) < 2 or 0 in data.shape:
+        raise ImageReadError(f"{path.name}: TIFF of shape {data.shape} is not an image")
+    scale = [scale_by_axis.get(a, 1.0) for a in spatial]
+    meta: dict[str, Any] = {
+        "name": _stem(path),
+        "scale": scale,
+        "metadata": {"source": str(path), "format": "tiff", "axes": axes},
+    }
+    if rgb:
+        meta["rgb"] = True
+    if channel_axis is not None and data.shape[channel_axis] > 1:
+        meta["channel_axis"] = channel_axis
+        meta["name"] = [f"{_stem(path)} [ch{i}]" for i in range(data.shape[channel_axis])]
+    elif channel_axis is not None:
+        data = np.take(data, 0, axis=channel_axis)
+    return [ImageData(data, meta, "image")]
+
+
+# ------------------------------------------------------------ PNG / JPEG
+def read_plain(path: str | os.PathLike) -> list[ImageData]:
+    import imageio.v3 as iio
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        data = np.asarray(iio.imread(str(path)))
+    except Exception as exc:  # imageio/Pillow raise many types for bad files
+        raise ImageReadError(
+            f"{path.name}: cannot decode the image; the file is corrupt or not "
+            f"a {path.suffix.lstrip('.').upper()} ({type(exc).__name__}: {exc})"
+        ) from exc
+    if data.ndim not in (2, 3) or 0 in data.shape:
+        raise ImageReadError(f"{path.name}: decoded to shape {data.shape}, not an image")
+    meta: dict[str, Any] = {
+        "name": _stem(path),
+        "metadata": {"source": str(path), "format": path.suffix.lower().lstrip(".")},
+    }
+    if data.ndim == 3 and data.shape[-1] in (3, 4):
+        meta["rgb"] = True
+    elif data.ndim == 3 and data.shape[-1] == 2:  # grey + alpha
+        data = data[..., 0]
+    return [ImageData(data, meta, "image")]

@@ -1,0 +1,175 @@
+"""The one shared widget helper: run an engine job off the GUI thread.
+
+:class:`JobRunner` is a small magicgui container (progress bar, status line,
+Cancel button) that every workflow widget embeds. ``runner.start(job, ...)``
+runs an engine job (a generator of :class:`~expertloop.engine.jobs.Progress`)
+in a napari ``thread_worker``:
+
+* each yielded record moves the runner's bar and a napari progress bar in the
+  activity dock;
+* Cancel stops the job at its next yield (the job is closed in its own
+  thread, so its ``finally`` blocks run) and calls ``on_cancel``;
+* an exception in the job becomes an error notification (the GUI stays
+  alive) and calls ``on_error``;
+* the result is handed to ``on_result`` on the main thread, where it is safe
+  to add layers to the viewer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info
+
+from expertloop.engine.jobs import CancelToken, Job, JobError, Progress
+
+log = logging.getLogger(__name__)
+
+_CANCELLED = object()
+
+
+def _guarded(job: Job, token: CancelToken):
+    """Drive ``job``, stopping at a yield when ``token`` is set.
+
+    Exceptions are re-raised as :class:`JobError` (superqt's worker treats a
+    bare RuntimeError, e.g. from torch, as a deleted-object condition and
+    would hide it).
+    """
+    try:
+        while True:
+            if token.cancelled:
+                return _CANCELLED
+            try:
+                record = next(job)
+            except StopIteration as stop:
+                return stop.value
+            if not isinstance(record, Progress):
+                raise TypeError(f"job yielded {type(record).__name__}, not Progress")
+            yield record
+    except Exception as exc:
+        raise JobError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        job.close()
+
+
+class JobRunner(Container):
+    """Progress bar + status + Cancel, running one engine job at a time."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._bar = ProgressBar(value=0, min=0, max=1, label="")
+        self._status = Label(value="idle")
+        self._cancel_btn = PushButton(text="Cancel", enabled=False)
+        super().__init__(
+            widgets=[self._bar, self._status, self._cancel_btn],
+            labels=False,
+            **kwargs,
+        )
+        self._cancel_btn.changed.connect(self.cancel)
+        self.worker = None
+        self._token: CancelToken | None = None
+        self._pbr: napari_progress | None = None
+        self.last_error: BaseException | None = None
+
+    # ---------------------------------------------------------------- API
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    @property
+    def status(self) -> str:
+        return self._status.value
+
+    def start(
+        self,
+        job: Job,
+        *,
+        description: str,
+        on_result: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_cancel: Callable[[], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ):
+        """Run ``job`` in a worker thread and return the worker."""
+        if self.running:
+            show_info(f"'{description}' not started: another job is still running")
+            job.close()
+            return None
+        self._token = token = CancelToken()
+        self._description = description
+        self.last_error = None
+        self._pbr = napari_progress(total=0, desc=description)
+        worker = create_worker(_guarded, job, token, _start_thread=False)
+        self.worker = worker
+
+        def _progress(record: Progress) -> None:
+            self._show_progress(record)
+            if on_progress is not None:
+                on_progress(record)
+
+        def _returned(value: Any) -> None:
+            if value is _CANCELLED:
+                self._status.value = f"{description}: cancelled"
+                if on_cancel is not None:
+                    on_cancel()
+                return
+            self._status.value = f"{description}: done"
+            if on_result is not None:
+                try:
+                    on_result(value)
+                except Exception as exc:  # showing the result failed
+                    self._report(exc, on_error)
+
+        def _errored(exc: BaseException) -> None:
+            self._report(exc, on_error)
+
+        worker.yielded.connect(_progress)
+        worker.returned.connect(_returned)
+        worker.errored.connect(_errored)
+        worker.finished.connect(self._finished)
+        self._cancel_btn.enabled = True
+        self._status.value = f"{description}: starting"
+        worker.start()
+        return worker
+
+    def cancel(self, *_: Any) -> None:
+        """Ask the running job to stop at its next yield."""
+        if self._token is not None and self.running:
+            self._token.cancel()
+            self._status.value = f"{self._description}: cancelling"
+            self._cancel_btn.enabled = False
+
+    # ------------------------------------------------------------ private
+    def _show_progress(self, record: Progress) -> None:
+        total = record.total or 0
+        self._bar.max = max(total, 1)
+        self._bar.value = min(record.step, self._bar.max) if total else 0
+        self._status.value = record.message or f"{self._description}: step {record.step}"
+        if self._pbr is not None:
+            if self._pbr.total != total:
+                self._pbr.total = total
+            self._pbr.n = record.step
+            self._pbr.set_description(record.message or self._description)
+            self._pbr.refresh()
+
+    def _report(self, exc: BaseException, on_error) -> None:
+        self.last_error = exc
+        cause = exc.__cause__ or exc
+        log.error("%s failed", self._description, exc_info=(type(cause), cause, cause.__traceback__))
+        message = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+        self._status.value = f"{self._description}: failed"
+        show_error(f"{self._description} failed: {message}")
+        if on_error is not None:
+            on_error(exc)
+
+    def _finished(self) -> None:
+        if self._pbr is not None:
+            self._pbr.close()
+            self._pbr = None
+        self._cancel_btn.enabled = False
+        self.worker = None
+        self._token = None

@@ -1,0 +1,72 @@
+"""'Deep features' widget: look at what a CNN backbone sees in an image.
+
+Thin: reads parameters, starts :func:`expertloop.engine.features.feature_pca`
+through the shared :class:`~expertloop.widgets._jobs.JobRunner`, adds the
+result as an RGB layer aligned with the source image.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
+
+from expertloop.engine.features import available_backbones, feature_pca
+from expertloop.widgets._common import image_layer_choices, layer_by_name
+from expertloop.widgets._jobs import JobRunner
+
+if TYPE_CHECKING:
+    import napari
+
+
+class FeaturesWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self.image = ComboBox(label="image", choices=lambda _: image_layer_choices(viewer))
+        self.backbone = ComboBox(label="backbone", choices=available_backbones(), value="mobilenet_v2")
+        self.pretrained = CheckBox(text="ImageNet weights (if available)", value=True)
+        self.tile = SpinBox(label="tile size", min=32, max=4096, step=32, value=512)
+        self.run_btn = PushButton(text="Compute features")
+        self.runner = JobRunner()
+        super().__init__(
+            widgets=[self.image, self.backbone, self.pretrained, self.tile, self.run_btn, self.runner]
+        )
+        self.run_btn.changed.connect(self.run)
+        viewer.layers.events.inserted.connect(self.image.reset_choices)
+        viewer.layers.events.removed.connect(self.image.reset_choices)
+
+    def run(self, *_):
+        layer = layer_by_name(self._viewer, self.image.value)
+        if layer is None:
+            from napari.utils.notifications import show_info
+
+            show_info("Deep features: open an image first")
+            return None
+        data = np.asarray(layer.data)
+        job = feature_pca(
+            data,
+            self.backbone.value,
+            pretrained="auto" if self.pretrained.value else False,
+            tile=self.tile.value,
+            rgb=layer.rgb,
+        )
+        base_scale = np.asarray(layer.scale, float)
+        base_translate = np.asarray(layer.translate, float)
+
+        def show(result):
+            rgb, stride = result
+            scale, translate = base_scale.copy(), base_translate.copy()
+            scale[-2:] *= stride  # features are computed at 1/stride resolution
+            translate[-2:] += base_scale[-2:] * (stride - 1) / 2
+            self._viewer.add_image(
+                rgb,
+                rgb=True,
+                name=f"{layer.name} {self.backbone.value} features",
+                scale=scale,
+                translate=translate,
+                opacity=0.7,
+                blending="additive",
+            )
+
+        return self.runner.start(job, description=f"{self.backbone.value} features", on_result=show)
