@@ -243,7 +243,7 @@ def read_plain(path: str | os.PathLike) -> list[ImageData]:
     path = Path(path)
     _check_file(path)
     try:
-        data = np.asarray(iio.imread(str(path)))
+        data = np.asarray(iio.imread(str(path), plugin="pillow"))
     except Exception as exc:  # imageio/Pillow raise many types for bad files
         raise ImageReadError(
             f"{path.name}: cannot decode the image; the file is corrupt or not "

@@ -72,9 +72,6 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, meta: Mapping[str, An
     else:
         scale: Sequence[float] = list(meta.get("scale") or [1.0] * data.ndim)[-3:]
         affine = np.diag([float(scale[2]), float(scale[1]), float(scale[0]), 1.0])
-        # undo the reader's y flip: keep anterior-at-top arrays anterior
-        affine[1, 1] = -affine[1, 1]
-        affine[1, 3] = (vol.shape[1] - 1) * float(scale[1])
     img = nib.Nifti1Image(vol, affine)
     img.header.set_xyzt_units("mm")
     nib.save(img, str(path))

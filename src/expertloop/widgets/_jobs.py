@@ -24,7 +24,7 @@ from typing import Any
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from expertloop.engine.jobs import CancelToken, Job, JobError, Progress
 
@@ -103,7 +103,8 @@ class JobRunner(Container):
         self._description = description
         self.last_error = None
         self._pbr = napari_progress(total=0, desc=description)
-        worker = create_worker(_guarded, job, token, _start_thread=False)
+        # errors are reported by _report below, not re-raised into the event loop
+        worker = create_worker(_guarded, job, token, _start_thread=False, _ignore_errors=True)
         self.worker = worker
 
         def _progress(record: Progress) -> None:
@@ -130,6 +131,8 @@ class JobRunner(Container):
         worker.yielded.connect(_progress)
         worker.returned.connect(_returned)
         worker.errored.connect(_errored)
+        # warnings raised inside the job (e.g. "using random weights")
+        worker.warned.connect(lambda w: show_warning(f"{description}: {w[0]}"))
         worker.finished.connect(self._finished)
         self._cancel_btn.enabled = True
         self._status.value = f"{description}: starting"
@@ -149,12 +152,12 @@ class JobRunner(Container):
         self._bar.max = max(total, 1)
         self._bar.value = min(record.step, self._bar.max) if total else 0
         self._status.value = record.message or f"{self._description}: step {record.step}"
-        if self._pbr is not None:
-            if self._pbr.total != total:
-                self._pbr.total = total
-            self._pbr.n = record.step
-            self._pbr.set_description(record.message or self._description)
-            self._pbr.refresh()
+        pbr = self._pbr  # napari may process events below; keep a reference
+        if pbr is not None:
+            if pbr.total != total:
+                pbr.total = total
+            pbr.n = record.step
+            pbr.set_description(record.message or self._description)
 
     def _report(self, exc: BaseException, on_error) -> None:
         self.last_error = exc

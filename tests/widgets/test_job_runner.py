@@ -1,0 +1,104 @@
+"""The shared JobRunner in a real viewer: result, progress, cancel, errors."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from expertloop.engine.jobs import Progress
+from expertloop.widgets._jobs import JobRunner
+
+
+
+def adding_job(n, log, delay=0.0):
+    try:
+        acc = np.zeros((16, 16))
+        for i in range(n):
+            acc += i
+            time.sleep(delay)
+            yield Progress(i + 1, n, f"step {i + 1}", partial=i)
+        log.append(("thread", threading.current_thread() is threading.main_thread()))
+        return acc
+    finally:
+        log.append("closed")
+
+
+@pytest.fixture
+def runner(make_napari_viewer):
+    viewer = make_napari_viewer()
+    r = JobRunner()
+    viewer.window.add_dock_widget(r, name="runner")
+    return viewer, r
+
+
+def test_job_runs_off_the_gui_thread_and_result_lands_on_main(qtbot, runner):
+    viewer, r = runner
+    log, progress = [], []
+
+    def on_result(acc):
+        assert threading.current_thread() is threading.main_thread()
+        viewer.add_image(acc, name="result")
+
+    r.start(adding_job(5, log), description="adding", on_result=on_result, on_progress=progress.append)
+    qtbot.waitUntil(lambda: not r.running, timeout=10_000)
+    assert ("thread", False) in log and "closed" in log
+    assert viewer.layers["result"].data[0, 0] == 0 + 1 + 2 + 3 + 4
+    assert [p.step for p in progress] == [1, 2, 3, 4, 5]
+    assert r.status == "adding: done" and not r.running
+    assert not r._cancel_btn.enabled
+
+
+def test_cancel_midway_stops_job_and_viewer_stays_usable(qtbot, runner):
+    viewer, r = runner
+    log, results, cancelled = [], [], []
+    progress = []
+    r.start(
+        adding_job(10_000, log, delay=0.005),
+        description="long",
+        on_result=results.append,
+        on_cancel=lambda: cancelled.append(True),
+        on_progress=progress.append,
+    )
+    qtbot.waitUntil(lambda: len(progress) >= 3, timeout=10_000)
+    assert r._cancel_btn.enabled
+    r._cancel_btn.clicked.emit()  # what a click on Cancel does
+    qtbot.waitUntil(lambda: not r.running, timeout=10_000)
+    assert cancelled == [True] and results == []
+    assert "closed" in log  # the job's finally ran
+    assert len(progress) < 10_000
+    assert r.status == "long: cancelled"
+    # the viewer still works and another job can run
+    viewer.add_image(np.ones((8, 8)), name="after")
+    assert "after" in viewer.layers
+    r.start(adding_job(2, []), description="again", on_result=results.append)
+    qtbot.waitUntil(lambda: not r.running, timeout=10_000)
+    assert len(results) == 1
+
+
+def test_engine_exception_becomes_a_notification(qtbot, runner, notifications):
+    viewer, r = runner
+    errors = []
+
+    def failing():
+        yield Progress(1, 2, "about to fail")
+        raise RuntimeError("CUDA out of memory (simulated)")  # torch-style error
+
+    r.start(failing(), description="failing job", on_error=errors.append)
+    qtbot.waitUntil(lambda: not r.running, timeout=10_000)
+    assert len(errors) == 1
+    msgs = [str(n.message) for n in notifications]
+    assert any("failing job failed" in m and "CUDA out of memory" in m for m in msgs), msgs
+    assert r.status == "failing job: failed"
+    viewer.add_points([[1, 1]])
+    assert len(viewer.layers) == 1
+
+
+def test_only_one_job_at_a_time(qtbot, runner, notifications):
+    viewer, r = runner
+    r.start(adding_job(50, [], delay=0.01), description="first")
+    assert r.start(adding_job(2, []), description="second") is None
+    assert any("another job is still running" in str(n.message) for n in notifications)
+    r.cancel()
+    qtbot.waitUntil(lambda: not r.running, timeout=10_000)
+    qtbot.waitUntil(lambda: not r.running, timeout=10_000)
