@@ -1,0 +1,64 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+import expertloop
+from expertloop.cli import main
+
+
+def test_import_is_cheap_and_does_not_import_torch():
+    code = "import sys, expertloop, expertloop.engine, expertloop.io, expertloop.cli; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert expertloop.__version__ in capsys.readouterr().out
+    assert main([]) == 0
+    assert "features" in capsys.readouterr().out
+
+
+def test_console_script_info_reports_device():
+    r = subprocess.run(["expertloop", "info", "--device", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "torch " in r.stdout and "device: cpu" in r.stdout and "argument" in r.stdout
+
+
+def test_info_with_unavailable_device_is_a_clear_error(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    assert main(["info", "--device", "cuda:3"]) == 2
+    assert "not available" in capsys.readouterr().err
+
+
+def test_features_batch(tmp_path, data_dir):
+    bad = tmp_path / "bad.tif"
+    bad.write_text("x")
+    out = tmp_path / "out"
+    rc = main([
+        "features", str(data_dir / "nuclei_crop.tif"), str(bad),
+        "-o", str(out), "--backbone", "resnet18", "--pretrained", "no", "--tile", "64",
+    ])
+    assert rc == 1  # one file failed, and said so
+    written = tifffile.imread(out / "nuclei_crop_resnet18_features.tif")
+    assert written.shape == (32, 32, 3) and written.dtype == np.uint8 and written.std() > 0
+
+
+def test_gui_viewer_has_sample_file_and_widget(make_napari_viewer_proxy, data_dir):
+    from expertloop.cli import build_viewer
+
+    viewer = build_viewer([str(data_dir / "em_crop.png")], sample="nuclei", show=False)
+    try:
+        assert [layer.name for layer in viewer.layers] == ["em_crop", "dsb2018_nuclei"]
+        assert "Deep features (napari-expertloop)" in viewer.window.dock_widgets
+    finally:
+        viewer.close()
