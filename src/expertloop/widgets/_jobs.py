@@ -119,6 +119,8 @@ class JobRunner(Container):
                     on_cancel()
                 return
             self._status.value = f"{description}: done"
+            self._bar.max = max(self._bar.max, 1)
+            self._bar.value = self._bar.max
             if on_result is not None:
                 try:
                     on_result(value)
