@@ -18,6 +18,7 @@ in a napari ``thread_worker``:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +75,8 @@ class JobRunner(Container):
         self._token: CancelToken | None = None
         self._pbr: napari_progress | None = None
         self.last_error: BaseException | None = None
+        self._in_napari_update = False
+        self._last_napari_update = 0.0
 
     # ---------------------------------------------------------------- API
     @property
@@ -108,9 +111,9 @@ class JobRunner(Container):
         self.worker = worker
 
         def _progress(record: Progress) -> None:
-            self._show_progress(record)
             if on_progress is not None:
                 on_progress(record)
+            self._show_progress(record)
 
         def _returned(value: Any) -> None:
             if value is _CANCELLED:
@@ -154,12 +157,24 @@ class JobRunner(Container):
         self._bar.max = max(total, 1)
         self._bar.value = min(record.step, self._bar.max) if total else 0
         self._status.value = record.message or f"{self._description}: step {record.step}"
-        pbr = self._pbr  # napari may process events below; keep a reference
-        if pbr is not None:
+        # napari's progress bar calls QApplication.processEvents() when it
+        # changes, so later signals (even `finished`) can run inside this
+        # call: update it at most 10 times a second and never re-entrantly.
+        pbr = self._pbr
+        now = time.monotonic()
+        if pbr is None or self._in_napari_update or now - self._last_napari_update < 0.1:
+            return
+        self._in_napari_update = True
+        self._last_napari_update = now
+        try:
             if pbr.total != total:
                 pbr.total = total
-            pbr.n = record.step
-            pbr.set_description(record.message or self._description)
+            if self._pbr is pbr:
+                pbr.n = record.step
+            if self._pbr is pbr:
+                pbr.set_description(record.message or self._description)
+        finally:
+            self._in_napari_update = False
 
     @staticmethod
     def _warn(description: str, w: tuple) -> None:
