@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from expertloop.engine.backend import get_torch, get_torchvision
-from expertloop.engine.device import select_device
+from expertloop.engine.device import device_info, select_device
 from expertloop.engine.jobs import Job, Progress
 from expertloop.engine.seed import seed_everything
 from expertloop.engine.tiling import count_tiles, iter_tiles
@@ -175,8 +175,10 @@ def extract_features(
     yield Progress(0, None, f"building {backbone}")
     if seed is not None:
         seed_everything(seed)
-    module, spec, _ = build_backbone(backbone, pretrained, device)
+    module, spec, used = build_backbone(backbone, pretrained, device)
     dev = next(module.parameters()).device
+    weights = "ImageNet" if used else "random"
+    yield Progress(0, None, f"{backbone} ({weights} weights) on {device_info(device)}")
     s = spec.stride
     tile = max(s, (tile // s) * s)
     halo = -(-spec.halo // s) * s
