@@ -114,3 +114,16 @@ def test_bad_files_give_notifications_not_crashes(make_napari_viewer, tmp_path, 
         assert any(name in m and words in m for m in new), (name, new)
     assert len(viewer.layers) == 0
     viewer.add_image(np.zeros((4, 4)))  # still alive
+
+
+def test_5d_imagej_tiff_opens_as_channel_layers(make_napari_viewer, tmp_path, notifications):
+    import tifffile
+
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(0).integers(0, 255, (2, 3, 2, 8, 8), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "tzcyx.tif", data, imagej=True, metadata={"axes": "TZCYX"})
+    layers = viewer.open(str(tmp_path / "tzcyx.tif"), plugin=PLUGIN)
+    assert [lay.name for lay in layers] == ["tzcyx [ch0]", "tzcyx [ch1]"]
+    assert layers[0].data.shape == (2, 3, 8, 8)
+    np.testing.assert_array_equal(layers[1].data, data[:, :, 1])
+    assert any("channels opened as separate layers" in str(n.message) for n in notifications)

@@ -175,10 +175,11 @@ def extract_features(
     yield Progress(0, None, f"building {backbone}")
     if seed is not None:
         seed_everything(seed)
-    module, spec, used = build_backbone(backbone, pretrained, device)
+    info = device_info(device)
+    module, spec, used = build_backbone(backbone, pretrained, info.device)
     dev = next(module.parameters()).device
     weights = "ImageNet" if used else "random"
-    yield Progress(0, None, f"{backbone} ({weights} weights) on {device_info(device)}")
+    yield Progress(0, None, f"{backbone} ({weights} weights) on {info}")
     s = spec.stride
     tile = max(s, (tile // s) * s)
     halo = -(-spec.halo // s) * s

@@ -69,10 +69,10 @@ def read_layers(path: str | list[str]) -> list[tuple]:
             _notify_error(f"napari-expertloop could not open {Path(p).name}: {exc}")
             continue
         for item in items:
-            axes = item.meta.get("metadata", {}).get("axes", "")
-            if "channel_axis" in item.meta and len(axes) >= 4:
+            if "channel_axis" in item.meta:
+                axes = item.meta.get("metadata", {}).get("axes", "?")
                 _notify_info(
-                    f"{Path(p).name}: {item.data.ndim}-D TIFF (axes {axes}); "
+                    f"{Path(p).name}: {item.data.ndim}-D image (axes {axes}); "
                     "channels opened as separate layers"
                 )
             layers.append(item.as_layer_data())
