@@ -84,6 +84,40 @@ class CancelToken:
         return self._event.is_set()
 
 
+#: what :func:`drive` returns when the job was cancelled
+CANCELLED = object()
+
+
+def drive(job: Job[T], cancel: CancelToken | None = None) -> Job[T]:
+    """Re-yield ``job``'s records, stopping at a yield once ``cancel`` is set.
+
+    The one place that checks cancellation and validates records: both
+    :func:`run_job` and the napari ``JobRunner`` drive jobs through it.
+    Returns the job's result, or :data:`CANCELLED`. The job is always closed
+    in the thread that drives it, so its ``finally`` blocks run there.
+    """
+    if not hasattr(job, "send") or not hasattr(job, "close"):
+        raise TypeError(
+            f"expected a job generator, got {type(job).__name__}: "
+            "did you call the job function?"
+        )
+    try:
+        while True:
+            if cancel is not None and cancel.cancelled:
+                return CANCELLED
+            try:
+                record = next(job)
+            except StopIteration as stop:
+                return stop.value
+            if not isinstance(record, Progress):
+                raise TypeError(
+                    f"a job must yield Progress records, got {type(record).__name__}"
+                )
+            yield record
+    finally:
+        job.close()
+
+
 def run_job(
     job: Job[T],
     *,
@@ -97,29 +131,16 @@ def run_job(
     :class:`JobCancelled` is raised. Exceptions from the job propagate
     unchanged.
     """
-    if not hasattr(job, "send") or not hasattr(job, "close"):
-        raise TypeError(
-            f"run_job expects a job generator, got {type(job).__name__}: "
-            "did you call the job function?"
-        )
-    try:
-        while True:
-            if cancel is not None and cancel.cancelled:
-                job.close()
-                raise JobCancelled("job cancelled")
-            try:
-                record = next(job)
-            except StopIteration as stop:
-                return stop.value
-            if not isinstance(record, Progress):
-                job.close()
-                raise TypeError(
-                    f"a job must yield Progress records, got {type(record).__name__}"
-                )
-            if on_progress is not None:
-                on_progress(record)
-    finally:
-        job.close()
+    driver = drive(job, cancel)
+    while True:
+        try:
+            record = next(driver)
+        except StopIteration as stop:
+            if stop.value is CANCELLED:
+                raise JobCancelled("job cancelled") from None
+            return stop.value
+        if on_progress is not None:
+            on_progress(record)
 
 
 def rescale(job: Job[T], start: int, span: int, total: int) -> Job[T]:

@@ -27,35 +27,20 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from expertloop.engine.jobs import CancelToken, Job, JobError, Progress
+from expertloop.engine.jobs import CANCELLED, CancelToken, Job, JobError, Progress, drive
 
 log = logging.getLogger(__name__)
 
-_CANCELLED = object()
-
-
 def _guarded(job: Job, token: CancelToken):
-    """Drive ``job``, stopping at a yield when ``token`` is set.
+    """:func:`~expertloop.engine.jobs.drive` with exceptions as JobError.
 
-    Exceptions are re-raised as :class:`JobError` (superqt's worker treats a
-    bare RuntimeError, e.g. from torch, as a deleted-object condition and
-    would hide it).
+    (superqt's worker treats a bare RuntimeError, e.g. from torch, as a
+    deleted-object condition and would hide it.)
     """
     try:
-        while True:
-            if token.cancelled:
-                return _CANCELLED
-            try:
-                record = next(job)
-            except StopIteration as stop:
-                return stop.value
-            if not isinstance(record, Progress):
-                raise TypeError(f"job yielded {type(record).__name__}, not Progress")
-            yield record
+        return (yield from drive(job, token))
     except Exception as exc:
         raise JobError(f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        job.close()
 
 
 class JobRunner(Container):
@@ -116,7 +101,7 @@ class JobRunner(Container):
             self._show_progress(record)
 
         def _returned(value: Any) -> None:
-            if value is _CANCELLED:
+            if value is CANCELLED:
                 self._status.value = f"{description}: cancelled"
                 if on_cancel is not None:
                     on_cancel()
