@@ -23,10 +23,6 @@ from pathlib import Path
 from expertloop import __version__
 
 
-class CLIError(Exception):
-    """An error to report to the user as one line (exit code 2)."""
-
-
 def _progress_printer(stream=sys.stderr):
     def show(record) -> None:
         frac = record.fraction
@@ -168,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (CLIError, DeviceError, ValueError, FileNotFoundError) as exc:
+    except (DeviceError, ValueError, FileNotFoundError) as exc:
         print(f"expertloop: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

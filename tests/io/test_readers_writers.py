@@ -67,6 +67,8 @@ def test_tiff_round_trip_keeps_scale(tmp_path, data_dir):
     labels = (b.data > b.data.mean()).astype(np.int32) * 70000
     (d,) = read_image(write_tiff(tmp_path / "l.tif", labels, {"scale": b.meta["scale"]}))
     np.testing.assert_array_equal(d.data, labels)
+    assert d.data.dtype == np.int32  # not squeezed into an ImageJ type
+    assert d.meta["scale"] == pytest.approx(b.meta["scale"])  # z spacing kept too
 
 
 def test_nifti_labels_written_back_on_source_grid(tmp_path, data_dir):

@@ -6,7 +6,6 @@ napari is imported only inside functions, to show notifications.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from importlib import resources
@@ -16,18 +15,13 @@ from typing import Any
 from expertloop.io.readers import ImageReadError, file_kind, read_image
 from expertloop.io.writers import write_nifti, write_tiff
 
-log = logging.getLogger(__name__)
-
 #: what napari treats as "read, but nothing to add" (no error dialog)
 _NOTHING = [(None,)]
 
 
 def _notify_error(message: str) -> None:
-    try:
-        from napari.utils.notifications import show_error
-    except ImportError:  # pragma: no cover - napari is a dependency
-        log.error(message)
-        return
+    from napari.utils.notifications import show_error
+
     show_error(message)
 
 

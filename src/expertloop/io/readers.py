@@ -98,7 +98,6 @@ def read_image(path: str | os.PathLike) -> list[ImageData]:
             f"{path.name}: unsupported file type; expertloop reads "
             + ", ".join(SUPPORTED_SUFFIXES)
         )
-    _check_file(path)
     return {"nifti": read_nifti, "tiff": read_tiff, "plain": read_plain}[kind](path)
 
 
@@ -165,7 +164,7 @@ def read_nifti(path: str | os.PathLike) -> list[ImageData]:
 
 
 # ----------------------------------------------------------------- TIFF
-def _tiff_scale(tif, axes: str) -> dict[str, float]:
+def _tiff_scale(tif) -> dict[str, float]:
     """Physical pixel size per axis letter, from OME or ImageJ metadata."""
     scale: dict[str, float] = {}
     if tif.is_ome and tif.ome_metadata:
@@ -175,7 +174,8 @@ def _tiff_scale(tif, axes: str) -> dict[str, float]:
                 scale[ax] = float(m.group(1))
         return scale
     page = tif.pages.first
-    ij = tif.imagej_metadata or {}
+    # ImageJ metadata, or the JSON description of a plain tifffile TIFF
+    ij = tif.imagej_metadata or (tif.shaped_metadata or [{}])[0] or {}
     for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
         t = page.tags.get(tag)
         if t is not None:
@@ -197,7 +197,7 @@ def read_tiff(path: str | os.PathLike) -> list[ImageData]:
             series = tif.series[0]
             axes = series.axes
             data = series.asarray()
-            scale_by_axis = _tiff_scale(tif, axes)
+            scale_by_axis = _tiff_scale(tif)
     except tifffile.TiffFileError as exc:
         raise ImageReadError(f"{path.name}: not a valid TIFF file ({exc})") from exc
     except (EOFError, OSError, ValueError, IndexError, zlib.error) as exc:

@@ -26,21 +26,21 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, meta: Mapping[str, Any
     rgb = bool(meta.get("rgb")) and data.shape[-1] in (3, 4)
     nsp = data.ndim - (1 if rgb else 0)
     scale = list(meta.get("scale") or [1.0] * nsp)[-nsp:]
-    kwargs: dict[str, Any] = {"compression": "zlib"}
-    ij_ok = data.dtype in (np.uint8, np.uint16, np.float32, np.int16) or data.dtype == bool
     if data.dtype == bool:
         data = data.astype(np.uint8)
-    if data.dtype in (np.int32, np.int64, np.uint32, np.uint64):
-        # labels: ImageJ cannot store them; keep exact values in plain TIFF
-        ij_ok = False
-    if nsp >= 2:
-        kwargs["resolution"] = (1.0 / float(scale[-1]), 1.0 / float(scale[-2]))
-    if ij_ok and not rgb and nsp in (2, 3, 4):
-        axes = {2: "YX", 3: "ZYX", 4: "TZYX"}[nsp]
-        ij_meta: dict[str, Any] = {"axes": axes}
-        if nsp >= 3:
-            ij_meta["spacing"] = float(scale[-3])
-        kwargs.update(imagej=True, metadata=ij_meta)
+    axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(nsp, "Q" * (nsp - 2) + "YX") + ("S" if rgb else "")
+    metadata: dict[str, Any] = {"axes": axes}
+    if nsp >= 3:
+        metadata["spacing"] = float(scale[-3])
+    kwargs: dict[str, Any] = {
+        "compression": "zlib",
+        "resolution": (1.0 / float(scale[-1]), 1.0 / float(scale[-2])),
+        "metadata": metadata,
+    }
+    # ImageJ files open everywhere but hold only these types; 32/64-bit
+    # labels go to a plain TIFF whose JSON description keeps axes and spacing.
+    if not rgb and nsp <= 4 and data.dtype in (np.uint8, np.uint16, np.int16, np.float32):
+        kwargs["imagej"] = True
     else:
         kwargs["photometric"] = "rgb" if rgb else "minisblack"
     tifffile.imwrite(str(path), data, **kwargs)

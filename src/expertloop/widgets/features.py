@@ -43,9 +43,10 @@ class FeaturesWidget(Container):
 
             show_info("Deep features: open an image first")
             return None
-        data = np.asarray(layer.data)
+        # pass the layer's data as is: the job converts it (e.g. a lazy dask
+        # array is read) in the worker thread, not here on the GUI thread
         job = feature_pca(
-            data,
+            layer.data,
             self.backbone.value,
             pretrained="auto" if self.pretrained.value else False,
             tile=self.tile.value,
