@@ -139,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_features)
+
+    # ---- workflow subcommands: one block per workflow, keep the blocks apart ----
+    # [spots] issue 3: timed spot annotation + L-CNN
+
+    # [membranes] issue 4: membrane active learning
+
+    # [semiauto] issue 5: semi-automatic labeling + review queue
+
+    # [store] issue 6: annotation projects
+
+    # [flim] issue 7: FLIM encoders + recommendation
+
+    # [blood] issue 8: blood-cell detection
+
     return p
 
 
