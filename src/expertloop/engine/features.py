@@ -91,52 +91,72 @@ def _spec(name: str) -> BackboneSpec:
         ) from None
 
 
-def build_backbone(name: str = "mobilenet_v2", pretrained: bool | str = "auto", device=None):
-    """Return ``(module, spec, used_pretrained)`` with the module in eval mode."""
+def load_torchvision_model(model: str, weights: str, pretrained: bool | str = "auto", **kwargs):
+    """A torchvision model with its ImageNet weights when they can be had.
+
+    Returns ``(model, used_pretrained)``. The weights come through
+    torchvision's weights API (the torch hub cache). ``pretrained="auto"``
+    falls back to random weights with a :class:`WeightsUnavailableWarning`;
+    ``True`` raises when they are missing; ``False`` never tries. Extra
+    ``kwargs`` go to the builder.
+    """
     if pretrained not in (True, False, "auto"):
         raise ValueError("pretrained must be True, False or 'auto'")
-    spec = _spec(name)
     tv = get_torchvision()
-    builder = getattr(tv.models, spec.model)
-    model, used = None, False
+    builder = getattr(tv.models, model)
     if pretrained:
         try:
-            weights = tv.models.get_weight(spec.weights)
-            model, used = builder(weights=weights), True
+            return builder(weights=tv.models.get_weight(weights), **kwargs), True
         except Exception as exc:  # no network / no cached file / bad file
             if pretrained is True:
                 raise RuntimeError(
-                    f"pre-trained weights {spec.weights} for {name} are not available "
+                    f"pre-trained weights {weights} for {model} are not available "
                     f"({type(exc).__name__}: {exc}). Put the file in the torch hub "
                     "cache ($TORCH_HOME/hub/checkpoints) or use pretrained=False."
                 ) from exc
             warnings.warn(
-                f"pre-trained weights {spec.weights} for {name} are not available "
+                f"pre-trained weights {weights} for {model} are not available "
                 f"({type(exc).__name__}); using RANDOM weights: features will be "
                 "much less informative. Put the weights file in the torch hub "
                 "cache to fix this.",
                 WeightsUnavailableWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-    if model is None:
-        model = builder(weights=None)
+    return builder(weights=None, **kwargs), False
+
+
+def build_backbone(name: str = "mobilenet_v2", pretrained: bool | str = "auto", device=None):
+    """Return ``(module, spec, used_pretrained)`` with the module in eval mode."""
+    spec = _spec(name)
+    model, used = load_torchvision_model(spec.model, spec.weights, pretrained)
     module = spec.truncate(model).eval().to(select_device(device))
     for p in module.parameters():
         p.requires_grad_(False)
     return module, spec, used
 
 
-def _as_rgb_float(plane: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, C) -> (3, H, W) float32 normalised to ~ImageNet stats."""
-    a = np.asarray(plane, dtype=np.float32)
+def _as_rgb_float(plane: np.ndarray, intensity: str = "percentile") -> np.ndarray:
+    """(H, W) or (H, W, C) -> (3, H, W) float32 normalised to ~ImageNet stats.
+
+    ``intensity="percentile"`` stretches the 0.5-99.5 percentiles to [0, 1];
+    ``"dtype"`` divides 8-bit data by 255 (and stretches other types), which
+    keeps absolute colour, e.g. for stained cells compared across images.
+    """
+    raw = np.asarray(plane)
+    a = raw.astype(np.float32)
     if a.ndim == 2:
         a = np.repeat(a[None], 3, axis=0)
     elif a.ndim == 3 and a.shape[-1] in (3, 4):
         a = np.moveaxis(a[..., :3], -1, 0)
     else:
         raise ValueError(f"expected a 2D grey or RGB(A) plane, got shape {plane.shape}")
-    lo, hi = np.percentile(a, (0.5, 99.5))
-    a = (a - lo) / (hi - lo if hi > lo else 1.0)
+    if intensity == "dtype" and raw.dtype == np.uint8:
+        a = a / 255.0
+    elif intensity in ("percentile", "dtype"):
+        lo, hi = np.percentile(a, (0.5, 99.5))
+        a = (a - lo) / (hi - lo if hi > lo else 1.0)
+    else:
+        raise ValueError("intensity must be 'percentile' or 'dtype'")
     mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
     std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
     return ((a - mean) / std).astype(np.float32, copy=False)
@@ -264,3 +284,113 @@ def feature_pca(
     )
     yield Progress(0, None, "projecting features (PCA)")
     return features_to_rgb(feats, seed=seed or 0), BACKBONES[backbone].stride
+
+
+# ------------------------------------------------------------ embeddings
+@dataclass(frozen=True)
+class EmbedderSpec:
+    name: str
+    model: str  # torchvision.models builder name
+    weights: str
+    dim: int  # length of the pooled feature vector
+    body: Callable  # (full model) -> nn.Module producing (N, dim, h, w)
+
+
+def _resnet_body(m):
+    torch = get_torch()
+    return torch.nn.Sequential(*list(m.children())[:-2])
+
+
+EMBEDDERS: dict[str, EmbedderSpec] = {
+    "mobilenet_v2": EmbedderSpec(
+        "mobilenet_v2", "mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1", 1280,
+        lambda m: m.features,
+    ),
+    "resnet18": EmbedderSpec(
+        "resnet18", "resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512, _resnet_body
+    ),
+    "resnet50": EmbedderSpec(
+        "resnet50", "resnet50", "ResNet50_Weights.IMAGENET1K_V1", 2048, _resnet_body
+    ),
+}
+
+
+def build_embedder(name: str = "mobilenet_v2", pretrained: bool | str = "auto", device=None):
+    """Return ``(module, spec, used_pretrained)``: images -> ``(N, dim)`` pooled features."""
+    torch = get_torch()
+    try:
+        spec = EMBEDDERS[name]
+    except KeyError:
+        raise ValueError(f"unknown embedder {name!r}; choose one of {sorted(EMBEDDERS)}") from None
+    model, used = load_torchvision_model(spec.model, spec.weights, pretrained)
+    module = torch.nn.Sequential(
+        spec.body(model), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    ).eval().to(select_device(device))
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module, spec, used
+
+
+def images_to_batch(images, size: int = 224, intensity: str = "dtype") -> np.ndarray:
+    """2D grey or RGB(A) images of any sizes -> ``(N, 3, size, size)`` float32.
+
+    ImageNet-normalised (see :func:`_as_rgb_float`), resized bilinearly.
+    """
+    torch = get_torch()
+    if size < 16:
+        raise ValueError("size must be at least 16 pixels")
+    out = np.empty((len(images), 3, size, size), np.float32)
+    for i, img in enumerate(images):
+        a = np.asarray(img)
+        if a.ndim not in (2, 3) or min(a.shape[:2]) < 1:
+            raise ValueError(f"image {i}: expected a 2D grey or RGB image, got shape {a.shape}")
+        x = torch.from_numpy(_as_rgb_float(a, intensity))[None]
+        out[i] = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )[0].numpy()
+    return out
+
+
+def embed_images(
+    images,
+    backbone: str = "mobilenet_v2",
+    *,
+    size: int = 224,
+    batch_size: int = 16,
+    pretrained: bool | str = "auto",
+    intensity: str = "dtype",
+    device=None,
+    seed: int | None = None,
+) -> Job[np.ndarray]:
+    """Job: one pooled CNN feature vector per image or patch, ``(N, dim)`` float32.
+
+    ``images`` is a sequence of 2D grey or RGB arrays (sizes may differ: each
+    is resized to ``size``×``size``), e.g. cell crops. ``backbone`` names an
+    entry of :data:`EMBEDDERS` (mobilenet_v2: 1280-d, resnet18: 512-d,
+    resnet50: 2048-d). ``seed`` fixes random weights when no pre-trained
+    ones are used.
+    """
+    torch = get_torch()
+    images = list(images)
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    spec = EMBEDDERS.get(backbone)
+    if spec is None:
+        raise ValueError(f"unknown embedder {backbone!r}; choose one of {sorted(EMBEDDERS)}")
+    if not images:
+        return np.zeros((0, spec.dim), np.float32)
+    yield Progress(0, None, f"building {backbone}")
+    if seed is not None:
+        seed_everything(seed)
+    module, spec, used = build_embedder(backbone, pretrained, device)
+    dev = next(module.parameters()).device
+    n = -(-len(images) // batch_size)
+    out = np.empty((len(images), spec.dim), np.float32)
+    weights = "ImageNet" if used else "random"
+    with torch.inference_mode():
+        for b in range(n):
+            chunk = images[b * batch_size:(b + 1) * batch_size]
+            x = torch.from_numpy(images_to_batch(chunk, size, intensity)).to(dev)
+            out[b * batch_size:b * batch_size + len(chunk)] = module(x).float().cpu().numpy()
+            yield Progress(b + 1, n, f"{backbone} ({weights} weights) embeddings: batch {b + 1}/{n}")
+    return out
