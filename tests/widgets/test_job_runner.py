@@ -10,7 +10,6 @@ from expertloop.engine.jobs import Progress
 from expertloop.widgets._jobs import JobRunner
 
 
-
 def adding_job(n, log, delay=0.0):
     try:
         acc = np.zeros((16, 16))

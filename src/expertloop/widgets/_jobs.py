@@ -27,7 +27,14 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from expertloop.engine.jobs import CANCELLED, CancelToken, Job, JobError, Progress, drive
+from expertloop.engine.jobs import (
+    CANCELLED,
+    CancelToken,
+    Job,
+    JobError,
+    Progress,
+    drive,
+)
 
 log = logging.getLogger(__name__)
 
