@@ -40,6 +40,26 @@ def test_reading_the_manifest_does_not_import_torch():
     assert r.stdout.split()[-2:] == ["False", "False"]
 
 
+WIDGET_MODULES = (
+    "import importlib, sys, napari, magicgui.widgets, npe2\n"
+    "pm = npe2.PluginManager.instance(); pm.discover()\n"
+    "m = pm.get_manifest('napari-expertloop')\n"
+    "mods = sorted({c.python_name.split(':')[0] for c in m.contributions.commands\n"
+    "               if c.python_name.startswith('expertloop.widgets.')})\n"
+    "for mod in mods: importlib.import_module(mod)\n"
+    "print(len(mods), 'torch' in sys.modules, 'torchvision' in sys.modules)\n"
+)
+
+
+def test_every_widget_module_imports_without_torch():
+    """Opening any expertloop widget must not import torch (nor torchvision)."""
+    r = subprocess.run([sys.executable, "-c", WIDGET_MODULES], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    n, torch_loaded, tv_loaded = r.stdout.split()[-3:]
+    assert int(n) >= 1
+    assert (torch_loaded, tv_loaded) == ("False", "False")
+
+
 def test_widget_opens_and_runs_in_viewer(make_napari_viewer, qtbot, data_dir):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Deep features")
