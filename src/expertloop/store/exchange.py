@@ -1,0 +1,217 @@
+"""Import and export: CSV for image labels, COCO JSON for boxes/polygons, TIFF for masks.
+
+Coordinates: the store keeps napari's order (row, column) = (y, x); COCO uses
+(x, y). Conversions happen here only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from expertloop.store.core import Store, StoreValidationError
+
+CSV_COLUMNS = ("uri", "label", "annotator", "source", "time_spent")
+
+
+# ------------------------------------------------------------------ CSV
+def export_csv(store: Store, actor: str, collection: str, path: str | os.PathLike) -> int:
+    """Write the collection's image labels as CSV (one row per annotation)."""
+    recs = [r for r in store.annotations(actor, collection) if r.label is not None]
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for r in recs:
+            w.writerow([r.uri, r.label, r.annotator, r.source,
+                        "" if r.time_spent is None else repr(r.time_spent)])
+    return len(recs)
+
+
+def import_csv(store: Store, actor: str, collection: str, path: str | os.PathLike, *,
+               add_images: bool = False) -> int:
+    """Read labels from CSV (columns ``uri,label`` and optionally ``annotator``,
+    ``source``, ``time_spent``). All rows are written in one transaction.
+
+    Rows for another annotator need an admin ``actor``. ``add_images`` first
+    indexes URIs that are not in the collection yet (admins only).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no CSV file at {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"uri", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise StoreValidationError(
+                f"{path.name}: missing column(s) {sorted(missing)}; need at least uri,label")
+        rows = list(reader)
+    if add_images:
+        store.add_images(actor, collection, [r["uri"] for r in rows])
+    items = []
+    for i, r in enumerate(rows, start=2):
+        if not r["uri"] or not r["label"]:
+            raise StoreValidationError(f"{path.name}, line {i}: empty uri or label")
+        ts = (r.get("time_spent") or "").strip()
+        items.append(dict(image=r["uri"], label=r["label"],
+                          annotator=(r.get("annotator") or "").strip() or None,
+                          source=(r.get("source") or "").strip() or "manual",
+                          time_spent=float(ts) if ts else None))
+    return store.annotate_many(actor, collection, items)
+
+
+# ------------------------------------------------------------------ COCO
+def _polygon_area(xy: np.ndarray) -> float:
+    x, y = xy[:, 0], xy[:, 1]
+    return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def export_coco(store: Store, actor: str, collection: str, path: str | os.PathLike) -> dict:
+    """Write the collection's contour annotations (polygons, boxes) as COCO JSON.
+
+    ``images[].file_name`` is the image URI; width/height come from the image
+    metadata (``width``/``height``) when known, else 0. Each annotation's
+    ``attributes`` hold the annotator, the source and the napari shape type.
+    """
+    info = store.collection(actor, collection)
+    if info.task_type != "contour":
+        raise StoreValidationError(
+            f"COCO export is for contour tasks; {collection!r} is a {info.task_type} task")
+    cats = {name: i + 1 for i, name in enumerate(info.labels)}
+    images = store.images(actor, collection)
+    coco: dict = {
+        "info": {"description": f"expertloop collection {info.name}",
+                 "template": info.template},
+        "images": [{"id": im.id, "file_name": im.uri,
+                    "width": int(im.meta.get("width", 0)),
+                    "height": int(im.meta.get("height", 0))} for im in images],
+        "categories": [{"id": i, "name": n} for n, i in cats.items()],
+        "annotations": [],
+    }
+    next_id = 1
+    for rec in store.annotations(actor, collection):
+        for sh in rec.value.get("shapes", ()):
+            yx = np.asarray(sh["points"], dtype=np.float64)
+            xy = yx[:, ::-1]
+            x0, y0 = xy.min(axis=0)
+            x1, y1 = xy.max(axis=0)
+            label = sh.get("label")
+            if label is not None and label not in cats:
+                raise StoreValidationError(f"label {label!r} is not a category")
+            coco["annotations"].append({
+                "id": next_id, "image_id": rec.image_id,
+                "category_id": cats.get(label, 0) if label is not None else 0,
+                "segmentation": [xy.ravel().round(3).tolist()],
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "area": _polygon_area(xy), "iscrowd": 0,
+                "attributes": {"annotator": rec.annotator, "source": rec.source,
+                               "shape_type": sh["type"]}})
+            next_id += 1
+    Path(path).write_text(json.dumps(coco, indent=1), encoding="utf-8")
+    return coco
+
+
+def import_coco(store: Store, actor: str, collection: str, path: str | os.PathLike, *,
+                add_images: bool = False) -> int:
+    """Read polygons/boxes from COCO JSON into a contour collection.
+
+    Images are matched by ``file_name`` (the URI). Annotations without an
+    ``attributes.annotator`` are credited to ``actor``. Returns the number of
+    (image, annotator) annotations written.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no COCO file at {path}")
+    try:
+        coco = json.loads(path.read_text(encoding="utf-8"))
+        images = {im["id"]: im["file_name"] for im in coco["images"]}
+        cats = {c["id"]: c["name"] for c in coco["categories"]}
+        anns = coco["annotations"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreValidationError(f"{path.name} is not COCO JSON: {exc}") from exc
+    if add_images:
+        store.add_images(actor, collection, list(images.values()))
+    grouped: dict[tuple[str, str], list] = defaultdict(list)
+    for a in anns:
+        attrs = a.get("attributes") or {}
+        uri = images.get(a["image_id"])
+        if uri is None:
+            raise StoreValidationError(f"annotation {a.get('id')} refers to unknown image "
+                                       f"{a['image_id']}")
+        kind = attrs.get("shape_type")
+        seg = a.get("segmentation") or []
+        if seg and isinstance(seg, list) and seg[0]:
+            xy = np.asarray(seg[0], dtype=np.float64).reshape(-1, 2)
+            kind = kind or "polygon"
+        elif a.get("bbox"):
+            x, y, w, h = a["bbox"]
+            xy = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float64)
+            kind = "rectangle"
+        else:
+            raise StoreValidationError(f"annotation {a.get('id')} has neither polygon nor box")
+        grouped[(uri, attrs.get("annotator") or actor)].append(
+            {"type": kind, "points": xy[:, ::-1].tolist(),
+             "label": cats.get(a.get("category_id")), "source": attrs.get("source")})
+    items = []
+    for (uri, who), shapes in grouped.items():
+        src = shapes[0].pop("source") or "manual"
+        for sh in shapes[1:]:
+            sh.pop("source", None)
+        items.append(dict(image=uri, annotator=who, source=src,
+                          value={"shapes": shapes}))
+    return store.annotate_many(actor, collection, items)
+
+
+# ------------------------------------------------------------------ TIFF masks
+def export_masks(store: Store, actor: str, collection: str,
+                 folder: str | os.PathLike) -> list[Path]:
+    """Write each mask annotation as a TIFF label image, plus ``masks.csv`` (the index)."""
+    from expertloop.io import write_tiff
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    with open(folder / "masks.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["uri", "annotator", "file", "label_names", "source"])
+        for rec in store.annotations(actor, collection):
+            if not rec.mask_ref:
+                continue
+            mask = store.load_mask(rec)
+            name = f"{Path(rec.uri).stem}__{rec.annotator}.tif"
+            write_tiff(folder / name, mask)
+            written.append(folder / name)
+            w.writerow([rec.uri, rec.annotator, name,
+                        json.dumps(rec.value.get("label_names", {})), rec.source])
+    return written
+
+
+def import_masks(store: Store, actor: str, collection: str,
+                 folder: str | os.PathLike) -> int:
+    """Read TIFF label images listed in ``folder/masks.csv`` back into the store.
+
+    Masks of other annotators than ``actor`` are skipped unless the actor is
+    the same user (masks are always saved as the actor's own annotation).
+    """
+    import tifffile
+
+    folder = Path(folder)
+    index = folder / "masks.csv"
+    if not index.exists():
+        raise FileNotFoundError(f"no masks.csv in {folder}")
+    n = 0
+    with open(index, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row["annotator"] != actor:
+                continue
+            mask = tifffile.imread(folder / row["file"])
+            names = {int(k): v for k, v in json.loads(row["label_names"] or "{}").items()}
+            store.save_mask(actor, collection, row["uri"], mask, label_names=names,
+                            source=row.get("source") or "manual")
+            n += 1
+    return n
