@@ -206,7 +206,6 @@ def _sqlite_setup(engine: Engine, busy_timeout: float) -> None:
         dbapi_con.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_con.cursor()
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
@@ -266,6 +265,12 @@ class Store:
         store = cls(location, _must_exist=False, **kwargs)
         try:
             store._check_foreign_database()
+            if db is not None:  # persistent in the file: readers never block writers
+                raw = store.engine.raw_connection()
+                try:
+                    raw.driver_connection.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    raw.close()
             migrate(store.engine)
             with store._writer() as s, s.begin():
                 if s.scalar(select(func.count()).select_from(User)) == 0:
@@ -301,6 +306,9 @@ class Store:
                         f"project schema version {version} is older than "
                         f"{SCHEMA_VERSION}: run `expertloop store upgrade` (back it up first)")
                 migrate(store.engine)
+                if store.schema_version() != SCHEMA_VERSION:
+                    raise StoreError(f"upgrading {store.url_safe} to schema version "
+                                     f"{SCHEMA_VERSION} failed; it was left as it was")
         except BaseException:
             store.close()
             raise
@@ -558,28 +566,40 @@ class Store:
         pos = -1 if pos is None else pos
         in_coll = set(s.scalars(select(CollectionImage.image_id).where(
             CollectionImage.collection_id == coll.id)))
-        ids = []
-        for uri, meta, tags in specs:
+        for uri, meta, _tags in specs:  # new images: one batched INSERT
             img = existing.get(uri)
             if img is None:
-                img = Image(uri=uri, meta=meta, created_by=me.id)
+                img = existing[uri] = Image(uri=uri, meta=meta, created_by=me.id)
                 s.add(img)
-                s.flush()
-                existing[uri] = img
-            elif meta:
+            elif meta and img.id is not None:
                 img.meta = {**(img.meta or {}), **meta}
-            attrs = {(k, str(v)) for k, v in meta.items()} | {("tag", str(t)) for t in tags}
-            if attrs:
-                have = {tuple(r) for r in s.execute(select(ImageAttr.key, ImageAttr.value)
-                                                     .where(ImageAttr.image_id == img.id))}
-                for k, v in sorted(attrs - have):
-                    s.add(ImageAttr(image_id=img.id, key=k, value=v))
-            if img.id not in in_coll:
+        s.flush()
+        wanted: dict[int, set] = defaultdict(set)
+        for uri, meta, tags in specs:
+            iid = existing[uri].id
+            wanted[iid] |= {(k, str(v)) for k, v in meta.items()}
+            wanted[iid] |= {("tag", str(t)) for t in tags}
+        have: set[tuple] = set()
+        with_attrs = sorted(i for i, a in wanted.items() if a)
+        for start in range(0, len(with_attrs), 500):
+            have.update(tuple(r) for r in s.execute(
+                select(ImageAttr.image_id, ImageAttr.key, ImageAttr.value).where(
+                    ImageAttr.image_id.in_(with_attrs[start:start + 500]))))
+        for iid in with_attrs:
+            for k, v in sorted(wanted[iid]):
+                if (iid, k, v) not in have:
+                    s.add(ImageAttr(image_id=iid, key=k, value=v))
+                    have.add((iid, k, v))
+        ids = []
+        for uri, _meta, _tags in specs:
+            iid = existing[uri].id
+            if iid not in in_coll:
                 pos += 1
-                s.add(CollectionImage(collection_id=coll.id, image_id=img.id,
+                s.add(CollectionImage(collection_id=coll.id, image_id=iid,
                                       position=pos, added_by=me.id))
-                in_coll.add(img.id)
-            ids.append(img.id)
+                in_coll.add(iid)
+            ids.append(iid)
+        s.flush()
         self._audit(s, me, "add-images", "collection", coll.id, n=len(specs))
         return ids
 
@@ -770,10 +790,22 @@ class Store:
             coll = self._collection(s, collection)
             self._require_access(s, me, coll, "annotate it")
             tpl = s.get(Template, coll.template_id)
-            uri_ids = _pairs(s.execute(select(Image.uri, Image.id).join(
+            wanted = [it["image"] for it in items]
+            uris = sorted({str(x) for x in wanted if not isinstance(x, int)})
+            ids = sorted({x for x in wanted if isinstance(x, int)})
+            uri_ids: dict[str, int] = {}
+            known_ids: set[int] = set()
+            base = select(Image.uri, Image.id).join(
                 CollectionImage, CollectionImage.image_id == Image.id).where(
-                CollectionImage.collection_id == coll.id)))
-            known_ids = set(uri_ids.values())
+                CollectionImage.collection_id == coll.id)
+            for start in range(0, max(len(uris), len(ids)), 500):
+                if uris[start:start + 500]:
+                    uri_ids.update(_pairs(s.execute(
+                        base.where(Image.uri.in_(uris[start:start + 500])))))
+                if ids[start:start + 500]:
+                    known_ids.update(i for _, i in s.execute(
+                        base.where(Image.id.in_(ids[start:start + 500]))))
+            known_ids |= set(uri_ids.values())
             users: dict[str, User] = {me.name: me}
             now = utcnow()
             rows = []
