@@ -30,6 +30,7 @@ from expertloop.store.core import (
     StoreError,
     StoreLockedError,
     StoreValidationError,
+    format_report,
     local_path,
     migrate,
 )
@@ -39,7 +40,8 @@ __all__ = [
     "ROLES", "SCHEMA_VERSION", "SOURCES", "TASK_TYPES", "AnnotationRecord",
     "CollectionInfo", "ImageRecord", "NotFound", "PermissionDenied", "PredictionRecord",
     "Store", "StoreError", "StoreLockedError", "StoreValidationError",
-    "accepted_annotations", "cohen_kappa", "fleiss_kappa", "fleiss_table", "local_path",
+    "accepted_annotations", "cohen_kappa", "fleiss_kappa", "fleiss_table", "format_report",
+    "local_path",
     "migrate", "push_review_tasks", "review_source",
 ]
 

@@ -1178,6 +1178,28 @@ class Store:
         self._run_write(write, "set role")
 
 
+def format_report(rep: dict) -> str:
+    """A report dict as plain text (the admin panel and the CLI show it)."""
+    lines = [f"collection {rep['collection']} (template {rep['template']}, "
+             f"{rep['task_type']}): {rep['images']} images, "
+             f"{rep['images_annotated']} annotated by someone, "
+             f"{rep['images_complete']} by every assigned annotator"]
+    for name, a in rep["annotators"].items():
+        t = f", {a['mean_time_s']:.1f} s/image" if a["mean_time_s"] is not None else ""
+        lines.append(f"  {name}: {a['done']} done, {a['todo']} to do "
+                     f"({100 * a['fraction']:.0f} %){t}")
+    if rep["label_counts"]:
+        lines.append("labels: " + ", ".join(f"{k} {v}" for k, v in rep["label_counts"].items()))
+    for pair, ck in rep["cohen_kappa"].items():
+        lines.append(f"Cohen's kappa {pair.replace('|', ' vs ')}: {ck['kappa']:.3f} "
+                     f"over {ck['items']} images")
+    if rep["fleiss_kappa"] is not None:
+        lines.append(f"Fleiss' kappa: {rep['fleiss_kappa']:.3f} over {rep['fleiss_items']} "
+                     "images")
+    return "\n".join(lines)
+
+
+
 def local_path(uri: str) -> Path | None:
     """The local file of a URI (plain path or file://), or None for remote URLs."""
     if uri.startswith("file://"):

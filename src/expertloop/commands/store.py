@@ -1,0 +1,260 @@
+"""``expertloop store ...``: annotation projects from the command line.
+
+::
+
+    expertloop store init PROJECT --admin ada
+    expertloop store user PROJECT bob --as ada [--role annotator] [--expertise cardio,us]
+    expertloop store template PROJECT kind --type label --labels normal,abnormal --as ada
+    expertloop store collection PROJECT scans --template kind --images 'data/*.tif' --as ada
+    expertloop store assign PROJECT scans bob --as ada
+    expertloop store report PROJECT scans --as ada [--json]
+    expertloop store search PROJECT --as ada [--label X] [--annotator bob] [--tag T]
+                                    [--where modality=US] [--agreement disagree]
+    expertloop store missing PROJECT scans --as bob
+    expertloop store export PROJECT scans --format csv|coco|masks -o OUT --as ada
+    expertloop store import PROJECT scans FILE --format csv|coco|masks --as ada
+    expertloop store upgrade PROJECT
+
+PROJECT is a project folder, a SQLite file or a database URL
+(``postgresql+psycopg://user@host/db``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _open(args, create: bool = False):
+    from expertloop.store import Store
+
+    kw = {"files_dir": args.files_dir} if getattr(args, "files_dir", None) else {}
+    if create:
+        return Store.create(args.project, admin=args.admin, **kw)
+    return Store.open(args.project, upgrade=getattr(args, "upgrade", False), **kw)
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _run(fn):
+    """Wrap a command: store errors become a message and exit code 2."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from expertloop.store import StoreError
+
+        try:
+            return fn(args)
+        except StoreError as exc:
+            print(f"expertloop store: error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+def cmd_init(args) -> int:
+    with _open(args, create=True) as st:
+        print(f"project ready: {st.url_safe} (schema {st.schema_version()}, "
+              f"admin {args.admin})")
+    return 0
+
+
+def cmd_upgrade(args) -> int:
+    args.upgrade = True
+    with _open(args) as st:
+        print(f"{st.url_safe}: schema version {st.schema_version()}")
+    return 0
+
+
+def cmd_user(args) -> int:
+    with _open(args) as st:
+        st.add_user(args.as_user, args.name, args.role, _split(args.expertise))
+    print(f"added {args.role} {args.name}")
+    return 0
+
+
+def cmd_template(args) -> int:
+    with _open(args) as st:
+        st.add_template(args.as_user, args.name, args.type, _split(args.labels))
+    print(f"added template {args.name} ({args.type})")
+    return 0
+
+
+def cmd_collection(args) -> int:
+    import glob
+    from pathlib import Path
+
+    images: list[str] = []
+    for pattern in args.images or []:
+        if "://" in pattern:
+            images.append(pattern)
+            continue
+        hits = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not hits:
+            print(f"expertloop store: error: no file matches {pattern!r}", file=sys.stderr)
+            return 2
+        images += [str(Path(h).resolve()) for h in hits]
+    with _open(args) as st:
+        names = {c.name for c in st.collections(args.as_user)}
+        if args.name in names:
+            st.add_images(args.as_user, args.name, images)
+        else:
+            if not args.template:
+                print("expertloop store: error: a new collection needs --template",
+                      file=sys.stderr)
+                return 2
+            st.add_collection(args.as_user, args.name, args.template,
+                              description=args.description, images=images)
+        info = st.collection(args.as_user, args.name)
+    print(f"collection {info.name}: {info.n_images} images, template {info.template}")
+    return 0
+
+
+def cmd_assign(args) -> int:
+    with _open(args) as st:
+        for user in args.users:
+            st.assign(args.as_user, args.collection, user)
+    print(f"assigned {', '.join(args.users)} to {args.collection}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from expertloop.store import format_report
+
+    with _open(args) as st:
+        rep = st.report(args.as_user, args.collection)
+    print(json.dumps(rep, indent=1) if args.json else format_report(rep))
+    return 0
+
+
+def cmd_search(args) -> int:
+    where = {}
+    for item in args.where or []:
+        if "=" not in item:
+            print(f"expertloop store: error: --where needs key=value, got {item!r}",
+                  file=sys.stderr)
+            return 2
+        k, v = item.split("=", 1)
+        where[k] = v
+    with _open(args) as st:
+        recs = st.search(args.as_user, collection=args.collection, label=args.label,
+                         annotator=args.annotator, tag=args.tag, where=where or None,
+                         task=args.task, source=args.source, agreement=args.agreement,
+                         limit=args.limit)
+    for r in recs:
+        if args.json:
+            print(json.dumps({"collection": r.collection, "uri": r.uri,
+                              "annotator": r.annotator, "label": r.label,
+                              "source": r.source, "value": r.value,
+                              "updated_at": r.updated_at.isoformat()}))
+        else:
+            print(f"{r.collection}\t{r.uri}\t{r.annotator}\t{r.label}\t{r.source}")
+    print(f"{len(recs)} annotation(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_missing(args) -> int:
+    with _open(args) as st:
+        missing = st.missing_images(args.as_user, args.collection)
+    for m in missing:
+        print(m.uri)
+    print(f"{len(missing)} missing image(s)", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_export(args) -> int:
+    from expertloop.store import exchange
+
+    with _open(args) as st:
+        if args.format == "csv":
+            n = exchange.export_csv(st, args.as_user, args.collection, args.output)
+        elif args.format == "coco":
+            n = len(exchange.export_coco(st, args.as_user, args.collection,
+                                         args.output)["annotations"])
+        else:
+            n = len(exchange.export_masks(st, args.as_user, args.collection, args.output))
+    print(f"wrote {n} annotation(s) to {args.output}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from expertloop.store import exchange
+
+    with _open(args) as st:
+        if args.format == "csv":
+            n = exchange.import_csv(st, args.as_user, args.collection, args.file,
+                                    add_images=args.add_images)
+        elif args.format == "coco":
+            n = exchange.import_coco(st, args.as_user, args.collection, args.file,
+                                     add_images=args.add_images)
+        else:
+            n = exchange.import_masks(st, args.as_user, args.collection, args.file)
+    print(f"imported {n} annotation(s) into {args.collection}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("store", help="annotation projects: users, collections, annotations",
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ss = p.add_subparsers(dest="store_command", metavar="STORE_COMMAND", required=True)
+
+    def cmd(name, fn, help, admin_as=True, as_required=True):
+        c = ss.add_parser(name, help=help)
+        c.add_argument("project", help="project folder, SQLite file or database URL")
+        c.add_argument("--files-dir", help="folder for mask files (default: project folder)")
+        if admin_as:
+            c.add_argument("--as", dest="as_user", required=as_required,
+                           help="who you are (a user of the project)")
+        c.set_defaults(func=_run(fn))
+        return c
+
+    from expertloop.store.models import ROLES, TASK_TYPES
+
+    c = cmd("init", cmd_init, "create a project (and its first admin)", admin_as=False)
+    c.add_argument("--admin", required=True, help="name of the first admin")
+    cmd("upgrade", cmd_upgrade, "migrate a project to this version's schema", admin_as=False)
+    c = cmd("user", cmd_user, "add a user (admins)")
+    c.add_argument("name")
+    c.add_argument("--role", choices=ROLES, default="annotator")
+    c.add_argument("--expertise", help="comma-separated tags")
+    c = cmd("template", cmd_template, "add a task template (admins)")
+    c.add_argument("name")
+    c.add_argument("--type", choices=TASK_TYPES, required=True)
+    c.add_argument("--labels", help="comma-separated label set")
+    c = cmd("collection", cmd_collection, "add a collection or images to it (admins)")
+    c.add_argument("name")
+    c.add_argument("--template")
+    c.add_argument("--description", default="")
+    c.add_argument("--images", nargs="*", help="paths, globs or URLs")
+    c = cmd("assign", cmd_assign, "assign annotators to a collection (admins)")
+    c.add_argument("collection")
+    c.add_argument("users", nargs="+")
+    c = cmd("report", cmd_report, "completeness and agreement of a collection (admins)")
+    c.add_argument("collection")
+    c.add_argument("--json", action="store_true")
+    c = cmd("search", cmd_search, "find annotations")
+    c.add_argument("--collection")
+    c.add_argument("--label", action="append")
+    c.add_argument("--annotator")
+    c.add_argument("--tag")
+    c.add_argument("--where", action="append", help="image metadata key=value")
+    c.add_argument("--task", help="template name or task type")
+    c.add_argument("--source", choices=["manual", "model", "accepted-model"])
+    c.add_argument("--agreement", choices=["agree", "disagree"])
+    c.add_argument("--limit", type=int)
+    c.add_argument("--json", action="store_true")
+    c = cmd("missing", cmd_missing, "list images whose file is gone (exit 1 if any)")
+    c.add_argument("collection")
+    c = cmd("export", cmd_export, "export annotations: csv, coco or masks (TIFF folder)")
+    c.add_argument("collection")
+    c.add_argument("--format", choices=["csv", "coco", "masks"], required=True)
+    c.add_argument("-o", "--output", required=True)
+    c = cmd("import", cmd_import, "import annotations: csv, coco or masks (TIFF folder)")
+    c.add_argument("collection")
+    c.add_argument("file")
+    c.add_argument("--format", choices=["csv", "coco", "masks"], required=True)
+    c.add_argument("--add-images", action="store_true",
+                   help="index images not yet in the collection (admins)")
