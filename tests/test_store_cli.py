@@ -63,3 +63,18 @@ def test_store_cli_end_to_end(tmp_path, capsys):
     assert (bad / "expertloop-project.db").read_bytes() == b"nope" * 10
     with Store.open(proj) as st:
         assert st.user("bob").expertise == ["us", "cardio"]
+
+
+def test_cli_choices_match_the_models():
+    from expertloop.cli import build_parser
+    from expertloop.store.models import ROLES, TASK_TYPES
+
+    parser = build_parser()
+    args = parser.parse_args(["store", "template", "p", "t", "--type", "mask", "--as", "a"])
+    assert args.type == "mask"
+    store_sub = next(a for a in parser._subparsers._group_actions[0].choices["store"]
+                     ._actions if a.dest == "store_command")
+    user = store_sub.choices["user"]
+    tpl = store_sub.choices["template"]
+    assert tuple(next(a for a in user._actions if a.dest == "role").choices) == ROLES
+    assert tuple(next(a for a in tpl._actions if a.dest == "type").choices) == TASK_TYPES

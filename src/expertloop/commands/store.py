@@ -211,7 +211,9 @@ def add_commands(sub) -> None:
         c.set_defaults(func=_run(fn))
         return c
 
-    from expertloop.store.models import ROLES, TASK_TYPES
+    # literals (the same as expertloop.store.models) so that building the parser
+    # does not import SQLAlchemy; the service layer validates again
+    ROLES, TASK_TYPES = ("admin", "annotator"), ("label", "points", "contour", "mask")
 
     c = cmd("init", cmd_init, "create a project (and its first admin)", admin_as=False)
     c.add_argument("--admin", required=True, help="name of the first admin")
