@@ -29,6 +29,7 @@ from sqlalchemy import (
     event,
     exists,
     func,
+    insert,
     inspect,
     select,
     update,
@@ -556,27 +557,28 @@ class Store:
                     specs: list[tuple[str, dict, list]]) -> list[int]:
         if not specs:
             return []
-        uris = [u for u, _, _ in specs]
-        existing: dict[str, Image] = {}
+        uris = list(dict.fromkeys(u for u, _, _ in specs))
+        ids_by_uri: dict[str, int] = {}
+        merged: dict[str, dict] = {}
+        for uri, meta, _tags in specs:
+            if meta:
+                merged.setdefault(uri, {}).update(meta)
         for chunk in range(0, len(uris), 500):
-            part = uris[chunk:chunk + 500]
-            existing.update({i.uri: i for i in s.scalars(select(Image).where(Image.uri.in_(part)))})
-        pos = s.scalar(select(func.max(CollectionImage.position)).where(
-            CollectionImage.collection_id == coll.id))
-        pos = -1 if pos is None else pos
-        in_coll = set(s.scalars(select(CollectionImage.image_id).where(
-            CollectionImage.collection_id == coll.id)))
-        for uri, meta, _tags in specs:  # new images: one batched INSERT
-            img = existing.get(uri)
-            if img is None:
-                img = existing[uri] = Image(uri=uri, meta=meta, created_by=me.id)
-                s.add(img)
-            elif meta and img.id is not None:
-                img.meta = {**(img.meta or {}), **meta}
-        s.flush()
+            for img in s.scalars(select(Image).where(Image.uri.in_(uris[chunk:chunk + 500]))):
+                ids_by_uri[img.uri] = img.id
+                if img.uri in merged:
+                    img.meta = {**(img.meta or {}), **merged[img.uri]}
+        now = utcnow()
+        new_rows = [dict(uri=u, meta=merged.get(u, {}), created_by=me.id, created_at=now)
+                    for u in uris if u not in ids_by_uri]
+        for start in range(0, len(new_rows), 1000):  # Core bulk INSERT ... RETURNING
+            res = s.execute(insert(Image).returning(Image.id, Image.uri,
+                                                    sort_by_parameter_order=True),
+                            new_rows[start:start + 1000])
+            ids_by_uri.update({uri: iid for iid, uri in res})
         wanted: dict[int, set] = defaultdict(set)
         for uri, meta, tags in specs:
-            iid = existing[uri].id
+            iid = ids_by_uri[uri]
             wanted[iid] |= {(k, str(v)) for k, v in meta.items()}
             wanted[iid] |= {("tag", str(t)) for t in tags}
         have: set[tuple] = set()
@@ -585,21 +587,25 @@ class Store:
             have.update(tuple(r) for r in s.execute(
                 select(ImageAttr.image_id, ImageAttr.key, ImageAttr.value).where(
                     ImageAttr.image_id.in_(with_attrs[start:start + 500]))))
-        for iid in with_attrs:
-            for k, v in sorted(wanted[iid]):
-                if (iid, k, v) not in have:
-                    s.add(ImageAttr(image_id=iid, key=k, value=v))
-                    have.add((iid, k, v))
-        ids = []
+        attr_rows = [dict(image_id=iid, key=k, value=v) for iid in with_attrs
+                     for k, v in sorted(wanted[iid]) if (iid, k, v) not in have]
+        pos = s.scalar(select(func.max(CollectionImage.position)).where(
+            CollectionImage.collection_id == coll.id))
+        pos = -1 if pos is None else pos
+        in_coll = set(s.scalars(select(CollectionImage.image_id).where(
+            CollectionImage.collection_id == coll.id)))
+        ids, ci_rows = [], []
         for uri, _meta, _tags in specs:
-            iid = existing[uri].id
+            iid = ids_by_uri[uri]
             if iid not in in_coll:
                 pos += 1
-                s.add(CollectionImage(collection_id=coll.id, image_id=iid,
-                                      position=pos, added_by=me.id))
+                ci_rows.append(dict(collection_id=coll.id, image_id=iid, position=pos,
+                                    added_by=me.id, added_at=now))
                 in_coll.add(iid)
             ids.append(iid)
-        s.flush()
+        for table, rows in ((ImageAttr, attr_rows), (CollectionImage, ci_rows)):
+            for start in range(0, len(rows), 1000):
+                s.execute(insert(table), rows[start:start + 1000])
         self._audit(s, me, "add-images", "collection", coll.id, n=len(specs))
         return ids
 
@@ -735,15 +741,15 @@ class Store:
                     "updated_by"]
         if self.dialect in ("sqlite", "postgresql"):
             if self.dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert
+                from sqlalchemy.dialects.sqlite import insert as upsert
             else:
-                from sqlalchemy.dialects.postgresql import insert
-            for start in range(0, len(rows), 500):
-                stmt = insert(Annotation).values(rows[start:start + 500])
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=list(keys),
-                    set_={c: getattr(stmt.excluded, c) for c in changing})
-                s.execute(stmt)
+                from sqlalchemy.dialects.postgresql import insert as upsert
+            stmt = upsert(Annotation.__table__)  # Core, not the ORM bulk path
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={c: getattr(stmt.excluded, c) for c in changing})
+            for start in range(0, len(rows), 1000):  # executemany: one cached statement
+                s.execute(stmt, rows[start:start + 1000])
             return
         for row in rows:  # other databases: portable (slower) path
             old = s.scalar(select(Annotation).where(*[getattr(Annotation, k) == row[k]
@@ -820,10 +826,11 @@ class Store:
                 who_name = item.get("annotator") or me.name
                 if who_name not in users:
                     users[who_name] = self._user(s, who_name)
+                    who = users[who_name]
+                    if who.id != me.id:
+                        self._require_admin(me, "write annotations for another annotator")
+                        self._require_access(s, who, coll, "be credited with annotations")
                 who = users[who_name]
-                if who.id != me.id:
-                    self._require_admin(me, "write annotations for another annotator")
-                    self._require_access(s, who, coll, "be credited with annotations")
                 label, value = self._validate(tpl, item.get("label"), item.get("value") or {})
                 ts = item.get("time_spent")
                 rows.append(dict(
