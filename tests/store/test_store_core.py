@@ -72,6 +72,7 @@ def test_non_admin_cannot_create_or_assign(project):
         project.annotate("mallory", "scans", "/data/s1.png", label="normal")
     assert [c.name for c in project.collections("ada")] == ["scans"]
     assert "eve" not in [u.name for u in project.users()]
+    assert [u.name for u in project.users(expertise="cardiology")] == ["bob"]
 
 
 def test_only_admin_writes_for_another_annotator(project):
@@ -211,6 +212,9 @@ def test_report_against_hand_computed(project):
                     "cy": {"done": 3, "todo": 1, "total": 4}}
     # an annotator sees only their own progress
     assert project.progress("cy", "scans") == {"cy": {"done": 3, "todo": 1, "total": 4}}
+    with pytest.raises(PermissionDenied, match="another annotator"):
+        project.progress("cy", "scans", annotator="bob")
+    assert project.progress("ada", "scans", annotator="cy")["cy"]["done"] == 3
 
 
 def test_missing_image_listed_not_fatal(project, tmp_path):

@@ -56,6 +56,9 @@ def test_dock_saves_annotation_seen_by_second_connection(
     assert "1 missing" in w.progress_lbl.text()
     assert any("missing" in str(n.message) for n in notifications)
 
+    # the template's tools decide what shows: a label dropdown (no annotation layer)
+    assert w.label_box.isVisibleTo(w) and w.label_box.count() == 2
+    assert "project annotation" not in viewer.layers
     w.label_box.setCurrentText("mitotic")
     qtbot.mouseClick(w.save_btn, Qt.LeftButton)
     # a second, independent connection sees the annotation at once
@@ -95,7 +98,8 @@ def test_dock_geometric_tasks(make_napari_viewer, tmp_path):
         st.add_template("ada", "spots", "points", labels=["spot"])
         st.add_template("ada", "outline", "contour", labels=["cell"])
         st.add_template("ada", "seg", "mask")
-        for name, tpl in [("p", "spots"), ("c", "outline"), ("m", "seg")]:
+        st.add_template("ada", "nokeys", "label", labels=["x", "y"], tools=["label-dropdown"])
+        for name, tpl in [("p", "spots"), ("c", "outline"), ("m", "seg"), ("k", "nokeys")]:
             st.add_collection("ada", name, tpl, images=paths)
     viewer = make_napari_viewer()
     w = AnnotationProjectWidget(viewer)
@@ -112,6 +116,7 @@ def test_dock_geometric_tasks(make_napari_viewer, tmp_path):
     shapes.add(np.array([[1, 1], [1, 9], [8, 9], [8, 1]], float), shape_type="rectangle")
     assert w.save()
     w.select_collection("m")
+    assert not w.label_box.isVisibleTo(w)   # a mask template without labels
     lab = viewer.layers[ANNOTATION_LAYER]
     assert lab.data.shape == (24, 32)
     lab.data[2:6, 3:9] = 1
@@ -126,6 +131,10 @@ def test_dock_geometric_tasks(make_napari_viewer, tmp_path):
         (m,) = other.annotations("ada", "m")
         mask = other.load_mask(m)
         assert mask.sum() == 24 and mask[2:6, 3:9].all()
+    # a label template whose tools omit "keys": no key bindings on the image
+    w.select_collection("k")
+    assert w.label_box.isVisibleTo(w)
+    assert not [k for k in viewer.layers["project image"].keymap if str(k) == "1"]
     # going back opens the first image still to do; image 0 shows its saved points
     w.select_collection("p")
     assert w.current == 1 and len(viewer.layers[ANNOTATION_LAYER].data) == 0

@@ -468,9 +468,14 @@ class Store:
 
         return self._run_write(write, f"add user {name}")
 
-    def users(self) -> list[User]:
+    def users(self, expertise: str | None = None) -> list[User]:
+        """All users, or those whose expertise tags include ``expertise``
+        (to match annotators to a collection, as the paper's platform does)."""
         with self._read() as s:
-            return list(s.scalars(select(User).order_by(User.name)))
+            users = list(s.scalars(select(User).order_by(User.name)))
+        if expertise is not None:
+            users = [u for u in users if expertise in (u.expertise or [])]
+        return users
 
     def user(self, name: str | int) -> User:
         with self._read() as s:
@@ -1008,7 +1013,11 @@ class Store:
         """
         with self._read() as s:
             me = self._actor(s, actor)
-            stmt = select(Annotation)
+            t = Annotation.__table__.c  # plain columns: no ORM objects for big results
+            stmt = select(t.id, t.collection_id, t.image_id, t.annotator_id, t.label, t.value,
+                          t.mask_ref, t.source, t.time_spent, t.created_at, t.updated_at,
+                          t.created_by, t.updated_by, Image.uri).join(
+                Image, Image.id == Annotation.image_id)
             conds = []
             if collection is not None:
                 coll = self._collection(s, collection)
@@ -1051,7 +1060,16 @@ class Store:
                                                Annotation.annotator_id)
             if limit is not None:
                 stmt = stmt.limit(int(limit))
-            return self._records(s, s.scalars(stmt))
+            rows = s.execute(stmt).all()
+            if not rows:
+                return []
+            names = _pairs(s.execute(select(User.id, User.name)))
+            colls = _pairs(s.execute(select(Collection.id, Collection.name)))
+            return [AnnotationRecord(
+                r.id, colls[r.collection_id], r.image_id, r.uri, names[r.annotator_id],
+                r.label, dict(r.value or {}), r.mask_ref, r.source, r.time_spent,
+                r.created_at, r.updated_at, names[r.created_by], names[r.updated_by])
+                for r in rows]
 
     # ------------------------------------------------------------ reports
     def progress(self, actor: User | str, collection: str | int,
@@ -1073,10 +1091,12 @@ class Store:
                 Assignment, Assignment.user_id == User.id).where(
                 Assignment.collection_id == coll.id)))
             names = sorted(set(names) | set(done))
-            if me.role != "admin":
-                names = [me.name]
             if annotator is not None:
+                if annotator != me.name:
+                    self._require_admin(me, "read another annotator's progress")
                 names = [annotator]
+            elif me.role != "admin":
+                names = [me.name]
             return {n: {"done": done.get(n, 0), "todo": total - done.get(n, 0),
                         "total": total} for n in names}
 
@@ -1087,6 +1107,8 @@ class Store:
             coll = self._collection(s, collection)
             self._require_access(s, me, coll, "read it")
             who = self._user(s, annotator) if annotator else me
+            if who.id != me.id:
+                self._require_admin(me, "read another annotator's work")
             return set(s.scalars(select(Annotation.image_id).where(
                 Annotation.collection_id == coll.id, Annotation.annotator_id == who.id)))
 

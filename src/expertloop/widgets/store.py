@@ -298,7 +298,8 @@ class AnnotationProjectWidget(QWidget):
         self._load_annotation(im, shape)
 
     def _bind_keys(self, layer) -> None:
-        if self.collection is None or self.collection.task_type != "label":
+        if self.collection is None or self.collection.task_type != "label" \
+                or "keys" not in self.collection.tools:
             return
         for k, lab in enumerate(self.collection.labels[:9], start=1):
             def save_key(_layer, label=lab):
@@ -313,10 +314,15 @@ class AnnotationProjectWidget(QWidget):
             self.label_box.addItems(info.labels)
         self.tools.setEnabled(info is not None)
         self.tools.setTitle(f"annotation: {kind}" if kind else "annotation")
-        self.label_box.setVisible(kind in ("label", "points", "contour"))
+        tools = set(info.tools) if info is not None else set()
+        # the template decides: a label dropdown for image labels (unless its
+        # tools omit it) and for naming points/shapes when there is a label set
+        self.label_box.setVisible(
+            (kind == "label" and "label-dropdown" in tools)
+            or (kind in ("points", "contour") and bool(info.labels)))
         self.suggestion.setVisible(kind == "label")
         self.accept_btn.setVisible(kind == "label")
-        if kind == "label" and info.labels:
+        if kind == "label" and info.labels and "keys" in tools:
             keys = ", ".join(f"{k}={lab}" for k, lab in enumerate(info.labels[:9], 1))
             self.tools.setToolTip(f"keys on the image: {keys} (saves and moves on)")
         if ANNOTATION_LAYER in self.viewer.layers:
