@@ -1037,8 +1037,8 @@ class Store:
             attrs = [("tag", str(tag))] if tag is not None else []
             attrs += [(str(k), str(v)) for k, v in (where or {}).items()]
             for k, v in attrs:
-                conds.append(exists().where(ImageAttr.image_id == Annotation.image_id,
-                                            ImageAttr.key == k, ImageAttr.value == v))
+                conds.append(Annotation.image_id.in_(select(ImageAttr.image_id).where(
+                    ImageAttr.key == k, ImageAttr.value == v)))
             if task is not None:
                 tpl_ids = select(Template.id).where(
                     (Template.name == task) | (Template.task_type == task))

@@ -161,7 +161,8 @@ class Annotation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     collection_id: Mapped[int] = mapped_column(
         ForeignKey("collections.id", ondelete="CASCADE"))
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), index=True)
     annotator_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     #: image-label tasks: the label (also in ``value``), indexed for search
     label: Mapped[str | None] = mapped_column(String(200), index=True)
@@ -174,9 +175,9 @@ class Annotation(Base):
     created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
     updated_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
     __table_args__ = (
+        # also the index of lookups by collection (and image)
         UniqueConstraint("collection_id", "image_id", "annotator_id",
                          name="uq_annotation"),
-        Index("ix_annotations_collection_image", "collection_id", "image_id"),
     )
 
 

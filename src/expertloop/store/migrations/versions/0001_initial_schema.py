@@ -115,7 +115,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('annotations', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_annotations_annotator_id'), ['annotator_id'], unique=False)
-        batch_op.create_index('ix_annotations_collection_image', ['collection_id', 'image_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_annotations_image_id'), ['image_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_annotations_label'), ['label'], unique=False)
 
     op.create_table('assignments',
@@ -177,7 +177,7 @@ def downgrade() -> None:
     op.drop_table('assignments')
     with op.batch_alter_table('annotations', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_annotations_label'))
-        batch_op.drop_index('ix_annotations_collection_image')
+        batch_op.drop_index(batch_op.f('ix_annotations_image_id'))
         batch_op.drop_index(batch_op.f('ix_annotations_annotator_id'))
 
     op.drop_table('annotations')
