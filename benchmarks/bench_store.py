@@ -69,6 +69,7 @@ def run_backend(location: str, n_images: int, n_annotators: int, n_single: int,
                       "annotator": a, "time_spent": 1.0 + k} for i in range(start, min(start + 1000, n_images))]
             total += st.annotate_many("admin", "big", batch)
     t_bulk = time.perf_counter() - t0
+    st.analyze()  # planner statistics after the bulk load (as after a big import)
     t0 = time.perf_counter()
     for i in range(n_single):
         st.annotate_many(annotators[0], "big", [{"image": images[i]["uri"],

@@ -18,7 +18,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from stress_worker import expected_label  # noqa: E402
 
-N = 1000  # per process: 2000 single-annotation transactions in all
+N = 1500  # per process: 3000 single-annotation transactions in all
 
 
 def _env():

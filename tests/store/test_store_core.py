@@ -185,6 +185,9 @@ def test_search_against_hand_computed(project):
     assert len(project.search("ada", task="kind")) == 7
     assert project.search("ada", task="contour") == []
     assert len(project.search("ada", label=["normal", "unsure"], limit=2)) == 2
+    project.analyze()  # planner statistics: results must not change
+    assert key(project.search("ada", agreement="disagree")) == [
+        ("s2.png", "bob"), ("s2.png", "cy")]
     # dan is assigned nowhere: his search sees nothing
     assert project.search("dan") == []
     assert len(project.search("bob")) == 7

@@ -1182,6 +1182,16 @@ class Store:
                 out["fleiss_items"] = len(items)
         return out
 
+    def analyze(self) -> None:
+        """Refresh the database's query-planner statistics (``ANALYZE``).
+
+        Worth running after a large import: PostgreSQL otherwise plans with
+        stale row counts until autovacuum catches up.
+        """
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
+
     def audit_log(self, actor: User | str, limit: int = 100) -> list[dict]:
         """The latest writes (admins only): who did what, when."""
         with self._read() as s:
