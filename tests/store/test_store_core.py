@@ -279,3 +279,41 @@ def test_accepted_annotations_majority(project):
     assert (maj["label"], maj["n_votes"], sorted(maj["annotators"])) == ("b", 3, ["bob", "cy"])
     (latest,) = accepted_annotations(project, "rv", actor="ada", resolve="latest")
     assert latest["label"] == "a" and latest["source"] == "accepted-model"
+
+
+def test_delete_unassign_and_roles(project):
+    project.annotate("bob", "scans", "/data/s1.png", label="normal")
+    project.annotate("cy", "scans", "/data/s1.png", label="abnormal")
+    with pytest.raises(PermissionDenied, match="another annotator"):
+        project.delete_annotation("bob", "scans", "/data/s1.png", annotator="cy")
+    assert project.delete_annotation("bob", "scans", "/data/s1.png")
+    assert not project.delete_annotation("bob", "scans", "/data/s1.png")
+    assert [r.annotator for r in project.annotations("ada", "scans")] == ["cy"]
+    with pytest.raises(PermissionDenied, match="unassign"):
+        project.unassign("bob", "scans", "cy")
+    project.unassign("ada", "scans", "cy")
+    with pytest.raises(PermissionDenied, match="not assigned"):
+        project.annotate("cy", "scans", "/data/s2.png", label="normal")
+    # cy's existing annotation stays (history is kept), she just cannot write any more
+    assert len(project.annotations("ada", "scans")) == 1
+    with pytest.raises(PermissionDenied, match="change roles"):
+        project.set_role("bob", "bob", "admin")
+    project.set_role("ada", "bob", "admin")
+    project.add_collection("bob", "bobs", "kind")    # bob is an admin now
+    with pytest.raises(StoreValidationError, match="role"):
+        project.set_role("ada", "bob", "owner")
+    log = project.audit_log("bob", limit=5)
+    assert [e["action"] for e in log[:3]] == ["create", "set-role", "unassign"]
+
+
+def test_backend_params_require_postgres(monkeypatch, tmp_path):
+    from expertloop.store import testing
+
+    monkeypatch.delenv(testing.PG_ENV, raising=False)
+    monkeypatch.setenv(testing.REQUIRE_ENV, "1")
+    pg = testing.backend_params()[1]
+    assert not pg.marks[0].args[0]       # required: not skipped ...
+    with pytest.raises(RuntimeError, match="EXPERTLOOP_TEST_POSTGRES_URL is not set"):
+        testing.fresh_location("postgresql", tmp_path)   # ... so it fails loudly
+    monkeypatch.delenv(testing.REQUIRE_ENV)
+    assert testing.backend_params()[1].marks[0].args[0]  # optional: skipped
