@@ -51,17 +51,18 @@ def test_foreign_database_and_missing_project(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_schema_version_checked(tmp_path):
-    with Store.create(tmp_path / "p") as st:
+def _project_with_version(path, version: str):
+    with Store.create(path) as st:
         with st._writer() as s, s.begin():
             s.execute(update(StoreInfo).where(StoreInfo.key == "schema_version")
-                      .values(value="99"))
+                      .values(value=version))
+
+
+def test_schema_version_checked(tmp_path):
+    _project_with_version(tmp_path / "p", "99")
     with pytest.raises(StoreError, match="newer"):
         Store.open(tmp_path / "p")
-    with Store.create(tmp_path / "q") as st:
-        with st._writer() as s, s.begin():
-            s.execute(update(StoreInfo).where(StoreInfo.key == "schema_version")
-                      .values(value="0"))
+    _project_with_version(tmp_path / "q", "0")
     with pytest.raises(StoreError, match="expertloop store upgrade"):
         Store.open(tmp_path / "q")
 

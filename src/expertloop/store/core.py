@@ -190,6 +190,17 @@ def _pairs(result) -> dict:
     return {k: v for k, v in result}
 
 
+def _lookup(s: Session, model, which: Any, kind: str):
+    """A user / collection / template by object, id or name; NotFound otherwise."""
+    if not isinstance(which, int | str):
+        which = which.id
+    row = s.scalar(select(model).where(
+        model.id == which if isinstance(which, int) else model.name == which))
+    if row is None:
+        raise NotFound(f"no {kind} {which!r} in this project")
+    return row
+
+
 def _image_spec(item: Any) -> tuple[str, dict, list]:
     """(uri, meta, tags) from a URI string/path or a mapping with 'uri'."""
     if isinstance(item, Mapping):
@@ -384,13 +395,7 @@ class Store:
 
     @staticmethod
     def _user(s: Session, who: User | str | int) -> User:
-        if isinstance(who, User):
-            who = who.id
-        stmt = select(User).where(User.id == who if isinstance(who, int) else User.name == who)
-        user = s.scalar(stmt)
-        if user is None:
-            raise NotFound(f"no user {who!r} in this project")
-        return user
+        return _lookup(s, User, who, "user")
 
     def _actor(self, s: Session, actor: User | str | int) -> User:
         try:
@@ -404,26 +409,12 @@ class Store:
             raise PermissionDenied(f"{user.name} is not an admin: only admins can {what}")
 
     @staticmethod
-    def _collection(s: Session, which: Collection | str | int) -> Collection:
-        if isinstance(which, Collection | CollectionInfo):
-            which = which.id
-        stmt = select(Collection).where(
-            Collection.id == which if isinstance(which, int) else Collection.name == which)
-        coll = s.scalar(stmt)
-        if coll is None:
-            raise NotFound(f"no collection {which!r} in this project")
-        return coll
+    def _collection(s: Session, which: Collection | CollectionInfo | str | int) -> Collection:
+        return _lookup(s, Collection, which, "collection")
 
     @staticmethod
     def _template(s: Session, which: Template | str | int) -> Template:
-        if isinstance(which, Template):
-            which = which.id
-        stmt = select(Template).where(
-            Template.id == which if isinstance(which, int) else Template.name == which)
-        tpl = s.scalar(stmt)
-        if tpl is None:
-            raise NotFound(f"no template {which!r} in this project")
-        return tpl
+        return _lookup(s, Template, which, "template")
 
     @staticmethod
     def _is_assigned(s: Session, user: User, coll: Collection) -> bool:
