@@ -101,7 +101,7 @@ def test_coco_round_trip(project, tmp_path):
         import_coco(project, "ada", "cells2", broken)
 
 
-def test_tiff_mask_round_trip(project, tmp_path):
+def test_tiff_mask_round_trip(project, tmp_path, monkeypatch):
     project.add_template("ada", "seg", "mask", labels=["nucleus", "cytoplasm"])
     project.add_collection("ada", "masks", "seg", images=["/data/m1.tif", "/data/m2.tif"])
     project.assign("ada", "masks", "bob")
@@ -125,6 +125,18 @@ def test_tiff_mask_round_trip(project, tmp_path):
     np.testing.assert_array_equal(got["/data/m2.tif"], m2)
     rec = project.search("ada", collection="masks2", annotator="bob")[0]
     assert rec.value["label_names"] == {"1": "nucleus"} and rec.value["shape"] == [20, 30]
+    # a database URL without a files folder: a clear message, nothing written
+    if project.project_dir is None:
+        from expertloop.store import Store, StoreError
+
+        monkeypatch.delenv("EXPERTLOOP_STORE_FILES", raising=False)
+        with Store.open(project.url) as bare:
+            assert bare.files_dir is None
+            with pytest.raises(StoreError, match="EXPERTLOOP_STORE_FILES"):
+                bare.save_mask("bob", "masks", "/data/m1.tif", m1)
+        monkeypatch.setenv("EXPERTLOOP_STORE_FILES", str(tmp_path / "shared"))
+        with Store.open(project.url) as env:
+            assert env.files_dir == tmp_path / "shared"
     # a mask changed behind the store's back is detected
     (project.files_dir / rec.mask_ref).write_bytes(b"tampered")
     with pytest.raises(Exception, match="checksum"):

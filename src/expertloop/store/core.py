@@ -247,6 +247,8 @@ class Store:
         self.url, project_dir = resolve_location(location)
         self.lock_timeout = float(lock_timeout)
         self.on_wait = on_wait
+        if files_dir is None and project_dir is None:
+            files_dir = os.environ.get("EXPERTLOOP_STORE_FILES") or None
         self.files_dir = Path(files_dir) if files_dir is not None else project_dir
         self.project_dir = project_dir
         db = _sqlite_path(self.url)
@@ -869,7 +871,8 @@ class Store:
 
         if self.files_dir is None:
             raise StoreError("this store has no files folder for masks: open it with "
-                             "files_dir=... (a folder every team member can read)")
+                             "files_dir=... or set EXPERTLOOP_STORE_FILES (a folder every "
+                             "team member can read)")
         mask = np.asarray(mask)
         if mask.ndim not in (2, 3) or not np.issubdtype(mask.dtype, np.integer):
             raise StoreValidationError(
