@@ -78,13 +78,13 @@ def to_rgb01(image) -> np.ndarray:
         return a.astype(np.float32)
     f = a.astype(np.float32)
     lo, hi = np.percentile(f, (0.5, 99.5))
-    return np.clip((f - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    return np.clip((f - lo) / (hi - lo if hi > lo else 1.0), 0, 1).astype(np.float32)
 
 
 # ------------------------------------------------------------ detector
 def build_detector(backbone: str = "mobilenet_v2", n_classes: int = 1, *,
                    pretrained: bool | str = "auto", min_size: int = 480, max_size: int = 640,
-                   frozen_bn: bool | None = None):
+                   frozen_bn: bool | None = None, max_regions: int = 300):
     """A torchvision Faster R-CNN for ``n_classes`` foreground classes.
 
     Returns ``(model, used_pretrained_backbone)``. ``backbone`` is one of
@@ -120,8 +120,11 @@ def build_detector(backbone: str = "mobilenet_v2", n_classes: int = 1, *,
     if net is None:
         norm = FrozenBatchNorm2d if frozen_bn else torch.nn.BatchNorm2d
         net = getattr(tv.models, builder)(weights=None, norm_layer=norm)
+    # cells are few per image (tens to a few hundred): fewer proposals than
+    # torchvision's defaults for natural images keep CPU inference fast
     kw = dict(min_size=min_size, max_size=max_size, box_score_thresh=0.01,
-              box_detections_per_img=300)
+              box_detections_per_img=max_regions, rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=1000,
+              rpn_pre_nms_top_n_test=600, rpn_post_nms_top_n_test=300)
     if backbone == "resnet50_fpn":
         from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 
@@ -135,12 +138,23 @@ def build_detector(backbone: str = "mobilenet_v2", n_classes: int = 1, *,
         model = FasterRCNN(body, num_classes=n_classes + 1, rpn_anchor_generator=anchors,
                            rpn_score_thresh=0.05, **kw)
     else:
-        body = net.features
-        body.out_channels = 1280
+        from torchvision.models.detection.faster_rcnn import (
+            FastRCNNPredictor,
+            TwoMLPHead,
+        )
+
+        # MobileNetV2 features (1280 channels, stride 32) reduced to 256
+        # channels by a 1x1 convolution, so the box head stays small
+        if used:  # as torchvision does for pretrained backbones: train only the later stages
+            for p in net.features[:7].parameters():
+                p.requires_grad_(False)
+        body = torch.nn.Sequential(net.features, torch.nn.Conv2d(1280, 256, 1), torch.nn.ReLU(inplace=True))
+        body.out_channels = 256
         anchors = AnchorGenerator(((16, 32, 64, 128, 256),), ((0.5, 1.0, 2.0),))
         pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
-        model = FasterRCNN(body, num_classes=n_classes + 1, rpn_anchor_generator=anchors,
-                           box_roi_pool=pool, **kw)
+        model = FasterRCNN(body, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=pool,
+                           box_head=TwoMLPHead(256 * 49, 512), box_predictor=FastRCNNPredictor(512, n_classes + 1),
+                           **kw)
     return model, used
 
 
@@ -559,6 +573,11 @@ class BloodModel:
     type_threshold: float = 0.5
     score_threshold: float = 0.5
 
+    @property
+    def max_regions(self) -> int:
+        """At most this many regions per image (or per tile)."""
+        return int(self.detector.roi_heads.detections_per_img)
+
     def abnormal_scores(self, probs) -> np.ndarray:
         """P(abnormal) per region: the gradient-boosting classifier, or (before
         it is trained) the highest probability among the abnormal types."""
@@ -572,7 +591,7 @@ class BloodModel:
 def new_blood_model(*, det_classes: Sequence[str] = ("cell",), type_names: Sequence[str] = PAPER_TYPES,
                     abnormal_types: Sequence[str] | None = None, det_backbone: str = "mobilenet_v2",
                     embedder: str = "mobilenet_v2", pretrained: bool | str = "auto", patch_size: int = 224,
-                    min_size: int = 480, max_size: int = 640, hidden: int = 512,
+                    min_size: int = 480, max_size: int = 640, hidden: int = 512, max_regions: int = 300,
                     seed: int | None = 0) -> BloodModel:
     """A fresh (untrained) model. Backbones get ImageNet weights when available
     (``pretrained="auto"``: otherwise random init with a clear warning)."""
@@ -594,7 +613,7 @@ def new_blood_model(*, det_classes: Sequence[str] = ("cell",), type_names: Seque
     if seed is not None:
         seed_everything(seed)
     det, used = build_detector(det_backbone, len(det_classes), pretrained=pretrained,
-                               min_size=min_size, max_size=max_size)
+                               min_size=min_size, max_size=max_size, max_regions=max_regions)
     emb, spec, emb_used = build_embedder(embedder, pretrained, device="cpu")
     if not emb_used and embedder == "mobilenet_v2":
         warnings.warn("a randomly initialised mobilenet_v2 embedder gives nearly constant features; "
@@ -621,7 +640,7 @@ def save_blood_model(path, model: BloodModel):
         "frozen_bn": model.frozen_bn, "backbone_pretrained": model.backbone_pretrained,
         "embedder_pretrained": model.embedder_pretrained, "trained_types": model.trained_types,
         "hidden": int(model.heads.heads[0][0].out_features),
-        "type_threshold": model.type_threshold, "score_threshold": model.score_threshold,
+        "max_regions": model.max_regions, "type_threshold": model.type_threshold, "score_threshold": model.score_threshold,
     }
     return save_model(path, state, workflow=WORKFLOW, class_names=model.type_names, input_spec=spec, extra=extra)
 
@@ -635,7 +654,8 @@ def load_blood_model(path, device=None) -> BloodModel:
     ex, spec, st = bundle.metadata.get("extra", {}), bundle.input_spec, bundle.state
     try:
         det, _ = build_detector(ex["det_backbone"], len(ex["det_classes"]), pretrained=False,
-                                min_size=spec["min_size"], max_size=spec["max_size"], frozen_bn=ex["frozen_bn"])
+                                min_size=spec["min_size"], max_size=spec["max_size"], frozen_bn=ex["frozen_bn"],
+                                max_regions=int(ex.get("max_regions", 300)))
         emb, espec, _ = build_embedder(ex["embedder"], False, device="cpu")
         heads = build_type_heads(espec.dim, len(bundle.class_names), ex["hidden"])
         det.load_state_dict(st["detector"])
