@@ -200,3 +200,38 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, (float, np.floating)) else v) for k, v in r.items()})
     return p
+
+
+# ------------------------------------------------------------ predictions
+def results_to_rows(results, score_threshold: float = 0.5, type_threshold: float = 0.5,
+                    abnormal_threshold: float = 0.5) -> list[dict]:
+    """One CSV row per visible region of each ``BloodResult`` (image, box, score,
+    class, predicted types, probability per type, abnormal score)."""
+    rows = []
+    for res in results:
+        tab = res.table(score_threshold, type_threshold, abnormal_threshold)
+        for i in range(len(tab["region"])):
+            row = {"image": res.name}
+            for k, v in tab.items():
+                x = v[i]
+                row[k] = x.item() if isinstance(x, np.generic) else x
+            rows.append(row)
+    return rows
+
+
+def results_to_annotations(results, score_threshold: float = 0.5, type_threshold: float = 0.5,
+                           abnormal_threshold: float = 0.5) -> list[BoxAnnotation]:
+    """``BloodResult`` s -> :class:`BoxAnnotation` s (for :func:`write_coco`), with the
+    types, per-type probabilities and abnormal score of each box as attributes."""
+    out = []
+    for res in results:
+        m = res.visible(score_threshold)
+        types = res.predicted_types(type_threshold)
+        attrs = [{"types": types[i],
+                  "type_probabilities": {t: float(p) for t, p in zip(res.type_names, res.type_probs[i])},
+                  "abnormal_score": float(res.abnormal[i]),
+                  "abnormal": bool(res.abnormal[i] >= abnormal_threshold)} for i in np.nonzero(m)[0]]
+        h, w = (res.image_shape + (0, 0))[:2]
+        out.append(BoxAnnotation(res.name, w, h, res.boxes[m], [lab for lab, k in zip(res.labels, m) if k],
+                                 res.scores[m], attrs))
+    return out
