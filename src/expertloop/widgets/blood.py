@@ -64,7 +64,7 @@ def _annotation_choices(viewer) -> list[str]:
 def _plane(layer, viewer) -> np.ndarray:
     """The 2D (grey or RGB) plane of ``layer`` shown now."""
     data = layer.data
-    nd = data.ndim - (1 if layer.rgb else 0)
+    nd = data.ndim - (1 if getattr(layer, "rgb", False) else 0)
     if nd > 2:
         step = viewer.dims.current_step[-nd:-2] if viewer.dims.ndim >= nd else (0,) * (nd - 2)
         data = data[tuple(int(s) for s in step)]
