@@ -268,8 +268,13 @@ def test_bundle_round_trip_identical_outputs(trained, tmp_path):
 
 
 def test_result_table_and_summary(trained):
+    from expertloop.engine.blood import predict_images
+
     m, img = trained
     r = run_job(predict_image(m, img, score_threshold=0.0))
+    batch = run_job(predict_images(m, [img, lambda: img[..., 0]], names=["rgb", "grey"], score_threshold=0.0))
+    assert [b.name for b in batch] == ["rgb", "grey"]
+    np.testing.assert_allclose(batch[0].boxes, r.boxes)
     tab = r.table(score_threshold=0.0)
     assert len(tab["x0"]) == len(r) and "p_Oval/Disc" in tab and "abnormal_score" in tab
     hi = float(np.median(r.scores))
