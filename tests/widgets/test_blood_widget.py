@@ -101,6 +101,20 @@ def test_detect_overlay_matches_engine_and_slider_filters(make_napari_viewer, qt
 
     (c,) = read_coco(coco_path)
     assert len(c.boxes) == n_vis and len(c.attributes[0]["types"]) == 6
+    # a folder in batch (one RGB and one 16-bit grey image)
+    from skimage.io import imsave
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    imsave(folder / "a.png", img)
+    imsave(folder / "b.tif", img[..., 0].astype(np.uint16) * 200)
+    w.folder.value = folder
+    w.export_file.value = tmp_path / "batch_out" / "x"
+    w.detect_folder()
+    _wait(qtbot, w)
+    coco = read_coco(tmp_path / "batch_out" / "regions_coco.json")
+    assert [a.filename for a in coco] == ["a.png", "b.tif"]
+    assert (tmp_path / "batch_out" / "regions.csv").is_file()
 
 
 def test_train_from_shapes_and_labels(make_napari_viewer, qtbot, model_file, notifications):

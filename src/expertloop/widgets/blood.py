@@ -106,13 +106,16 @@ class BloodWidget(Container):
         self.export_file = FileEdit(label="export to", mode="w")
         self.csv_btn = PushButton(text="Export CSV")
         self.coco_btn = PushButton(text="Export COCO")
+        # batch over a folder
+        self.folder = FileEdit(label="batch folder", mode="d")
+        self.batch_btn = PushButton(text="Detect folder → CSV + COCO")
         self.runner = JobRunner()
         super().__init__(widgets=[
             self.model_file, self.load_btn, self.detector, self.embedder, self.types, self.abnormal_types,
             self.det_classes, self.pretrained, self.image, self.detect_btn, self.score, self.type_thr,
             self.summary, self.table, self.annotations, self.type_feature, self.det_epochs, self.head_epochs,
             self.train_btn, self.save_file, self.save_btn, self.export_file, self.csv_btn, self.coco_btn,
-            self.runner,
+            self.folder, self.batch_btn, self.runner,
         ])
         self.load_btn.changed.connect(self.load)
         self.detect_btn.changed.connect(self.detect)
@@ -120,6 +123,7 @@ class BloodWidget(Container):
         self.save_btn.changed.connect(self.save)
         self.csv_btn.changed.connect(self.export_csv)
         self.coco_btn.changed.connect(self.export_coco)
+        self.batch_btn.changed.connect(self.detect_folder)
         self.score.changed.connect(self.refresh)
         self.type_thr.changed.connect(self.refresh)
         for combo in (self.image, self.annotations):
@@ -338,3 +342,48 @@ class BloodWidget(Container):
         write_coco(p, anns, categories=self.model.det_classes if self.model else None)
         self._info(f"COCO annotations written to {p}")
         return p
+
+    # ------------------------------------------------------------ batch
+    def detect_folder(self, *_):
+        """Detect in every image of ``batch folder``; write ``regions.csv`` and
+        ``regions_coco.json`` into the folder of ``export to``."""
+        from expertloop.engine.blood.pipeline import predict_images
+        from expertloop.io import read_image
+        from expertloop.io.blood_formats import (
+            results_to_annotations,
+            results_to_rows,
+            write_coco,
+            write_csv,
+        )
+        from expertloop.io.readers import SUPPORTED_SUFFIXES
+
+        if self.model is None:
+            self._info("load or train a model first")
+            return None
+        folder = Path(str(self.folder.value))
+        files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(SUPPORTED_SUFFIXES)) \
+            if folder.is_dir() else []
+        if not files:
+            self._info(f"no images in {folder}")
+            return None
+        target = Path(str(self.export_file.value))
+        out_dir = target if target.is_dir() else target.parent
+        if not target.name:
+            self._info("choose where to export (export to)")
+            return None
+        thr, tthr, model = float(self.score.value), float(self.type_thr.value), self.model
+        loaders = [lambda f=f: read_image(f)[0].data for f in files]
+
+        def job():
+            results = yield from predict_images(model, loaders, names=[f.name for f in files])
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_csv(out_dir / "regions.csv", results_to_rows(results, thr, tthr))
+            write_coco(out_dir / "regions_coco.json", results_to_annotations(results, thr, tthr),
+                       categories=model.det_classes)
+            return results
+
+        def done(results):
+            n = sum(r.summary(thr, tthr)["regions"] for r in results)
+            self._info(f"{len(results)} images, {n} regions: written to {out_dir}")
+
+        return self.runner.start(job(), description="detecting blood cells in a folder", on_result=done)
