@@ -58,7 +58,7 @@ def _split_types(value) -> frozenset:
 def _annotation_choices(viewer) -> list[str]:
     from napari.layers import Labels, Shapes
 
-    return [ly.name for ly in viewer.layers if isinstance(ly, (Shapes, Labels)) and not ly.metadata.get("blood_result")]
+    return [ly.name for ly in viewer.layers if isinstance(ly, (Shapes, Labels))]
 
 
 def _plane(layer, viewer) -> np.ndarray:
