@@ -69,6 +69,18 @@ def _load(data: Path, quick: bool):
     return train, test, img
 
 
+def _with_fresh_heads(model):
+    """A shallow copy of ``model`` (shared detector and embedder) with new, untrained heads."""
+    import copy
+
+    from expertloop.engine.blood import build_type_heads
+    from expertloop.engine.features import EMBEDDERS
+
+    m = copy.copy(model)
+    m.heads = build_type_heads(EMBEDDERS[m.embedder_name].dim, len(m.type_names))
+    return m
+
+
 def _auc(y, p):
     from sklearn.metrics import roc_auc_score
 
@@ -221,15 +233,8 @@ def main() -> None:
     print(f"BCCD regions: train {len(str_)} ({int((ntr > 1).sum())} multi-cell), "
           f"test {len(ste)} ({int((nte > 1).sum())} multi-cell); features in {time.perf_counter() - t0:.0f} s")
 
-    import copy
-
     def make_bccd():
-        m = copy.copy(model)
-        from expertloop.engine.blood import build_type_heads
-        from expertloop.engine.features import EMBEDDERS
-
-        m.heads = build_type_heads(EMBEDDERS[m.embedder_name].dim, len(m.type_names))
-        return m
+        return _with_fresh_heads(model)
 
     ml = _heads_eval(make_bccd, ftr, str_, ntr == 1, fte, ste, classes, 10 if args.quick else 60)
     for k, v in ml.items():
@@ -259,12 +264,7 @@ def main() -> None:
     te_sets = [s for s, k in zip(sets, split) if k]
 
     def make_syn():
-        m = copy.copy(syn)
-        from expertloop.engine.blood import build_type_heads
-        from expertloop.engine.features import EMBEDDERS
-
-        m.heads = build_type_heads(EMBEDDERS[m.embedder_name].dim, len(m.type_names))
-        return m
+        return _with_fresh_heads(syn)
 
     sy = _heads_eval(make_syn, feats[~split], tr_sets, ncell[~split] == 1, feats[split], te_sets,
                      list(syn.type_names), 10 if args.quick else 60)
