@@ -1,0 +1,162 @@
+"""``expertloop blood ...``: batch prediction and training from Pascal VOC folders.
+
+::
+
+    expertloop blood predict FOLDER_OR_IMAGES... -m model.pt -o out/ [--score-threshold 0.5]
+    expertloop blood train VOC_FOLDER -o model.pt [--det-epochs 20] [--detector mobilenet_v2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+
+def _image_files(inputs) -> list[Path]:
+    from expertloop.io.readers import SUPPORTED_SUFFIXES
+
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(SUPPORTED_SUFFIXES))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p} not found")
+    if not files:
+        raise FileNotFoundError(f"no images found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from expertloop.cli import _progress_printer
+    from expertloop.engine.blood import load_blood_model, predict_image
+    from expertloop.engine.jobs import run_job
+    from expertloop.io import ImageReadError, read_image
+    from expertloop.io.blood_formats import (
+        results_to_annotations,
+        results_to_rows,
+        write_coco,
+        write_csv,
+    )
+
+    model = load_blood_model(args.model, device=args.device)
+    files = _image_files(args.inputs)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    results, failures = [], 0
+    show = _progress_printer()
+    for i, f in enumerate(files, 1):
+        print(f"[{i}/{len(files)}] {f}", file=sys.stderr)
+        try:
+            item = read_image(f)[0]
+            data = np.asarray(item.data)
+            rgb = bool(item.meta.get("rgb"))
+            if data.ndim > (3 if rgb else 2):
+                print(f"  {f.name} is a stack: using its first plane", file=sys.stderr)
+                data = data.reshape((-1,) + data.shape[-(3 if rgb else 2):])[0]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                res = run_job(predict_image(model, data, score_threshold=min(0.05, args.score_threshold),
+                                            name=f.name, device=args.device), on_progress=show)
+            print(file=sys.stderr)
+            for w in caught:
+                print(f"  warning: {w.message}", file=sys.stderr)
+        except (ImageReadError, ValueError) as exc:
+            print(f"  skipped: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        s = res.summary(args.score_threshold, args.type_threshold)
+        print(f"  {s['regions']} regions, {s['abnormal_regions']} abnormal; "
+              + ", ".join(f"{t} {n}" for t, n in s["per_type"].items() if n), file=sys.stderr)
+        results.append(res)
+    if "csv" in args.format:
+        p = write_csv(out / "regions.csv", results_to_rows(results, args.score_threshold, args.type_threshold))
+        print(f"wrote {p}", file=sys.stderr)
+    if "coco" in args.format:
+        p = write_coco(out / "regions_coco.json",
+                       results_to_annotations(results, args.score_threshold, args.type_threshold),
+                       categories=model.det_classes)
+        print(f"wrote {p}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from skimage.io import imread
+
+    from expertloop.cli import _progress_printer
+    from expertloop.engine.blood import (
+        BloodSample,
+        merge_boxes,
+        new_blood_model,
+        save_blood_model,
+        train_blood_model,
+    )
+    from expertloop.engine.jobs import run_job
+    from expertloop.io.blood_formats import read_voc_folder
+
+    root = Path(args.folder)
+    anns = read_voc_folder(root)
+    img_dir = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root
+    samples = []
+    for a in anns:
+        f = img_dir / a.filename
+        if not f.is_file():
+            print(f"  skipped {a.filename}: image not found", file=sys.stderr)
+            continue
+        if args.merge is not None:  # multi-cell regions from overlapping per-cell boxes
+            r = merge_boxes(a.boxes, a.labels, min_overlap=args.merge)
+            samples.append(BloodSample(imread(f), r.boxes, ["region"] * len(r), list(r.types), a.filename))
+        else:
+            samples.append(BloodSample(imread(f), a.boxes, a.labels, [frozenset([x]) for x in a.labels], a.filename))
+    if not samples:
+        raise FileNotFoundError(f"no annotated images in {root}")
+    classes = sorted({lab for a in anns for lab in a.labels})
+    model = new_blood_model(det_classes=["region"] if args.merge is not None else classes, type_names=classes,
+                            abnormal_types=args.abnormal or [], det_backbone=args.detector,
+                            embedder=args.embedder, pretrained=args.pretrained, min_size=args.min_size,
+                            max_size=int(round(args.min_size * 4 / 3)))
+    print(f"training on {len(samples)} images; classes {classes}", file=sys.stderr)
+    run_job(train_blood_model(model, samples, det_epochs=args.det_epochs, head_epochs=args.head_epochs,
+                              time_limit=args.time_limit, device=args.device), on_progress=_progress_printer())
+    print(file=sys.stderr)
+    print(f"wrote {save_blood_model(args.output, model)}", file=sys.stderr)
+    return 0
+
+
+def add_commands(sub) -> None:
+    from expertloop.cli import _pretrained
+
+    p = sub.add_parser("blood", help="blood-cell detection and multi-label classification")
+    bsub = p.add_subparsers(dest="blood_command", metavar="ACTION", required=True)
+
+    s = bsub.add_parser("predict", help="detect and classify cells in images or folders")
+    s.add_argument("inputs", nargs="+", help="image files and/or folders (PNG, JPEG, TIFF)")
+    s.add_argument("-m", "--model", required=True, help="model file (.pt with its .json)")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--format", nargs="+", choices=["csv", "coco"], default=["csv", "coco"])
+    s.add_argument("--score-threshold", type=float, default=0.5)
+    s.add_argument("--type-threshold", type=float, default=0.5)
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=cmd_predict)
+
+    s = bsub.add_parser("train", help="train a model from a Pascal VOC folder (Annotations/, JPEGImages/)")
+    s.add_argument("folder")
+    s.add_argument("-o", "--output", required=True, help="model file to write")
+    s.add_argument("--detector", default="mobilenet_v2", choices=["mobilenet_v2", "mobilenet_v3_fpn", "resnet50_fpn"])
+    s.add_argument("--embedder", default="mobilenet_v2", choices=["mobilenet_v2", "resnet18", "resnet50"])
+    s.add_argument("--pretrained", default="auto", type=_pretrained, help="auto (default), yes or no")
+    s.add_argument("--merge", type=float, default=None, metavar="MIN_OVERLAP",
+                   help="merge overlapping boxes into multi-cell regions (types = their classes)")
+    s.add_argument("--abnormal", nargs="*", help="classes counted as abnormal")
+    s.add_argument("--det-epochs", type=int, default=20)
+    s.add_argument("--head-epochs", type=int, default=60)
+    s.add_argument("--min-size", type=int, default=480)
+    s.add_argument("--time-limit", type=float, default=None, help="seconds of detector training at most")
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=cmd_train)

@@ -1,0 +1,166 @@
+"""The whole pipeline: predict an image, train from annotated images."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from expertloop.engine.blood.model import (
+    AbnormalClassifier,
+    BloodModel,
+    BloodSample,
+    detect,
+    region_features,
+    train_detector,
+    train_type_heads,
+    type_probabilities,
+)
+from expertloop.engine.blood.regions import as_boxes
+from expertloop.engine.jobs import Job, Progress, rescale
+
+
+@dataclass
+class BloodResult:
+    """Regions found on one image, with per-type and abnormal probabilities."""
+
+    boxes: np.ndarray  # (N, 4) x0, y0, x1, y1
+    scores: np.ndarray  # (N,) detector confidence
+    labels: list[str]  # detector class per region
+    type_probs: np.ndarray  # (N, T) independent probabilities
+    abnormal: np.ndarray  # (N,) P(abnormal)
+    type_names: list[str] = field(default_factory=list)
+    image_shape: tuple = ()
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def visible(self, score_threshold: float = 0.5) -> np.ndarray:
+        return self.scores >= score_threshold
+
+    def predicted_types(self, type_threshold: float = 0.5) -> list[list[str]]:
+        """Types whose probability reaches ``type_threshold``, per region (multi-label)."""
+        return [[t for t, p in zip(self.type_names, row) if p >= type_threshold] for row in self.type_probs]
+
+    def table(self, score_threshold: float = 0.0, type_threshold: float = 0.5,
+              abnormal_threshold: float = 0.5) -> dict[str, np.ndarray]:
+        """Columns per visible region (for a napari features table or CSV)."""
+        m = self.visible(score_threshold)
+        types = self.predicted_types(type_threshold)
+        cols = {
+            "region": np.arange(len(self))[m],
+            "x0": self.boxes[m, 0], "y0": self.boxes[m, 1], "x1": self.boxes[m, 2], "y1": self.boxes[m, 3],
+            "score": self.scores[m], "class": np.array(self.labels, dtype=object)[m] if len(self) else np.zeros(0, object),
+            "types": np.array(["+".join(t) for t in types], dtype=object)[m] if len(self) else np.zeros(0, object),
+        }
+        for j, t in enumerate(self.type_names):
+            cols[f"p_{t}"] = self.type_probs[m, j]
+        cols["abnormal_score"] = self.abnormal[m]
+        cols["abnormal"] = self.abnormal[m] >= abnormal_threshold
+        return cols
+
+    def summary(self, score_threshold: float = 0.5, type_threshold: float = 0.5,
+                abnormal_threshold: float = 0.5) -> dict:
+        """Image-level counts: regions, multi-type regions, regions per type, abnormal regions."""
+        m = self.visible(score_threshold)
+        types = [t for t, k in zip(self.predicted_types(type_threshold), m) if k]
+        return {
+            "regions": int(m.sum()),
+            "per_class": {c: int(sum(1 for lab, k in zip(self.labels, m) if k and lab == c))
+                          for c in dict.fromkeys(self.labels)},
+            "per_type": {t: int(sum(t in ts for ts in types)) for t in self.type_names},
+            "multi_type_regions": int(sum(len(ts) > 1 for ts in types)),
+            "abnormal_regions": int((self.abnormal[m] >= abnormal_threshold).sum()),
+        }
+
+
+def classify_regions(model: BloodModel, image, boxes) -> Job[tuple[np.ndarray, np.ndarray]]:
+    """Job: ``(type_probs, abnormal)`` for given region boxes on ``image``."""
+    feats = yield from region_features(model, image, boxes)
+    probs = type_probabilities(model, feats)
+    return probs, model.abnormal_scores(probs)
+
+
+def predict_image(model: BloodModel, image, *, score_threshold: float = 0.05, name: str = "",
+                  device=None) -> Job[BloodResult]:
+    """Job: detect regions (kept down to ``score_threshold``, so a display
+    threshold can be raised later without re-running) and classify each."""
+    img = np.asarray(image)
+    det = yield from rescale(detect(model, img, score_threshold=score_threshold, device=device), 0, 60, 100)
+    probs, abn = yield from rescale(classify_regions(model, img, det["boxes"]), 60, 100, 100)
+    yield Progress(100, 100, f"{len(det['boxes'])} regions")
+    return BloodResult(det["boxes"], det["scores"], det["labels"], probs, abn, list(model.type_names),
+                       tuple(img.shape[:2]), name)
+
+
+def predict_images(model: BloodModel, images: Sequence, *, names: Sequence[str] | None = None,
+                   score_threshold: float = 0.05, device=None) -> Job[list[BloodResult]]:
+    """Job: :func:`predict_image` over several images (a stack or a folder's files).
+
+    ``images`` may hold arrays or callables returning one (read lazily)."""
+    out = []
+    n = len(images)
+    for i, im in enumerate(images):
+        nm = names[i] if names else str(i)
+        arr = im() if callable(im) else im
+        res = yield from rescale(predict_image(model, arr, score_threshold=score_threshold, name=nm,
+                                               device=device), i * 100, (i + 1) * 100, n * 100)
+        out.append(res)
+    return out
+
+
+def train_blood_model(model: BloodModel, samples: Sequence[BloodSample], *, det_epochs: int = 10,
+                      head_epochs: int = 60, batch_size: int = 2, lr: float = 0.005,
+                      train_detector_too: bool = True, fit_abnormal: bool = True, seed: int | None = 0,
+                      time_limit: float | None = None, device=None) -> Job[dict]:
+    """Job: train (fine-tune) detector, per-type heads and abnormal classifier.
+
+    The heads learn from the annotated regions (ground-truth boxes) with a
+    type set; regions without types only train the detector. Returns the
+    training history ``{"detector": losses, "heads": losses}``.
+    """
+    samples = [s.checked() for s in samples]
+    if not any(len(s.boxes) for s in samples):
+        raise ValueError("the annotations hold no boxes (nothing to train on)")
+    hist: dict = {"detector": [], "heads": []}
+    if train_detector_too and det_epochs > 0:
+        hist["detector"] = yield from rescale(
+            train_detector(model, samples, epochs=det_epochs, batch_size=batch_size, lr=lr, seed=seed,
+                           time_limit=time_limit, device=device), 0, 70, 100)
+    feats, sets = [], []
+    for i, s in enumerate(samples):
+        keep = [k for k, t in enumerate(s.types) if t]
+        if keep:
+            f = yield from rescale(region_features(model, s.image, s.boxes[keep], device=device),
+                                   70 + 20 * i // len(samples), 70 + 20 * (i + 1) // len(samples), 100)
+            feats.append(f)
+            sets.extend(s.types[k] for k in keep)
+    if sets:
+        x = np.concatenate(feats)
+        hist["heads"] = yield from rescale(train_type_heads(model, x, sets, epochs=head_epochs, seed=seed,
+                                                            device=device), 90, 98, 100)
+        if fit_abnormal:
+            probs = type_probabilities(model, x)
+            y = [bool(set(ts) & set(model.abnormal_types)) for ts in sets]
+            try:
+                model.abnormal = AbnormalClassifier.fit(probs, y, seed=seed)
+            except ValueError as exc:
+                warnings.warn(f"abnormal classifier not trained ({exc}); the abnormal score is the "
+                              "highest abnormal-type probability", UserWarning, stacklevel=2)
+    elif model.type_names:
+        warnings.warn("no region has a cell type: only the detector was trained", UserWarning, stacklevel=2)
+    yield Progress(100, 100, "trained")
+    return hist
+
+
+def samples_from_instances(image, instances, cell_types, *, name: str = "", connectivity: int = 2,
+                           label: str = "cell") -> BloodSample:
+    """A training sample from an instance mask: one region per connected component
+    (the paper's BFS), with the set of its cells' types."""
+    from expertloop.engine.blood.regions import mask_to_boxes
+
+    r = mask_to_boxes(instances, connectivity=connectivity, cell_types=cell_types)
+    return BloodSample(np.asarray(image), as_boxes(r.boxes), [label] * len(r), list(r.types), name)

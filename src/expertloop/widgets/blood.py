@@ -1,0 +1,389 @@
+"""'Blood cell detector' widget: detect, classify, review, train, export.
+
+Thin: every computation is an engine job (``expertloop.engine.blood``) run
+by the shared :class:`~expertloop.widgets._jobs.JobRunner`. The detections
+become a Shapes layer of rectangles coloured by their most probable type,
+with the types and probabilities as text and as the layer's features; the
+score and type thresholds update the overlay, the table and the summary
+live, without running the model again.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    Table,
+)
+
+from expertloop.engine.blood.regions import PAPER_ABNORMAL, PAPER_TYPES
+from expertloop.widgets._common import image_layer_choices, layer_by_name
+from expertloop.widgets._jobs import JobRunner
+
+if TYPE_CHECKING:
+    import napari
+
+DETECTOR_CHOICES = ["mobilenet_v2", "mobilenet_v3_fpn", "resnet50_fpn"]  # engine: DETECTOR_BACKBONES
+EMBEDDER_CHOICES = ["mobilenet_v2", "resnet18", "resnet50"]  # engine: features.EMBEDDERS
+PALETTE = np.array([
+    [0.12, 0.47, 0.71, 1], [1.0, 0.5, 0.05, 1], [0.17, 0.63, 0.17, 1], [0.84, 0.15, 0.16, 1],
+    [0.58, 0.4, 0.74, 1], [0.55, 0.34, 0.29, 1], [0.89, 0.47, 0.76, 1], [0.5, 0.5, 0.5, 1],
+    [0.74, 0.74, 0.13, 1], [0.09, 0.75, 0.81, 1],
+])
+NO_TYPE = np.array([0.85, 0.85, 0.85, 1.0])
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in re.split(r"[,;]", text) if t.strip()]
+
+
+def _split_types(value) -> frozenset:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return frozenset()
+    return frozenset(t.strip() for t in re.split(r"[+,;]", str(value)) if t.strip())
+
+
+def _annotation_choices(viewer) -> list[str]:
+    from napari.layers import Labels, Shapes
+
+    return [ly.name for ly in viewer.layers if isinstance(ly, (Shapes, Labels))]
+
+
+def _plane(layer, viewer) -> np.ndarray:
+    """The 2D (grey or RGB) plane of ``layer`` shown now."""
+    data = layer.data
+    nd = data.ndim - (1 if getattr(layer, "rgb", False) else 0)
+    if nd > 2:
+        step = viewer.dims.current_step[-nd:-2] if viewer.dims.ndim >= nd else (0,) * (nd - 2)
+        data = data[tuple(int(s) for s in step)]
+    return np.asarray(data)
+
+
+class BloodWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self.model = None
+        self.result = None
+        self._source = None
+        self.layer = None
+        # model
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.pt")
+        self.load_btn = PushButton(text="Load model")
+        self.detector = ComboBox(label="new: detector", choices=DETECTOR_CHOICES, value="mobilenet_v2")
+        self.embedder = ComboBox(label="new: features", choices=EMBEDDER_CHOICES, value="mobilenet_v2")
+        self.types = LineEdit(label="new: cell types", value=", ".join(PAPER_TYPES))
+        self.abnormal_types = LineEdit(label="new: abnormal types", value=", ".join(PAPER_ABNORMAL))
+        self.det_classes = LineEdit(label="new: detector classes", value="cell")
+        self.pretrained = CheckBox(text="ImageNet weights (if available)", value=True)
+        # detection
+        self.image = ComboBox(label="image", choices=lambda _: image_layer_choices(viewer))
+        self.detect_btn = PushButton(text="Detect cells")
+        self.score = FloatSlider(label="score threshold", min=0.0, max=1.0, step=0.001, value=0.5)
+        self.type_thr = FloatSlider(label="type threshold", min=0.0, max=1.0, step=0.001, value=0.5)
+        self.summary = Label(value="no detection yet")
+        self.table = Table(value={"region": []})
+        # training
+        self.annotations = ComboBox(label="annotations", choices=lambda _: _annotation_choices(viewer))
+        self.type_feature = LineEdit(label="type feature", value="type")
+        self.det_epochs = SpinBox(label="detector epochs", min=0, max=1000, value=20)
+        self.head_epochs = SpinBox(label="type-head epochs", min=1, max=5000, value=60)
+        self.train_btn = PushButton(text="Train / fine-tune")
+        self.save_file = FileEdit(label="save model as", mode="w", filter="*.pt")
+        self.save_btn = PushButton(text="Save model")
+        # export
+        self.export_file = FileEdit(label="export to", mode="w")
+        self.csv_btn = PushButton(text="Export CSV")
+        self.coco_btn = PushButton(text="Export COCO")
+        # batch over a folder
+        self.folder = FileEdit(label="batch folder", mode="d")
+        self.batch_btn = PushButton(text="Detect folder → CSV + COCO")
+        self.runner = JobRunner()
+        super().__init__(widgets=[
+            self.model_file, self.load_btn, self.detector, self.embedder, self.types, self.abnormal_types,
+            self.det_classes, self.pretrained, self.image, self.detect_btn, self.score, self.type_thr,
+            self.summary, self.table, self.annotations, self.type_feature, self.det_epochs, self.head_epochs,
+            self.train_btn, self.save_file, self.save_btn, self.export_file, self.csv_btn, self.coco_btn,
+            self.folder, self.batch_btn, self.runner,
+        ])
+        self.load_btn.changed.connect(self.load)
+        self.detect_btn.changed.connect(self.detect)
+        self.train_btn.changed.connect(self.train)
+        self.save_btn.changed.connect(self.save)
+        self.csv_btn.changed.connect(self.export_csv)
+        self.coco_btn.changed.connect(self.export_coco)
+        self.batch_btn.changed.connect(self.detect_folder)
+        self.score.changed.connect(self.refresh)
+        self.type_thr.changed.connect(self.refresh)
+        for combo in (self.image, self.annotations):
+            viewer.layers.events.inserted.connect(combo.reset_choices)
+            viewer.layers.events.removed.connect(combo.reset_choices)
+
+    # ------------------------------------------------------------ helpers
+    def _info(self, msg: str) -> None:
+        from napari.utils.notifications import show_info
+
+        show_info(f"Blood cell detector: {msg}")
+
+    def _new_model_kwargs(self) -> dict:
+        types = _names(self.types.value)
+        return dict(det_classes=_names(self.det_classes.value) or ["cell"], type_names=types,
+                    abnormal_types=[t for t in _names(self.abnormal_types.value)],
+                    det_backbone=self.detector.value, embedder=self.embedder.value,
+                    pretrained="auto" if self.pretrained.value else False)
+
+    # ------------------------------------------------------------ model
+    def load(self, *_):
+        from expertloop.engine.blood.model import load_blood_model
+
+        path = Path(str(self.model_file.value))
+        if not path.name or not path.exists():
+            self._info(f"model file {path} not found")
+            return None
+
+        def job():
+            yield from ()
+            return load_blood_model(path)
+
+        def done(model):
+            self.model = model
+            self._info(f"loaded {path.name}: types {', '.join(model.type_names)}")
+
+        return self.runner.start(job(), description="loading blood model", on_result=done)
+
+    def save(self, *_):
+        from expertloop.engine.blood.model import save_blood_model
+
+        if self.model is None:
+            self._info("no model to save: train or load one first")
+            return None
+        path = Path(str(self.save_file.value))
+        if not path.name:
+            self._info("choose a file to save the model to")
+            return None
+        out = save_blood_model(path, self.model)
+        self._info(f"model saved to {out}")
+        return out
+
+    # ------------------------------------------------------------ detection
+    def detect(self, *_):
+        from expertloop.engine.blood.pipeline import predict_image
+
+        layer = layer_by_name(self._viewer, self.image.value)
+        if layer is None:
+            self._info("open an image first")
+            return None
+        if self.model is None:
+            self._info("load or train a model first")
+            return None
+        plane = _plane(layer, self._viewer)
+        self._source = layer
+        job = predict_image(self.model, plane, score_threshold=0.01, name=layer.name)
+        return self.runner.start(job, description="detecting blood cells", on_result=self._show)
+
+    def _show(self, result) -> None:
+        self.result = result
+        name = f"{result.name} cells"
+        layer = self._source
+        if name in self._viewer.layers:
+            self._viewer.layers.remove(name)
+        self.layer = self._viewer.add_shapes(
+            name=name, ndim=2, edge_width=2, face_color="transparent",
+            scale=tuple(layer.scale[-2:]) if layer is not None else (1, 1),
+            translate=tuple(layer.translate[-2:]) if layer is not None else (0, 0),
+            metadata={"blood_result": True},
+        )
+        self.refresh()
+
+    def refresh(self, *_) -> None:
+        """Apply the thresholds to the overlay, the table and the summary."""
+        res = self.result
+        if res is None or self.layer is None or self.layer not in self._viewer.layers:
+            return
+        thr, tthr = float(self.score.value), float(self.type_thr.value)
+        tab = res.table(thr, tthr)
+        idx = tab["region"]
+        rects = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
+                 for x0, y0, x1, y1 in res.boxes[idx]]
+        colours, text = [], []
+        for i in idx:
+            p = res.type_probs[i]
+            on = np.nonzero(p >= tthr)[0]
+            colours.append(PALETTE[on[np.argmax(p[on])] % len(PALETTE)] if len(on) else NO_TYPE)
+            text.append(", ".join(f"{res.type_names[j]} {p[j]:.2f}" for j in on[np.argsort(-p[on])])
+                        or f"{res.labels[i]} {res.scores[i]:.2f}")
+        feats = {k: v for k, v in tab.items()}
+        feats["label"] = np.array(text, dtype=object)
+        layer = self.layer
+        layer.data = []
+        if rects:
+            layer.add_rectangles(rects, edge_color=np.array(colours), edge_width=2, face_color="transparent")
+        layer.features = feats
+        layer.text = {"string": "{label}", "size": 8, "color": "yellow", "anchor": "upper_left"}
+        s = res.summary(thr, tthr)
+        per = ", ".join(f"{t}: {n}" for t, n in s["per_type"].items() if n)
+        self.summary.value = (f"{s['regions']} regions ({s['multi_type_regions']} with several types), "
+                              f"{s['abnormal_regions']} abnormal" + (f"\n{per}" if per else ""))
+        self.table.value = {k: [v.item() if isinstance(v, np.generic) else v for v in col]
+                            for k, col in tab.items()}
+
+    # ------------------------------------------------------------ training
+    def _samples(self):
+        from napari.layers import Labels, Shapes
+
+        from expertloop.engine.blood.model import BloodSample
+        from expertloop.engine.blood.pipeline import samples_from_instances
+
+        img_layer = layer_by_name(self._viewer, self.image.value)
+        ann = layer_by_name(self._viewer, self.annotations.value)
+        if img_layer is None or ann is None:
+            raise ValueError("choose an image and an annotation layer (Shapes rectangles or Labels)")
+        image = _plane(img_layer, self._viewer)
+        feat = self.type_feature.value.strip()
+        if isinstance(ann, Labels):
+            lab = _plane(ann, self._viewer)
+            if lab.max() == 0:
+                raise ValueError(f"the Labels layer {ann.name!r} is empty")
+            types = None
+            f = ann.features
+            if feat and feat in f and "index" in f:
+                types = {int(i): str(t) for i, t in zip(f["index"], f[feat]) if int(i) > 0}
+            label = _names(self.det_classes.value)[0] if self.model is None else self.model.det_classes[0]
+            return image, samples_from_instances(image, lab, types, name=ann.name, label=label)
+        if not isinstance(ann, Shapes) or not len(ann.data):
+            raise ValueError(f"the annotation layer {ann.name!r} holds no shapes")
+        boxes = np.array([[s[:, -1].min(), s[:, -2].min(), s[:, -1].max(), s[:, -2].max()] for s in ann.data])
+        n = len(boxes)
+        types = [_split_types(v) for v in ann.features[feat]] if feat in ann.features else [frozenset()] * n
+        det_classes = self.model.det_classes if self.model is not None else (_names(self.det_classes.value) or ["cell"])
+        if "class" in ann.features:
+            labels = [str(c) for c in ann.features["class"]]
+        elif len(det_classes) == 1:
+            labels = [det_classes[0]] * n
+        else:
+            labels = [next(iter(t)) if len(t) == 1 and next(iter(t)) in det_classes else None for t in types]
+            if None in labels:
+                raise ValueError(f"the detector has several classes {det_classes}: give each shape a 'class' feature")
+        return image, BloodSample(image, boxes, labels, types, ann.name)
+
+    def train(self, *_):
+        from expertloop.engine.blood.model import new_blood_model
+        from expertloop.engine.blood.pipeline import train_blood_model
+
+        try:
+            _, sample = self._samples()
+        except (ValueError, KeyError) as exc:
+            self._info(str(exc))
+            return None
+        kwargs = self._new_model_kwargs() if self.model is None else None
+        if kwargs is not None:
+            known = set(kwargs["type_names"])
+            kwargs["type_names"] += sorted({t for ts in sample.types for t in ts} - known)
+        det_epochs, head_epochs = int(self.det_epochs.value), int(self.head_epochs.value)
+
+        def job():
+            model = self.model
+            if model is None:
+                yield from ()
+                model = new_blood_model(**kwargs)
+            hist = yield from train_blood_model(model, [sample], det_epochs=det_epochs, head_epochs=head_epochs,
+                                                batch_size=1, train_detector_too=det_epochs > 0)
+            return model, hist
+
+        def done(out):
+            self.model, hist = out
+            det = hist["detector"]
+            msg = f"trained: detector {len(det)} iteration{'' if len(det) == 1 else 's'}" + (f" (loss {det[0]:.3f} -> {det[-1]:.3f})" if det else "")
+            if hist["heads"]:
+                msg += f", type heads loss {hist['heads'][-1]:.3f}"
+            self._info(msg)
+
+        return self.runner.start(job(), description="training blood model", on_result=done)
+
+    # ------------------------------------------------------------ export
+    def _export_path(self, suffix: str) -> Path | None:
+        if self.result is None:
+            self._info("nothing to export: run a detection first")
+            return None
+        p = Path(str(self.export_file.value))
+        if not p.name or p.is_dir():
+            self._info("choose a file to export to")
+            return None
+        return p.with_suffix(suffix)
+
+    def export_csv(self, *_):
+        from expertloop.io.blood_formats import results_to_rows, write_csv
+
+        p = self._export_path(".csv")
+        if p is None:
+            return None
+        write_csv(p, results_to_rows([self.result], float(self.score.value), float(self.type_thr.value)))
+        self._info(f"regions written to {p}")
+        return p
+
+    def export_coco(self, *_):
+        from expertloop.io.blood_formats import results_to_annotations, write_coco
+
+        p = self._export_path(".json")
+        if p is None:
+            return None
+        anns = results_to_annotations([self.result], float(self.score.value), float(self.type_thr.value))
+        write_coco(p, anns, categories=self.model.det_classes if self.model else None)
+        self._info(f"COCO annotations written to {p}")
+        return p
+
+    # ------------------------------------------------------------ batch
+    def detect_folder(self, *_):
+        """Detect in every image of ``batch folder``; write ``regions.csv`` and
+        ``regions_coco.json`` into the folder of ``export to``."""
+        from expertloop.engine.blood.pipeline import predict_images
+        from expertloop.io import read_image
+        from expertloop.io.blood_formats import (
+            results_to_annotations,
+            results_to_rows,
+            write_coco,
+            write_csv,
+        )
+        from expertloop.io.readers import SUPPORTED_SUFFIXES
+
+        if self.model is None:
+            self._info("load or train a model first")
+            return None
+        folder = Path(str(self.folder.value))
+        files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(SUPPORTED_SUFFIXES)) \
+            if folder.is_dir() else []
+        if not files:
+            self._info(f"no images in {folder}")
+            return None
+        target = Path(str(self.export_file.value))
+        out_dir = target if target.is_dir() else target.parent
+        if not target.name:
+            self._info("choose where to export (export to)")
+            return None
+        thr, tthr, model = float(self.score.value), float(self.type_thr.value), self.model
+        loaders = [lambda f=f: read_image(f)[0].data for f in files]
+
+        def job():
+            results = yield from predict_images(model, loaders, names=[f.name for f in files])
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_csv(out_dir / "regions.csv", results_to_rows(results, thr, tthr))
+            write_coco(out_dir / "regions_coco.json", results_to_annotations(results, thr, tthr),
+                       categories=model.det_classes)
+            return results
+
+        def done(results):
+            n = sum(r.summary(thr, tthr)["regions"] for r in results)
+            self._info(f"{len(results)} images, {n} regions: written to {out_dir}")
+
+        return self.runner.start(job(), description="detecting blood cells in a folder", on_result=done)

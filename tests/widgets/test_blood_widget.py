@@ -1,0 +1,154 @@
+"""'Blood cell detector' widget in a real viewer."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from expertloop.engine.blood import (
+    load_blood_model,
+    new_blood_model,
+    predict_image,
+    samples_from_instances,
+    save_blood_model,
+    synthetic_smear,
+    train_blood_model,
+)
+from expertloop.engine.jobs import run_job
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    from expertloop.engine.backend import get_torch
+
+    torch = get_torch()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # much faster than 2 on a loaded 2-core machine
+    img, inst, kinds = synthetic_smear((96, 96), 6, touching=0.6, radius=9, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = new_blood_model(det_backbone="mobilenet_v2", embedder="resnet18", pretrained=False, patch_size=32,
+                            min_size=96, max_size=96, hidden=16, max_regions=12)
+        run_job(train_blood_model(m, [samples_from_instances(img, inst, kinds)], det_epochs=2,
+                                  head_epochs=5, batch_size=1))
+    path = save_blood_model(tmp_path_factory.mktemp("blood") / "m", m)
+    yield path, img
+    torch.set_num_threads(n)
+
+
+def _widget(viewer, qtbot):
+    from expertloop.widgets.blood import BloodWidget
+
+    w = BloodWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    return w
+
+
+def _wait(qtbot, w, timeout=60000):
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=timeout)
+
+
+def test_detect_overlay_matches_engine_and_slider_filters(make_napari_viewer, qtbot, model_file, tmp_path,
+                                                          notifications):
+    path, img = model_file
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="smear", rgb=True)
+    w = _widget(viewer, qtbot)
+    w.detect()  # no model yet: a message, no crash
+    assert any("load or train a model" in str(n.message) for n in notifications)
+    w.model_file.value = path
+    w.load()
+    _wait(qtbot, w)
+    assert w.model is not None
+    w.score.value = 0.0
+    w.detect()
+    _wait(qtbot, w)
+    layer = viewer.layers["smear cells"]
+    ref = run_job(predict_image(load_blood_model(path), img, score_threshold=0.01))
+    assert len(ref) > 1
+    # all regions visible at threshold 0: the same boxes and features as the engine
+    assert len(layer.data) == len(ref)
+    got = np.array([[d[:, 1].min(), d[:, 0].min(), d[:, 1].max(), d[:, 0].max()] for d in layer.data])
+    np.testing.assert_allclose(got, ref.boxes, atol=1e-4)
+    np.testing.assert_allclose(layer.features["score"], ref.scores, rtol=1e-5)
+    np.testing.assert_allclose(layer.features["p_Oval/Disc"], ref.type_probs[:, 0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(layer.features["abnormal_score"], ref.abnormal, rtol=1e-4, atol=1e-6)
+    assert "regions" in w.summary.value
+    # the slider hides the low-scoring boxes, live. A tiny detector trained two
+    # steps gives nearly equal scores, so give the regions distinct ones here
+    w.result.scores = np.linspace(0.05, 0.95, len(ref))
+    w.refresh()
+    assert len(layer.data) == len(ref)
+    w.score.value = 0.5
+    n_vis = int((w.result.scores >= 0.5).sum())
+    assert 0 < n_vis < len(ref)
+    assert len(layer.data) == n_vis == w.table.shape[0]
+    kept = w.result.boxes[w.result.scores >= 0.5]
+    got = np.array([[d[:, 1].min(), d[:, 0].min(), d[:, 1].max(), d[:, 0].max()] for d in layer.data])
+    np.testing.assert_allclose(got, kept, atol=1e-4)
+    assert str(n_vis) in w.summary.value
+    # type threshold 0: every region shows every type in its text
+    w.type_thr.value = 0.0
+    assert all(lab.count(",") == 5 for lab in layer.features["label"])
+    # exports
+    w.export_file.value = tmp_path / "out"
+    csv_path = w.export_csv()
+    coco_path = w.export_coco()
+    assert len(csv_path.read_text().strip().splitlines()) == n_vis + 1
+    from expertloop.io.blood_formats import read_coco
+
+    (c,) = read_coco(coco_path)
+    assert len(c.boxes) == n_vis and len(c.attributes[0]["types"]) == 6
+    # a folder in batch (one RGB and one 16-bit grey image)
+    from skimage.io import imsave
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    imsave(folder / "a.png", img)
+    imsave(folder / "b.tif", img[..., 0].astype(np.uint16) * 200)
+    w.folder.value = folder
+    w.export_file.value = tmp_path / "batch_out" / "x"
+    w.detect_folder()
+    _wait(qtbot, w)
+    coco = read_coco(tmp_path / "batch_out" / "regions_coco.json")
+    assert [a.filename for a in coco] == ["a.png", "b.tif"]
+    assert (tmp_path / "batch_out" / "regions.csv").is_file()
+
+
+def test_train_from_shapes_and_labels(make_napari_viewer, qtbot, model_file, notifications):
+    path, img = model_file
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="smear", rgb=True)
+    rects = [np.array([[10, 10], [10, 30], [30, 30], [30, 10]]), np.array([[50, 40], [50, 70], [80, 70], [80, 40]])]
+    viewer.add_shapes(rects, shape_type="rectangle", name="boxes",
+                      features={"type": ["Oval/Disc", "Echinocyte+Stomatocyte"]})
+    w = _widget(viewer, qtbot)
+    w.annotations.value = "boxes"
+    w.det_epochs.value = 1
+    w.head_epochs.value = 3
+    w.types.value = "Oval/Disc, Echinocyte, Stomatocyte"
+    w.abnormal_types.value = "Echinocyte, Stomatocyte"
+    w.embedder.value = "resnet18"
+    w.pretrained.value = False
+    w.train()
+    _wait(qtbot, w, 120000)
+    assert w.runner.last_error is None, w.runner.last_error
+    assert w.model is not None and w.model.type_names == ["Oval/Disc", "Echinocyte", "Stomatocyte"]
+    assert w.model.trained_types == w.model.type_names
+    assert w.model.train_image_size == (96, 96)
+    assert any("trained: detector 1 iteration" in str(n.message) for n in notifications)
+    # a mask Labels layer: boxes from connected components, detector only (no types)
+    _, inst, _ = synthetic_smear((96, 96), 4, seed=1)
+    viewer.add_labels(inst, name="mask")
+    w.annotations.value = "mask"
+    w.head_epochs.value = 1
+    w.train()
+    _wait(qtbot, w, 120000)
+    assert w.runner.last_error is None
+    # an empty Labels layer is refused with a clear message
+    viewer.add_labels(np.zeros((96, 96), np.int32), name="empty")
+    w.annotations.value = "empty"
+    w.train()
+    assert any("is empty" in str(n.message) for n in notifications)
