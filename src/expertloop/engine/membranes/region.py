@@ -390,6 +390,7 @@ def region_outline(cells: Sequence[tuple[int, int]], window: int) -> list[np.nda
         pts = np.asarray(loop, float)
         # drop corners where the direction does not change
         prev, nxt_ = np.roll(pts, 1, 0), np.roll(pts, -1, 0)
-        turn = np.abs(np.cross(pts - prev, nxt_ - pts)) > 0
+        a, b = pts - prev, nxt_ - pts
+        turn = np.abs(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) > 0
         polys.append(pts[turn] * window)
     return polys
