@@ -10,6 +10,8 @@ folder, so a session can stop and resume (widget or script)::
     models/source.*       source-domain network
     models/target.*       current target network; models/round_NNN.* one per round
     journal.jsonl         one durable record per step (crash-safe)
+    abundance.npz         cached abundance of the target windows
+    proposal_prob.tif     P(membrane) of the pending proposal's image
 
 A round: :meth:`MembraneProject.propose` (dense prediction of every target
 image → uncertainty → region search with the cached abundance), the expert
@@ -406,13 +408,20 @@ class MembraneProject:
                                          allowed=free, n_seeds=c.n_seeds)
         search_s = time.perf_counter() - t0
         reg.info["search_seconds"] = search_s
+        prob = probs[reg.image]
+        _write(self.folder / "proposal_prob.tif", prob.astype(np.float32))  # to resume the round
         self.state["proposal"] = reg.to_dict()
         self.state["stage"] = "proposed"
         self.save()
         self.log({"event": "proposed", "round": self.round + 1, **reg.to_dict()})
-        prob = probs[reg.image]
         return {"region": reg, "prob": prob, "uncertainty": _region.uncertainty_map(prob),
                 "search_seconds": search_s}
+
+    def proposal_prob(self) -> np.ndarray | None:
+        """P(membrane) of the proposal's image when it was proposed (None if no proposal)."""
+        if self.proposal is None or not (self.folder / "proposal_prob.tif").exists():
+            return None
+        return _read(self.folder / "proposal_prob.tif")
 
     def accept(self, labels: Any) -> int:
         """Merge the expert's labels for the proposal's image, inside the region
