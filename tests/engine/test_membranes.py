@@ -155,7 +155,8 @@ def test_frozen_layers_do_not_change_and_fine_tuned_do(crops):
 def test_training_learns_membranes(crops):
     src, src_lab, *_ = crops
     net = build_net(NetConfig(window=16, **SMALL), seed=0)
-    hist = run_job(train_net(net, src, src_lab, epochs=3, samples_per_epoch=512, batch_size=32, lr=2e-2))
+    hist = run_job(train_net(net, src, src_lab, epochs=3, samples_per_epoch=512, batch_size=32,
+                             optimizer="sgd", lr=2e-2))
     assert hist.epochs[-1]["loss"] < hist.epochs[0]["loss"]
     prob = run_job(predict_dense(net, src[0]))
     mem = src_lab[0] == 1

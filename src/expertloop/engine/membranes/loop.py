@@ -61,8 +61,8 @@ class LoopConfig:
     round_epochs: int = 5
     samples_per_epoch: int = 4096
     batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 1e-2
+    optimizer: str = "adam"        # or "sgd" (the paper: lr 1e-2, momentum 0.9)
+    lr: float = 1e-3
     tile: int = 256
     seed: int = 0
     device: str | None = None

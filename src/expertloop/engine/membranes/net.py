@@ -133,6 +133,8 @@ def _module_class():
                 if isinstance(m, nn.Conv2d):  # He initialisation, as in the paper
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                     nn.init.zeros_(m.bias)
+            # a small last layer starts at chance-level loss instead of large random logits
+            nn.init.normal_(self.fc3.weight, std=0.01)
 
         def forward(self, x, dense: bool = False):
             p = self.config.dropout
@@ -295,8 +297,8 @@ def train_net(
     epochs: int = 5,
     samples_per_epoch: int = 4096,
     batch_size: int = 64,
-    optimizer: str = "sgd",
-    lr: float = 1e-2,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
     momentum: float = 0.9,
     seed: int | None = 0,
     device=None,
@@ -305,7 +307,9 @@ def train_net(
     """Job: train ``model`` in place on windows around labelled pixels.
 
     Each epoch draws ``samples_per_epoch`` windows from the class-balanced
-    sample (:func:`balanced_samples`); SGD with momentum (the paper) or Adam.
+    sample (:func:`balanced_samples`); Adam (default: it learns in far fewer
+    steps than the paper's SGD, lr 1e-2, momentum 0.9, which is
+    ``optimizer="sgd", lr=1e-2``).
     Frozen layers (``requires_grad=False``) are not optimised.
     Returns the :class:`~expertloop.engine.training.History`.
     """
