@@ -193,6 +193,7 @@ def region_objective(f: np.ndarray, s: np.ndarray, cells: Sequence[tuple[int, in
     if not len(cells):
         raise ValueError("a region needs at least one window")
     rr, cc = np.asarray(cells).T
+    f, s = np.asarray(f, np.float64), np.asarray(s, np.float64)
     return float(lam * np.mean(f[rr, cc]) + (1 - lam) * (1 - np.sum(s[rr, cc])))
 
 
