@@ -124,3 +124,24 @@ def test_bad_inputs_become_notifications(make_napari_viewer, em, tmp_path, notif
     assert any("one class only" in str(n.message) for n in notifications)
     w.accept()
     assert any("propose a region first" in str(n.message) for n in notifications)
+
+
+def test_saved_source_model_is_loaded(make_napari_viewer, em, tmp_path, notifications):
+    from expertloop.engine.membranes import NetConfig, build_net, save_net
+
+    viewer = make_napari_viewer()
+    viewer.add_image(em["tgt"], name="vnc")
+    w = MembraneWidget(viewer)
+    _small(w)
+    w.folder.value = tmp_path / "p"
+    w.target_image.value = "vnc"
+    assert w.open_project() is not None
+    save_net(tmp_path / "wide", build_net(NetConfig(window=16, channels=(8, 8, 8), hidden=(16, 16))), kind="source")
+    w.source_model.value = tmp_path / "wide.pt"
+    w.train_source()
+    assert any("differs from the project" in str(n.message) for n in notifications)
+    assert not w.project.has_source
+    save_net(tmp_path / "ok", build_net(NetConfig(window=16, channels=(4, 8, 8), hidden=(16, 16))), kind="source")
+    w.source_model.value = tmp_path / "ok.pt"
+    w.train_source()
+    assert w.project.has_source

@@ -134,6 +134,9 @@ class MembraneWidget(Container):
         if self.project is None:
             _show("Membranes", f"open or create a project before '{what}'")
             return False
+        if self.runner.running:
+            _show("Membranes", f"'{what}' not started: wait for the running step to finish (or cancel it)")
+            return False
         return True
 
     def _target_layer_name(self, i: int) -> str:
