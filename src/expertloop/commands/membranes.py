@@ -1,0 +1,156 @@
+"""``expertloop membranes-loop``: the membrane active-learning loop without a GUI.
+
+A *simulated expert* stands in for the person: each round it copies the
+ground truth inside the proposed region (documented as such; for
+benchmarking and for choosing parameters before an expert's time is spent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser(
+        "membranes-loop",
+        help="membrane transfer + active learning with a simulated expert (copies ground truth)",
+        description=(
+            "Train a membrane classifier on a source domain (or load one), transfer its first "
+            "layers to the target domain, then run rounds: propose a region, let a simulated "
+            "expert copy the ground truth inside it, retrain, score on validation images. "
+            "The project folder keeps everything: run again with more --rounds to continue."
+        ),
+    )
+    p.add_argument("--project", required=True, help="project folder (created, or resumed if it exists)")
+    p.add_argument("--source-images", nargs="+", default=[], help="source-domain images")
+    p.add_argument("--source-truth", nargs="+", default=[], help="their dense membrane masks")
+    p.add_argument("--source-membrane-value", type=float, default=None,
+                   help="value marking membrane in the source masks (ISBI 2012: 0)")
+    p.add_argument("--source-model", help="a saved source model (.pt) instead of training one")
+    p.add_argument("--save-source", help="also save the trained source model here")
+    p.add_argument("--target-images", nargs="+", required=True, help="target-domain images (the pool)")
+    p.add_argument("--target-truth", nargs="+", required=True,
+                   help="their dense masks: the simulated expert copies them")
+    p.add_argument("--target-membrane-value", type=float, required=True,
+                   help="value marking membrane in target and validation masks (VNC stack: 255)")
+    p.add_argument("--validation-images", nargs="*", default=[])
+    p.add_argument("--validation-truth", nargs="*", default=[])
+    p.add_argument("--initial-size", type=int, default=128,
+                   help="the few initial target labels: truth of a centred square this big "
+                        "in the first target image (default 128)")
+    p.add_argument("--rounds", type=int, default=5, help="total active-learning rounds (default 5)")
+    p.add_argument("--strategy", choices=["objective", "random", "none"], default="objective",
+                   help="region choice: the paper's objective, random regions of the same size "
+                        "(control), or none (retrain without new labels)")
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--channels", type=int, default=16, help="conv1 channels (conv2/3: twice)")
+    p.add_argument("--k", type=int, default=3, help="layers copied from the source (default 3)")
+    p.add_argument("--mode", choices=["fine-tuned", "frozen"], default="fine-tuned")
+    p.add_argument("--lam", type=float, default=0.8, help="lambda of the region objective")
+    p.add_argument("--max-windows", type=int, default=6)
+    p.add_argument("--source-epochs", type=int, default=10)
+    p.add_argument("--target-epochs", type=int, default=10)
+    p.add_argument("--round-epochs", type=int, default=5)
+    p.add_argument("--samples-per-epoch", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: automatic)")
+    p.add_argument("--json", action="store_true", help="print the per-round records as JSON (last line)")
+    p.set_defaults(func=cmd_membranes_loop)
+
+
+def _read_all(paths, what):
+    import numpy as np
+
+    from expertloop.io import read_image
+
+    out = []
+    for path in paths:
+        layers = read_image(path)
+        data = np.asarray(layers[0].data)
+        if data.ndim == 3 and data.shape[-1] in (3, 4):
+            raise ValueError(f"{what} {path} is RGB: membrane images must be grayscale")
+        out.extend(list(data) if data.ndim == 3 else [data])
+    return out
+
+
+def cmd_membranes_loop(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from expertloop.cli import _progress_printer
+    from expertloop.engine.jobs import run_job
+    from expertloop.engine.membranes.loop import (
+        PROJECT_FILE,
+        LoopConfig,
+        MembraneProject,
+        simulated_expert,
+    )
+    from expertloop.engine.membranes.net import load_net, membrane_labels, save_net
+
+    progress = _progress_printer()
+    folder = Path(args.project)
+    targets = _read_all(args.target_images, "target image")
+    truths = [membrane_labels(t, args.target_membrane_value) for t in _read_all(args.target_truth, "target truth")]
+    if len(truths) != len(targets):
+        raise ValueError(f"{len(targets)} target images but {len(truths)} truth images")
+    if (folder / PROJECT_FILE).exists():
+        project = MembraneProject.open(folder)
+        print(f"resuming {folder} at round {project.round}")
+    else:
+        vimgs = _read_all(args.validation_images, "validation image")
+        vtru = [membrane_labels(t, args.target_membrane_value)
+                for t in _read_all(args.validation_truth, "validation truth")]
+        c = args.channels
+        config = LoopConfig(
+            window=args.window, channels=(c, 2 * c, 2 * c), hidden=(4 * c, 4 * c), k=args.k,
+            mode=args.mode, lam=args.lam, max_windows=args.max_windows,
+            strategy="random" if args.strategy == "random" else "objective",
+            source_epochs=args.source_epochs, target_epochs=args.target_epochs,
+            round_epochs=args.round_epochs, samples_per_epoch=args.samples_per_epoch,
+            seed=args.seed, device=args.device)
+        h, w = targets[0].shape
+        s = min(args.initial_size, h, w)
+        if s < 1:
+            raise ValueError("--initial-size must be at least 1")
+        mask = np.zeros((h, w), bool)
+        mask[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s] = True
+        initial = [np.zeros(t.shape, np.uint8) for t in targets]
+        initial[0] = simulated_expert(initial[0], truths[0], mask)
+        project = MembraneProject.create(folder, targets, initial, validation_images=vimgs,
+                                         validation_truths=vtru, config=config)
+    if not project.has_source:
+        if args.source_model:
+            model, _ = load_net(args.source_model)  # a ModelFileError is a ValueError: exit code 2
+            project.set_source_model(model)
+        else:
+            if not args.source_images or args.source_membrane_value is None:
+                raise ValueError("give --source-images, --source-truth and --source-membrane-value, "
+                                 "or --source-model")
+            simgs = _read_all(args.source_images, "source image")
+            slabs = [membrane_labels(t, args.source_membrane_value)
+                     for t in _read_all(args.source_truth, "source truth")]
+            if len(simgs) != len(slabs):
+                raise ValueError(f"{len(simgs)} source images but {len(slabs)} truth images")
+            model = run_job(project.train_source(simgs, slabs), on_progress=progress)
+            if args.save_source:
+                save_net(args.save_source, model, kind="source")
+    if project.round < 0:
+        run_job(project.transfer(), on_progress=progress)
+    while project.round < args.rounds:
+        if args.strategy != "none":
+            out = run_job(project.propose(strategy=args.strategy), on_progress=progress)
+            reg = out["region"]
+            project.accept(simulated_expert(project.target_labels[reg.image], truths[reg.image],
+                                            reg.mask(truths[reg.image].shape)))
+        run_job(project.retrain(), on_progress=progress)
+    sys.stderr.write("\n")
+    print("round  labelled_px  F-score  precision  recall")
+    for r in project.scores:
+        print(f"{r['round']:5d}  {r['labelled_pixels']:11d}  {r.get('f1', float('nan')):7.3f}  "
+              f"{r.get('precision', float('nan')):9.3f}  {r.get('recall', float('nan')):6.3f}")
+    if args.json:
+        print(json.dumps(project.scores))
+    return 0

@@ -1,0 +1,476 @@
+"""The active-learning loop and its project folder.
+
+A :class:`MembraneProject` keeps everything one target domain needs in a
+folder, so a session can stop and resume (widget or script)::
+
+    project.json          configuration, round, scores, current proposal
+    target/image_NN.tif   target images (the pool the regions come from)
+    target/labels_NN.tif  their labels: 0 unlabelled, 1 membrane, 2 not membrane
+    validation/image_NN.tif, validation/truth_NN.tif   held-out images + truth (1/2)
+    models/source.*       source-domain network
+    models/target.*       current target network; models/round_NNN.* one per round
+    journal.jsonl         one durable record per step (crash-safe)
+    abundance.npz         cached abundance of the target windows
+    proposal_prob.tif     P(membrane) of the pending proposal's image
+
+A round: :meth:`MembraneProject.propose` (dense prediction of every target
+image → uncertainty → region search with the cached abundance), the expert
+corrects the labels inside the region (:func:`prefill_region` pre-fills them
+with the prediction; :func:`simulated_expert` copies ground truth instead),
+:meth:`MembraneProject.accept` merges them, :meth:`MembraneProject.retrain`
+fine-tunes and scores the network on the validation images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from expertloop.engine.jobs import Job, Progress, rescale
+from expertloop.engine.membranes import net as _net
+from expertloop.engine.membranes import region as _region
+
+PROJECT_FILE = "project.json"
+PROJECT_VERSION = 1
+
+
+@dataclass
+class LoopConfig:
+    """Parameters of a membrane active-learning project (saved in project.json)."""
+
+    window: int = 64
+    channels: tuple[int, int, int] = (16, 32, 32)
+    hidden: tuple[int, int] = (64, 64)
+    dropout: float = 0.5
+    k: int = 3                      # layers copied from the source network
+    mode: str = "fine-tuned"        # or "frozen"
+    lam: float = 0.8                # λ of the region objective
+    max_windows: int = 6            # region size limit (6 × 64² ≈ the paper's 22k pixels)
+    n_seeds: int = 16
+    n_clusters: int | None = None   # abundance clustering (None: sqrt(N/2))
+    downsample: int = 4
+    strategy: str = "objective"     # or "random" (control)
+    source_epochs: int = 10
+    target_epochs: int = 10
+    round_epochs: int = 5
+    samples_per_epoch: int = 4096
+    batch_size: int = 64
+    optimizer: str = "adam"        # or "sgd" (the paper: lr 1e-2, momentum 0.9)
+    lr: float = 1e-3
+    tile: int = 256
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.hidden = tuple(int(c) for c in self.hidden)
+        if self.mode not in ("frozen", "fine-tuned"):
+            raise ValueError(f"mode must be 'frozen' or 'fine-tuned', got {self.mode!r}")
+        if self.strategy not in ("objective", "random"):
+            raise ValueError(f"strategy must be 'objective' or 'random', got {self.strategy!r}")
+        if not 0 <= self.lam <= 1:
+            raise ValueError("lam must be in [0, 1]")
+        self.net_config()  # checks the window size
+
+    def net_config(self) -> _net.NetConfig:
+        return _net.NetConfig(self.window, self.channels, self.hidden, self.dropout)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channels"], d["hidden"] = list(self.channels), list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoopConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ----------------------------------------------------------------- label helpers
+def prefill_region(labels: Any, prob: Any, mask: Any) -> np.ndarray:
+    """Labels with the current prediction (1 membrane / 2 not) written into the
+    unlabelled pixels of ``mask``: the expert then only corrects mistakes."""
+    lab = np.array(labels, np.uint8, copy=True)
+    m = np.asarray(mask, bool) & (lab == _net.UNLABELLED)
+    pred = np.where(np.asarray(prob) > 0.5, _net.MEMBRANE, _net.BACKGROUND).astype(np.uint8)
+    lab[m] = pred[m]
+    return lab
+
+
+def simulated_expert(labels: Any, truth: Any, mask: Any) -> np.ndarray:
+    """A simulated expert: copies the ground truth (1/2 labels) inside ``mask``."""
+    lab = np.array(labels, np.uint8, copy=True)
+    t = np.asarray(truth)
+    if t.shape != lab.shape:
+        raise ValueError(f"truth {t.shape} and labels {lab.shape} differ in shape")
+    m = np.asarray(mask, bool)
+    lab[m] = t[m]
+    return lab
+
+
+def f_score(prob_maps: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict[str, float]:
+    """Pixel precision/recall/F-score of ``P > 0.5`` against truth (1 = membrane),
+    pooled over all images (unlabelled truth pixels, 0, are ignored)."""
+    from expertloop.engine.metrics import binary_scores
+
+    preds, trues = [], []
+    for p, t in zip(prob_maps, truths):
+        t = np.asarray(t)
+        keep = t != _net.UNLABELLED
+        preds.append(np.asarray(p)[keep] > 0.5)
+        trues.append(t[keep] == _net.MEMBRANE)
+    s = binary_scores(np.concatenate(preds), np.concatenate(trues))
+    return {"f1": s["f1"], "precision": s["precision"], "recall": s["recall"]}
+
+
+def _write(path: Path, data: np.ndarray) -> None:
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tifffile.imwrite(tmp, np.ascontiguousarray(data))
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> np.ndarray:
+    import tifffile
+
+    if not path.exists():
+        raise FileNotFoundError(f"project file {path} is missing")
+    return tifffile.imread(path)
+
+
+# ----------------------------------------------------------------- the project
+class MembraneProject:
+    """A membrane active-learning project stored in ``folder`` (see module doc)."""
+
+    def __init__(self, folder: str | os.PathLike, state: dict[str, Any]) -> None:
+        self.folder = Path(folder)
+        self.state = state
+        self.config = LoopConfig.from_dict(state["config"])
+        n_t, n_v = state["n_target"], state["n_validation"]
+        self.target_images = [_read(self.folder / "target" / f"image_{i:02d}.tif") for i in range(n_t)]
+        self.target_labels = [_read(self.folder / "target" / f"labels_{i:02d}.tif") for i in range(n_t)]
+        self.val_images = [_read(self.folder / "validation" / f"image_{i:02d}.tif") for i in range(n_v)]
+        self.val_truths = [_read(self.folder / "validation" / f"truth_{i:02d}.tif") for i in range(n_v)]
+        self._model = None
+        self._abundance = None
+
+    # ------------------------------------------------------------- creation
+    @classmethod
+    def create(
+        cls,
+        folder: str | os.PathLike,
+        target_images: Sequence[Any],
+        target_labels: Sequence[Any] | None = None,
+        *,
+        validation_images: Sequence[Any] = (),
+        validation_truths: Sequence[Any] = (),
+        config: LoopConfig | None = None,
+    ) -> MembraneProject:
+        """Start a project. ``target_labels``: 0/1/2 label images (None: no labels
+        yet); ``validation_truths``: 1/2 label images (see :func:`~expertloop.engine.membranes.net.membrane_labels`)."""
+        folder = Path(folder)
+        if (folder / PROJECT_FILE).exists():
+            raise FileExistsError(f"{folder} already holds a membrane project: open it instead")
+        config = config or LoopConfig()
+        imgs = [_net.as_image(im, "target image") for im in target_images]
+        if not imgs:
+            raise ValueError("a project needs at least one target image")
+        if len({im.dtype for im in imgs}) > 1:
+            raise ValueError("all target images must have the same dtype")
+        for im in imgs:
+            _net.check_window_fits(im, config.window, "target image")
+        labs = ([np.zeros(im.shape, np.uint8) for im in imgs] if target_labels is None
+                else [_net.check_labels(lab, im, "target labels") for lab, im in zip(target_labels, imgs)])
+        if len(labs) != len(imgs):
+            raise ValueError(f"{len(imgs)} target images but {len(labs)} label images")
+        vimgs = [_net.as_image(im, "validation image") for im in validation_images]
+        vtru = [_net.check_labels(t, im, "validation truth") for t, im in zip(validation_truths, vimgs)]
+        if len(vimgs) != len(vtru):
+            raise ValueError(f"{len(vimgs)} validation images but {len(vtru)} truth images")
+        for im in vimgs:
+            _net.check_window_fits(im, config.window, "validation image")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, (im, lab) in enumerate(zip(imgs, labs)):
+            _write(folder / "target" / f"image_{i:02d}.tif", im)
+            _write(folder / "target" / f"labels_{i:02d}.tif", lab)
+        for i, (im, t) in enumerate(zip(vimgs, vtru)):
+            _write(folder / "validation" / f"image_{i:02d}.tif", im)
+            _write(folder / "validation" / f"truth_{i:02d}.tif", t)
+        state = {"format": "expertloop-membranes-project", "version": PROJECT_VERSION,
+                 "config": config.to_dict(), "n_target": len(imgs), "n_validation": len(vimgs),
+                 "round": -1, "scores": [], "proposal": None, "regions": [], "stage": "created"}
+        project = cls(folder, state)
+        project.save()
+        project.log({"event": "created", "n_target": len(imgs), "n_validation": len(vimgs)})
+        return project
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> MembraneProject:
+        folder = Path(folder)
+        path = folder / PROJECT_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{folder} is not a membrane project (no {PROJECT_FILE})")
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        if state.get("format") != "expertloop-membranes-project":
+            raise ValueError(f"{path} is not a membrane project file")
+        if int(state.get("version", 0)) > PROJECT_VERSION:
+            raise ValueError(f"{path} was written by a newer expertloop")
+        return cls(folder, state)
+
+    def save(self) -> None:
+        path = self.folder / PROJECT_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def log(self, record: dict[str, Any]) -> None:
+        from expertloop.io.journal import Journal
+
+        Journal(self.folder / "journal.jsonl").append(record)
+
+    # ------------------------------------------------------------- properties
+    @property
+    def round(self) -> int:
+        """-1 before the first target model, then 0 (transfer) and 1, 2, ... (rounds)."""
+        return int(self.state["round"])
+
+    @property
+    def scores(self) -> list[dict[str, Any]]:
+        return list(self.state["scores"])
+
+    @property
+    def proposal(self) -> _region.Region | None:
+        p = self.state.get("proposal")
+        return None if p is None else _region.Region.from_dict(p)
+
+    @property
+    def has_source(self) -> bool:
+        return (self.folder / "models" / "source.json").exists()
+
+    @property
+    def model(self):
+        """The current target network (loaded lazily), or None before transfer."""
+        if self._model is None and (self.folder / "models" / "target.json").exists():
+            self._model, _ = _net.load_net(self.folder / "models" / "target")
+        return self._model
+
+    def source_model(self):
+        if not self.has_source:
+            raise FileNotFoundError("the project has no source model yet: train or load one")
+        return _net.load_net(self.folder / "models" / "source")[0]
+
+    # ------------------------------------------------------------- steps
+    def set_source_model(self, model) -> None:
+        """Use an existing (e.g. loaded) source network; architecture must match."""
+        cfg = self.config.net_config()
+        if model.config != cfg:
+            raise ValueError(f"the source network {model.config} differs from the project's {cfg}")
+        _net.save_net(self.folder / "models" / "source", model, kind="source")
+        self.state["stage"] = "source"
+        self.save()
+        self.log({"event": "source model set"})
+
+    def train_source(self, images: Sequence[Any], labels: Sequence[Any]) -> Job[Any]:
+        """Job: train the source network on ``images`` with 0/1/2 ``labels``."""
+        _net.check_domains(images, self.target_images)
+        c = self.config
+        model = _net.build_net(c.net_config(), seed=c.seed)
+        hist = yield from _net.train_net(
+            model, images, labels, epochs=c.source_epochs, samples_per_epoch=c.samples_per_epoch,
+            batch_size=c.batch_size, optimizer=c.optimizer, lr=c.lr, seed=c.seed, device=c.device,
+            desc="source training")
+        self.set_source_model(model)
+        self.log({"event": "source trained", "history": hist.epochs})
+        return model
+
+    def transfer(self) -> Job[dict[str, Any]]:
+        """Job: copy the first k layers of the source network into a new target
+        network, train it on the target labels, score it (round 0)."""
+        c = self.config
+        src = self.source_model()
+        model = _net.transfer(src, c.k, c.mode, seed=c.seed)
+        return (yield from self._train_and_score(model, c.target_epochs, round_=0, desc="transfer"))
+
+    def _labelled(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        pairs = [(im, lab) for im, lab in zip(self.target_images, self.target_labels) if lab.any()]
+        if not pairs:
+            raise ValueError("no target image has labels yet: label a few membranes (1) and "
+                             "non-membrane pixels (2) first")
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def _train_and_score(self, model, epochs: int, *, round_: int, desc: str) -> Job[dict[str, Any]]:
+        c = self.config
+        imgs, labs = self._labelled()
+        hist = yield from rescale(_net.train_net(
+            model, imgs, labs, epochs=epochs, samples_per_epoch=c.samples_per_epoch,
+            batch_size=c.batch_size, optimizer=c.optimizer, lr=c.lr, seed=c.seed + round_,
+            device=c.device, desc=desc), 0, 80, 100)
+        score = yield from rescale(self.evaluate(model), 80, 100, 100)
+        _net.save_net(self.folder / "models" / f"round_{round_:03d}", model, kind="target",
+                      extra={"round": round_})
+        _net.save_net(self.folder / "models" / "target", model, kind="target", extra={"round": round_})
+        self._model = model
+        n_labelled = int(sum(np.count_nonzero(lab) for lab in self.target_labels))
+        record = {"round": round_, "labelled_pixels": n_labelled, "loss": hist.last.get("loss"), **score}
+        self.state["scores"] = [s for s in self.state["scores"] if s["round"] < round_] + [record]
+        self.state["round"] = round_
+        self.state["stage"] = "trained"
+        self.save()
+        self.log({"event": "trained", **record})
+        return record
+
+    def evaluate(self, model=None) -> Job[dict[str, float]]:
+        """Job: F-score of the network on the validation images (empty dict if none)."""
+        model = model or self.model
+        if not self.val_images:
+            return {}
+        probs = []
+        n = len(self.val_images)
+        for i, im in enumerate(self.val_images):
+            probs.append((yield from rescale(
+                _net.predict_dense(model, im, tile=self.config.tile, desc="validation"),
+                100 * i / n, 100 * (i + 1) / n, 100)))
+        return f_score(probs, self.val_truths)
+
+    def abundance(self) -> _region.Abundance:
+        """Abundance of the target windows (computed once, cached in the folder)."""
+        if self._abundance is None:
+            path = self.folder / "abundance.npz"
+            c = self.config
+            if path.exists():
+                z = np.load(path)
+                n = len(self.target_images)
+                self._abundance = _region.Abundance(
+                    scores=[z[f"scores_{i}"] for i in range(n)],
+                    clusters=[z[f"clusters_{i}"] for i in range(n)],
+                    fractions=z["fractions"], window=int(z["window"]))
+            else:
+                a = _region.abundance(self.target_images, c.window, n_clusters=c.n_clusters,
+                                      downsample=c.downsample)
+                arrays = {f"scores_{i}": s for i, s in enumerate(a.scores)}
+                arrays.update({f"clusters_{i}": s for i, s in enumerate(a.clusters)})
+                tmp = path.with_name("abundance.tmp.npz")
+                np.savez(tmp, fractions=a.fractions, window=a.window, **arrays)
+                os.replace(tmp, path)
+                self._abundance = a
+        return self._abundance
+
+    def free_windows(self) -> list[np.ndarray]:
+        """Per target image, the grid windows without any labelled pixel."""
+        w = self.config.window
+        return [~_region.windows(lab > 0, w).any(axis=(2, 3)) for lab in self.target_labels]
+
+    def propose(self, *, strategy: str | None = None, n_windows: int | None = None) -> Job[dict[str, Any]]:
+        """Job: predict every target image, search the region (or draw a random
+        one), store it as the current proposal. Returns ``{"region", "prob",
+        "uncertainty", "search_seconds"}`` for the region's image."""
+        import time
+
+        model = self.model
+        if model is None:
+            raise RuntimeError("no target network yet: run the transfer step first")
+        c = self.config
+        strategy = strategy or c.strategy
+        free = self.free_windows()
+        probs = []
+        n = len(self.target_images)
+        for i, im in enumerate(self.target_images):
+            if free[i].any():
+                probs.append((yield from rescale(
+                    _net.predict_dense(model, im, tile=c.tile, desc=f"target image {i + 1}/{n}"),
+                    90 * i / n, 90 * (i + 1) / n, 100)))
+            else:
+                probs.append(None)
+        yield Progress(90, 100, "abundance of target windows")
+        ab = self.abundance()
+        yield Progress(95, 100, "searching the region")
+        t0 = time.perf_counter()
+        if strategy == "random":
+            rng = np.random.default_rng(c.seed + 1000 + max(self.round, 0))
+            reg = _region.random_region([f.shape for f in free], n_windows or c.max_windows, c.window,
+                                        rng, allowed=free)
+        else:
+            f_maps = [(_region.window_uncertainty(p, c.window) if p is not None
+                       else np.zeros(fr.shape)) for p, fr in zip(probs, free)]
+            reg = _region.propose_region(f_maps, ab.scores, c.window, lam=c.lam,
+                                         max_windows=n_windows or c.max_windows,
+                                         allowed=free, n_seeds=c.n_seeds)
+        search_s = time.perf_counter() - t0
+        reg.info["search_seconds"] = search_s
+        prob = probs[reg.image]
+        _write(self.folder / "proposal_prob.tif", prob.astype(np.float32))  # to resume the round
+        self.state["proposal"] = reg.to_dict()
+        self.state["stage"] = "proposed"
+        self.save()
+        self.log({"event": "proposed", "round": self.round + 1, **reg.to_dict()})
+        return {"region": reg, "prob": prob, "uncertainty": _region.uncertainty_map(prob),
+                "search_seconds": search_s}
+
+    def proposal_prob(self) -> np.ndarray | None:
+        """P(membrane) of the proposal's image when it was proposed (None if no proposal)."""
+        if self.proposal is None or not (self.folder / "proposal_prob.tif").exists():
+            return None
+        return _read(self.folder / "proposal_prob.tif")
+
+    def accept(self, labels: Any) -> int:
+        """Merge the expert's labels for the proposal's image, inside the region
+        only. Returns the number of labelled pixels taken. Pixels left 0
+        inside the region stay unlabelled."""
+        reg = self.proposal
+        if reg is None:
+            raise RuntimeError("there is no proposed region to accept")
+        cur = self.target_labels[reg.image]
+        lab = _net.check_labels(labels, cur, "corrected labels")
+        mask = reg.mask(cur.shape) & (lab > 0)
+        if not mask.any():
+            raise ValueError("the region holds no labels: label membranes (1) and the rest (2) inside it")
+        new = cur.copy()
+        new[mask] = lab[mask]
+        _write(self.folder / "target" / f"labels_{reg.image:02d}.tif", new)
+        self.target_labels[reg.image] = new
+        self.state["regions"].append(reg.to_dict())
+        self.state["proposal"] = None
+        self.state["stage"] = "accepted"
+        self.save()
+        self.log({"event": "accepted", "image": reg.image, "pixels": int(mask.sum())})
+        return int(mask.sum())
+
+    def retrain(self) -> Job[dict[str, Any]]:
+        """Job: fine-tune the current network on all target labels, score it."""
+        model = self.model
+        if model is None:
+            raise RuntimeError("no target network yet: run the transfer step first")
+        r = self.round + 1
+        return (yield from self._train_and_score(model, self.config.round_epochs, round_=r,
+                                                 desc=f"round {r}"))
+
+
+def run_simulated_rounds(project: MembraneProject, truths: Sequence[Any], rounds: int,
+                         *, strategy: str | None = None) -> Job[list[dict[str, Any]]]:
+    """Job: ``rounds`` rounds with a simulated expert that copies ``truths``
+    (1/2 labels per target image) inside each proposed region."""
+    if len(truths) != len(project.target_images):
+        raise ValueError(f"need one truth per target image ({len(project.target_images)}), got {len(truths)}")
+    records = []
+    for r in range(rounds):
+        lo, hi = 100 * r / rounds, 100 * (r + 1) / rounds
+        out = yield from rescale(project.propose(strategy=strategy), lo, lo + (hi - lo) / 2, 100)
+        reg = out["region"]
+        i = reg.image
+        labels = simulated_expert(project.target_labels[i], truths[i], reg.mask(truths[i].shape))
+        project.accept(labels)
+        rec = yield from rescale(project.retrain(), lo + (hi - lo) / 2, hi, 100)
+        rec = dict(rec, region=reg.to_dict())
+        records.append(rec)
+    return records

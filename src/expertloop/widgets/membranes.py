@@ -1,0 +1,297 @@
+"""'Membrane active learning' widget: transfer a membrane classifier to a new
+EM domain and improve it with one expert-corrected region per round.
+
+Thin: every heavy step is an engine job (:mod:`expertloop.engine.membranes`)
+run by the shared :class:`~expertloop.widgets._jobs.JobRunner`. All state
+lives in the project folder, so the widget resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+
+from expertloop.widgets._common import image_layer_choices, layer_by_name
+from expertloop.widgets._jobs import JobRunner
+from expertloop.widgets._plot import PlotWidget
+
+if TYPE_CHECKING:
+    import napari
+
+NONE = "(none)"
+REGION_LAYER = "proposed region"
+UNCERTAINTY_LAYER = "uncertainty"
+
+
+def _data_layer_choices(viewer) -> list[str]:
+    from napari.layers import Image, Labels
+
+    return [NONE] + [ly.name for ly in viewer.layers if isinstance(ly, (Image, Labels))]
+
+
+def _labels_layer_choices(viewer) -> list[str]:
+    from napari.layers import Labels
+
+    return [NONE] + [ly.name for ly in viewer.layers if isinstance(ly, Labels)]
+
+
+def _planes(data: Any) -> list[np.ndarray]:
+    """A 2D layer is one image, a 3D layer a stack of images."""
+    arr = np.asarray(data)
+    if arr.ndim == 2:
+        return [arr]
+    if arr.ndim == 3:
+        return list(arr)
+    raise ValueError(f"expected a 2D image or a stack of 2D images, got shape {arr.shape}")
+
+
+def _show(title: str, message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(f"{title}: {message}")
+
+
+class MembraneWidget(Container):
+    """Membrane active learning (see docs/membranes.md)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self.project = None
+        self.folder = FileEdit(label="project folder", mode="d")
+        self.open_btn = PushButton(text="Open / create project")
+        # source domain
+        self.source_image = ComboBox(label="source images", choices=lambda _: [NONE] + image_layer_choices(viewer))
+        self.source_labels = ComboBox(label="source truth", choices=lambda _: _data_layer_choices(viewer))
+        self.source_value = SpinBox(label="source membrane value", min=0, max=65535, value=1)
+        self.source_model = FileEdit(label="or source model", mode="r", filter="*.pt")
+        # target domain
+        self.target_image = ComboBox(label="target images", choices=lambda _: [NONE] + image_layer_choices(viewer))
+        self.target_labels = ComboBox(label="target labels (1/2)", choices=lambda _: _labels_layer_choices(viewer))
+        self.val_image = ComboBox(label="validation image", choices=lambda _: [NONE] + image_layer_choices(viewer))
+        self.val_truth = ComboBox(label="validation truth", choices=lambda _: _data_layer_choices(viewer))
+        self.val_value = SpinBox(label="validation membrane value", min=0, max=65535, value=1)
+        # parameters (used when a project is created)
+        self.window = SpinBox(label="window", min=16, max=128, value=64)
+        self.channels = SpinBox(label="conv channels", min=2, max=128, value=16)
+        self.k = SpinBox(label="layers transferred", min=0, max=6, value=3)
+        self.mode = ComboBox(label="transfer", choices=["fine-tuned", "frozen"], value="fine-tuned")
+        self.lam = FloatSpinBox(label="λ (uncertainty weight)", min=0.0, max=1.0, step=0.05, value=0.8)
+        self.max_windows = SpinBox(label="max windows per region", min=1, max=100, value=6)
+        self.epochs = SpinBox(label="epochs", min=1, max=500, value=10)
+        # steps
+        self.train_btn = PushButton(text="1. Train source")
+        self.transfer_btn = PushButton(text="2. Transfer")
+        self.propose_btn = PushButton(text="3. Propose region")
+        self.accept_btn = PushButton(text="4. Accept && retrain")
+        self.info = Label(value="no project")
+        self.plot = PlotWidget("F-score per round (validation)", "round", "F-score")
+        self.runner = JobRunner()
+        super().__init__(widgets=[
+            self.folder, self.open_btn,
+            self.source_image, self.source_labels, self.source_value, self.source_model,
+            self.target_image, self.target_labels, self.val_image, self.val_truth, self.val_value,
+            self.window, self.channels, self.k, self.mode, self.lam, self.max_windows, self.epochs,
+            self.train_btn, self.transfer_btn, self.propose_btn, self.accept_btn,
+            self.info, self.plot, self.runner,
+        ])
+        self.open_btn.changed.connect(self.open_project)
+        self.train_btn.changed.connect(self.train_source)
+        self.transfer_btn.changed.connect(self.transfer)
+        self.propose_btn.changed.connect(self.propose)
+        self.accept_btn.changed.connect(self.accept)
+        for combo in (self.source_image, self.source_labels, self.target_image, self.target_labels,
+                      self.val_image, self.val_truth):
+            viewer.layers.events.inserted.connect(combo.reset_choices)
+            viewer.layers.events.removed.connect(combo.reset_choices)
+
+    # ------------------------------------------------------------- helpers
+    def _config(self):
+        from expertloop.engine.membranes.loop import LoopConfig
+
+        c = int(self.channels.value)
+        e = int(self.epochs.value)
+        return LoopConfig(window=int(self.window.value), channels=(c, 2 * c, 2 * c), hidden=(4 * c, 4 * c),
+                          k=int(self.k.value), mode=self.mode.value, lam=float(self.lam.value),
+                          max_windows=int(self.max_windows.value), source_epochs=e,
+                          target_epochs=e, round_epochs=max(1, e // 2))
+
+    def _layer_data(self, combo) -> Any:
+        layer = layer_by_name(self._viewer, combo.value)
+        return None if layer is None else layer.data
+
+    def _need_project(self, what: str) -> bool:
+        if self.project is None:
+            _show("Membranes", f"open or create a project before '{what}'")
+            return False
+        if self.runner.running:
+            _show("Membranes", f"'{what}' not started: wait for the running step to finish (or cancel it)")
+            return False
+        return True
+
+    def _target_layer_name(self, i: int) -> str:
+        return f"membranes target {i}"
+
+    def _labels_layer_name(self, i: int) -> str:
+        return f"membranes target {i} labels"
+
+    def _refresh(self) -> None:
+        p = self.project
+        if p is None:
+            self.info.value = "no project"
+            return
+        scores = [s for s in p.scores if "f1" in s]
+        self.plot.set_series({"validation F-score": ([s["round"] for s in scores], [s["f1"] for s in scores])})
+        stage = p.state.get("stage")
+        last = f", F-score {scores[-1]['f1']:.3f}" if scores else ""
+        self.info.value = f"round {max(p.round, 0)} ({stage}){last}"
+
+    def _show_project_layers(self) -> None:
+        p = self.project
+        for i, (im, lab) in enumerate(zip(p.target_images, p.target_labels)):
+            name, lname = self._target_layer_name(i), self._labels_layer_name(i)
+            if name not in self._viewer.layers:
+                self._viewer.add_image(im, name=name)
+            if lname in self._viewer.layers:
+                self._viewer.layers[lname].data = lab.copy()
+            else:
+                self._viewer.add_labels(lab.copy(), name=lname)
+
+    # ------------------------------------------------------------- steps
+    def open_project(self, *_) -> Any:
+        from expertloop.engine.membranes.loop import PROJECT_FILE, MembraneProject
+        from expertloop.engine.membranes.net import membrane_labels
+
+        folder = Path(str(self.folder.value))
+        if not str(self.folder.value) or str(self.folder.value) == ".":
+            _show("Membranes", "choose a project folder first")
+            return None
+        try:
+            if (folder / PROJECT_FILE).exists():
+                self.project = MembraneProject.open(folder)
+            else:
+                timg = self._layer_data(self.target_image)
+                if timg is None:
+                    _show("Membranes", "choose the target images to create a project")
+                    return None
+                targets = _planes(timg)
+                tl = self._layer_data(self.target_labels)
+                tlabels = None if tl is None else _planes(tl)
+                vimg, vtru = self._layer_data(self.val_image), self._layer_data(self.val_truth)
+                vimgs, vtruths = [], []
+                if vimg is not None and vtru is not None:
+                    vimgs = _planes(vimg)
+                    vtruths = [membrane_labels(t, self.val_value.value) for t in _planes(vtru)]
+                self.project = MembraneProject.create(folder, targets, tlabels, validation_images=vimgs,
+                                                      validation_truths=vtruths, config=self._config())
+        except (ValueError, OSError) as exc:
+            _show("Membranes", str(exc))
+            return None
+        self._show_project_layers()
+        prop = self.project.proposal
+        prob = self.project.proposal_prob()
+        if prop is not None and prob is not None:
+            self._show_proposal(prop, prob)
+        self._refresh()
+        return self.project
+
+    def train_source(self, *_) -> Any:
+        from expertloop.engine.membranes.net import load_net, membrane_labels
+
+        if not self._need_project("train source"):
+            return None
+        model_path = str(self.source_model.value)
+        img, truth = self._layer_data(self.source_image), self._layer_data(self.source_labels)
+        try:
+            if img is None and model_path not in ("", "."):
+                model, _ = load_net(Path(model_path).with_suffix(""))
+                self.project.set_source_model(model)
+                _show("Membranes", f"source model {Path(model_path).name} loaded")
+                self._refresh()
+                return None
+            if img is None or truth is None:
+                _show("Membranes", "choose source images and their truth (or a saved source model)")
+                return None
+            images = _planes(img)
+            labels = [membrane_labels(t, self.source_value.value) for t in _planes(truth)]
+            if len(images) != len(labels):
+                raise ValueError(f"{len(images)} source images but {len(labels)} truth images")
+        except Exception as exc:  # bad files and inputs become notifications
+            _show("Membranes", str(exc))
+            return None
+        return self.runner.start(self.project.train_source(images, labels), description="source training",
+                                 on_result=lambda _: self._refresh())
+
+    def transfer(self, *_) -> Any:
+        if not self._need_project("transfer"):
+            return None
+        return self.runner.start(self.project.transfer(), description="transfer",
+                                 on_result=lambda _: self._refresh())
+
+    def propose(self, *_) -> Any:
+        if not self._need_project("propose region"):
+            return None
+
+        def show(out):
+            self._show_proposal(out["region"], out["prob"])
+            self._refresh()
+
+        return self.runner.start(self.project.propose(), description="region proposal", on_result=show)
+
+    def _show_proposal(self, region, prob) -> None:
+        from expertloop.engine.membranes.loop import prefill_region
+        from expertloop.engine.membranes.region import uncertainty_map
+
+        i = region.image
+        base = layer_by_name(self._viewer, self._target_layer_name(i))
+        kw = {} if base is None else {"scale": base.scale, "translate": base.translate}
+        for name in (REGION_LAYER, UNCERTAINTY_LAYER):
+            if name in self._viewer.layers:
+                self._viewer.layers.remove(name)
+        self._viewer.add_image(uncertainty_map(prob), name=UNCERTAINTY_LAYER, colormap="magma",
+                               contrast_limits=(0, 0.5), opacity=0.5, blending="additive", **kw)
+        self._viewer.add_shapes(region.outline(), shape_type="polygon", name=REGION_LAYER,
+                                edge_color="yellow", face_color="transparent", edge_width=2, **kw)
+        lname = self._labels_layer_name(i)
+        labels_layer = layer_by_name(self._viewer, lname)
+        if labels_layer is not None:
+            labels_layer.data = prefill_region(labels_layer.data, prob, region.mask(prob.shape))
+            self._viewer.layers.selection.active = labels_layer
+        self.info.value = (f"correct the labels inside the yellow region of target {i} "
+                           f"({region.n_windows} windows), then Accept & retrain")
+
+    def accept(self, *_) -> Any:
+        if not self._need_project("accept"):
+            return None
+        reg = self.project.proposal
+        if reg is None:
+            _show("Membranes", "propose a region first")
+            return None
+        layer = layer_by_name(self._viewer, self._labels_layer_name(reg.image))
+        if layer is None:
+            _show("Membranes", f"the labels layer '{self._labels_layer_name(reg.image)}' is missing")
+            return None
+        try:
+            self.project.accept(np.asarray(layer.data))
+        except ValueError as exc:
+            _show("Membranes", str(exc))
+            return None
+        for name in (REGION_LAYER, UNCERTAINTY_LAYER):
+            if name in self._viewer.layers:
+                self._viewer.layers.remove(name)
+
+        def done(_):
+            self._show_project_layers()
+            self._refresh()
+
+        return self.runner.start(self.project.retrain(), description="retraining", on_result=done)

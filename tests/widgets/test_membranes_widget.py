@@ -1,0 +1,147 @@
+"""Membrane active-learning widget: a full round in a real viewer, then resume."""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from expertloop.widgets.membranes import REGION_LAYER, UNCERTAINTY_LAYER, MembraneWidget
+
+TIMEOUT = 120_000
+
+
+@pytest.fixture
+def em(data_dir):
+    d = data_dir / "membranes"
+    return {
+        "src": np.stack([iio.imread(d / f"isbi_0{i}_image.png") for i in (0, 1)]),
+        "src_truth": np.stack([iio.imread(d / f"isbi_0{i}_label.png") for i in (0, 1)]),
+        "tgt": iio.imread(d / "vnc_00_raw.png"),
+        "tgt_truth": (iio.imread(d / "vnc_00_membranes.png") == 255),
+        "val": iio.imread(d / "vnc_08_raw.png"),
+        "val_truth": iio.imread(d / "vnc_08_membranes.png"),
+    }
+
+
+def _small(w):
+    w.window.value = 16
+    w.channels.value = 4
+    w.epochs.value = 1
+    w.max_windows.value = 3
+
+
+def test_full_round_in_viewer_and_resume(make_napari_viewer, qtbot, em, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(em["src"], name="isbi")
+    viewer.add_labels(em["src_truth"].astype(np.uint8), name="isbi truth")
+    viewer.add_image(em["tgt"], name="vnc")
+    few = np.zeros(em["tgt"].shape, np.uint8)
+    few[:24, :24] = np.where(em["tgt_truth"][:24, :24], 1, 2)
+    viewer.add_labels(few, name="vnc few labels")
+    viewer.add_image(em["val"], name="vnc val")
+    viewer.add_labels(em["val_truth"], name="vnc val truth")
+    w = MembraneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    _small(w)
+
+    w.propose()  # before any project: a clear message, nothing runs
+    assert any("open or create a project" in str(n.message) for n in notifications)
+
+    w.folder.value = tmp_path / "proj"
+    w.target_image.value, w.target_labels.value = "vnc", "vnc few labels"
+    w.val_image.value, w.val_truth.value, w.val_value.value = "vnc val", "vnc val truth", 255
+    assert w.open_project() is not None
+    assert "membranes target 0 labels" in viewer.layers
+
+    w.source_image.value, w.source_labels.value, w.source_value.value = "isbi", "isbi truth", 0  # ISBI: 0 = membrane
+    w.train_source()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.project.has_source, w.runner.status
+    w.transfer()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.project.round == 0, w.runner.status
+    w.propose()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    reg = w.project.proposal
+    assert reg is not None, w.runner.status
+    shapes = viewer.layers[REGION_LAYER]
+    assert shapes.shape_type[0] == "polygon"
+    outline = np.concatenate(shapes.data)
+    ys, xs = np.nonzero(reg.mask(em["tgt"].shape))
+    assert outline[:, 0].min() == ys.min() and outline[:, 0].max() == ys.max() + 1
+    assert outline[:, 1].min() == xs.min() and outline[:, 1].max() == xs.max() + 1
+    unc = viewer.layers[UNCERTAINTY_LAYER].data
+    assert unc.shape == em["tgt"].shape and 0 <= unc.min() and unc.max() <= 0.5
+
+    # the region is pre-filled with the prediction; the "expert" corrects it to the truth
+    labels = viewer.layers["membranes target 0 labels"]
+    mask = reg.mask(em["tgt"].shape)
+    assert (labels.data[mask] > 0).all()
+    corrected = labels.data.copy()
+    corrected[mask] = np.where(em["tgt_truth"][mask], 1, 2)
+    labels.data = corrected
+    w.accept()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.project.round == 1, w.runner.status
+    assert REGION_LAYER not in viewer.layers
+    xs_plot, ys_plot = w.plot.series["validation F-score"]
+    assert xs_plot == [0.0, 1.0] and all(0 <= y <= 1 for y in ys_plot)
+    saved = w.project.target_labels[0]
+    assert np.array_equal(saved[mask], corrected[mask])
+
+    # a fresh widget on the same folder resumes: labels, round and scores come back
+    w.propose()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    pending = w.project.proposal
+    viewer2 = make_napari_viewer()
+    w2 = MembraneWidget(viewer2)
+    w2.folder.value = tmp_path / "proj"
+    assert w2.open_project() is not None
+    assert w2.project.round == 1 and w2.plot.series["validation F-score"][0] == [0.0, 1.0]
+    assert np.array_equal(viewer2.layers["membranes target 0 labels"].data[mask], corrected[mask])
+    assert REGION_LAYER in viewer2.layers and w2.project.proposal.cells == pending.cells
+
+
+def test_bad_inputs_become_notifications(make_napari_viewer, em, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((10, 10), np.uint8), name="tiny")
+    w = MembraneWidget(viewer)
+    _small(w)
+    w.folder.value = tmp_path / "p"
+    w.open_project()
+    assert any("choose the target images" in str(n.message) for n in notifications)
+    w.target_image.value = "tiny"
+    assert w.open_project() is None
+    assert any("smaller than the 16x16 window" in str(n.message) for n in notifications)
+    viewer.add_image(em["tgt"], name="vnc")
+    w.target_image.value = "vnc"
+    assert w.open_project() is not None
+    viewer.add_image(em["src"][0], name="isbi")
+    viewer.add_labels(np.ones((96, 96), np.uint8), name="one class")
+    w.source_image.value, w.source_labels.value, w.source_value.value = "isbi", "one class", 1
+    assert w.train_source() is None
+    assert any("one class only" in str(n.message) for n in notifications)
+    w.accept()
+    assert any("propose a region first" in str(n.message) for n in notifications)
+
+
+def test_saved_source_model_is_loaded(make_napari_viewer, em, tmp_path, notifications):
+    from expertloop.engine.membranes import NetConfig, build_net, save_net
+
+    viewer = make_napari_viewer()
+    viewer.add_image(em["tgt"], name="vnc")
+    w = MembraneWidget(viewer)
+    _small(w)
+    w.folder.value = tmp_path / "p"
+    w.target_image.value = "vnc"
+    assert w.open_project() is not None
+    save_net(tmp_path / "wide", build_net(NetConfig(window=16, channels=(8, 8, 8), hidden=(16, 16))), kind="source")
+    w.source_model.value = tmp_path / "wide.pt"
+    w.train_source()
+    assert any("differs from the project" in str(n.message) for n in notifications)
+    assert not w.project.has_source
+    save_net(tmp_path / "ok", build_net(NetConfig(window=16, channels=(4, 8, 8), hidden=(16, 16))), kind="source")
+    w.source_model.value = tmp_path / "ok.pt"
+    w.train_source()
+    assert w.project.has_source
