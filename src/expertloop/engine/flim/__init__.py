@@ -38,21 +38,23 @@ from expertloop.engine.flim.markers import (
 )
 from expertloop.engine.flim.recommend import (
     Recommendation,
+    RecommendResult,
     compute_descriptors,
     descriptor,
     descriptor_matrix,
     heatmap,
     project,
     recommend,
+    recommend_images,
     recommendation_loop,
     superpixels,
 )
 
 __all__ = [
-    "WORKFLOW", "EncoderSpec", "FitReport", "LayerSpec", "Markers", "Recommendation",
+    "WORKFLOW", "EncoderSpec", "FitReport", "LayerSpec", "Markers", "Recommendation", "RecommendResult",
     "as_channels_first", "build_encoder", "build_network", "ce_dice_loss", "compute_descriptors",
     "descriptor", "descriptor_matrix", "encode", "extract_markers", "feature_stack", "fit_encoder",
     "fit_pixel_head", "heatmap", "load_encoder", "load_network", "marker_classes", "parse_spec",
-    "predict", "project", "random_encoder_like", "recommend", "recommendation_loop", "save_encoder",
+    "predict", "project", "random_encoder_like", "recommend", "recommend_images", "recommendation_loop", "save_encoder",
     "save_network", "segment", "simulate_markers", "superpixels", "train_decoder", "upsample",
 ]

@@ -224,3 +224,52 @@ def recommendation_loop(
         marks[nxt] = annotate(nxt)
         yield Progress(len(chosen), n_images, f"chose image {nxt} ({len(chosen)}/{n_images})")
     return chosen
+
+
+@dataclass
+class RecommendResult:
+    """What :func:`recommend_images` returns (everything the dock shows)."""
+
+    encoder: object
+    descriptors: np.ndarray  # (N, D)
+    recommendation: Recommendation
+    points: np.ndarray  # (N, 2)
+    projection: str
+
+
+def recommend_images(
+    images: Sequence[np.ndarray],
+    markers: Sequence[np.ndarray | None],
+    spec=None,
+    *,
+    k: int = 3,
+    n_segments: int = 40,
+    projection: str = "tsne",
+    perplexity: float = 10.0,
+    seed: int | None = 0,
+) -> Job:
+    """Job: one round of the recommendation loop.
+
+    ``markers[i]`` is the markers array of image ``i`` or ``None`` / all
+    zeros for an unmarked image. Fits the encoder on the marked images,
+    computes every image's descriptor, recommends the ``k`` nearest and
+    farthest unmarked images and projects all descriptors to 2D.
+    """
+    from expertloop.engine.flim.encoder import fit_encoder, parse_spec
+    from expertloop.engine.jobs import rescale
+
+    spec = parse_spec(spec)
+    if len(images) != len(markers):
+        raise ValueError(f"{len(images)} images but {len(markers)} marker arrays")
+    marked = [i for i, m in enumerate(markers) if m is not None and np.any(np.asarray(m) > 0)]
+    if not marked:
+        raise ValueError("no marked image: draw markers of at least two classes on one image first")
+    n = len(images)
+    enc, _ = yield from rescale(
+        fit_encoder([images[i] for i in marked], [markers[i] for i in marked], spec, seed=seed), 0, 20, 100)
+    desc = yield from rescale(compute_descriptors(enc, images, n_segments=n_segments), 20, 70, 100)
+    rec = recommend(desc, marked, k)
+    yield Progress(92, 100, f"projecting {n} images ({projection})")
+    pts, how = project(desc, projection, perplexity=perplexity, seed=seed)
+    yield Progress(100, 100, "recommendation ready")
+    return RecommendResult(enc, desc, rec, pts, how)
