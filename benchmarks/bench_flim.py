@@ -121,6 +121,8 @@ def main() -> None:
     ap.add_argument("--data", default="/work/shared/data")
     ap.add_argument("--steps", type=int, default=None, help="decoder training steps")
     ap.add_argument("--draws", type=int, default=None, help="random 5-image draws (>= 5 for the report)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's choice; 1 is much faster on a crowded machine)")
     args = ap.parse_args()
     data = Path(args.data)
     steps = args.steps or (80 if args.quick else 400)
@@ -138,9 +140,13 @@ def main() -> None:
     )
     from expertloop.engine.jobs import run_job
 
+    import os
+
     torch = get_torch()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     figures: dict = {"machine": machine(), "torch_threads": torch.get_num_threads(), "quick": args.quick,
-                     "decoder_steps": steps}
+                     "decoder_steps": steps, "load_average_at_start": round(os.getloadavg()[0], 1)}
     pool, test = nuclei_sets(data, args.quick)
     imgs = [p[0] for p in pool]
     truths = [p[1] for p in pool]
@@ -151,7 +157,7 @@ def main() -> None:
     # ---------------------------------------------------------------- (b) selection
     rng = np.random.default_rng(0)
     rec_runs, rnd_runs = [], []
-    for s in range(starts):
+    for _ in range(starts):
         first = first_with_objects(pool, rng)
         t = time.perf_counter()
         chosen = run_job(recommendation_loop(imgs, annotate, n_images=5, first=first, spec=SPEC,
@@ -292,6 +298,9 @@ def main() -> None:
                                 "total_seconds": round(sp_s + desc_s, 2), "dims": int(D.shape[1])}
     log(f"(d) descriptors of 100 images 256²: superpixels {sp_s:.1f} s + descriptors {desc_s:.1f} s "
         f"({D.shape[1]} values each)")
+    figures["load_average_at_end"] = round(os.getloadavg()[0], 1)
+    log(f"load average {figures['load_average_at_start']} at start, {figures['load_average_at_end']} at end "
+        f"on {os.cpu_count()} cores; torch threads {figures['torch_threads']}")
     emit(figures)
 
 
