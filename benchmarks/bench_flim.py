@@ -129,6 +129,8 @@ def main() -> None:
     draws = args.draws or (2 if args.quick else 5)
     starts = 1 if args.quick else 3
 
+    import os
+
     from expertloop.engine.backend import get_torch
     from expertloop.engine.flim import (
         build_network,
@@ -139,8 +141,6 @@ def main() -> None:
         train_decoder,
     )
     from expertloop.engine.jobs import run_job
-
-    import os
 
     torch = get_torch()
     if args.threads:
