@@ -46,6 +46,17 @@ def nuclei(data_dir):
     return img, mask
 
 
+def _same_rows(a, b, atol=1e-5) -> bool:
+    """The rows of ``a`` and ``b`` match one to one (in any order)."""
+    left = list(range(len(b)))
+    for row in a:
+        hit = [j for j in left if np.allclose(row, b[j], atol=atol)]
+        if not hit:
+            return False
+        left.remove(hit[0])
+    return not left
+
+
 def _raw_patches(img, coords, k=3):
     """Reference (numpy) zero-padded k×k patches of a single-channel image."""
     r = k // 2
@@ -62,7 +73,7 @@ def test_filters_are_unit_norm_normalised_marker_patches_hand_made():
     enc, rep = run_job(fit_encoder([img], [mk], ONE_LAYER, seed=0))
     lay = enc.layers[0]
     coords = np.argwhere(mk > 0)
-    raw = _raw_patches(img, coords)
+    raw = _raw_patches(img, coords)  # markers are away from the border: all pixels inside
     mean, std = raw.mean(), raw.std()
     assert float(lay.mean.flatten()[0]) == pytest.approx(mean, rel=1e-5)
     assert float(lay.std.flatten()[0]) == pytest.approx(std, rel=1e-5)
@@ -72,9 +83,7 @@ def test_filters_are_unit_norm_normalised_marker_patches_hand_made():
     expected = normed[order] / np.linalg.norm(normed[order], axis=1, keepdims=True)
     # within a class the order of centres is arbitrary: compare as sets
     for cls_rows in (slice(0, 2), slice(2, 4)):
-        got = {tuple(np.round(r, 5)) for r in w[cls_rows]}
-        want = {tuple(np.round(r, 5)) for r in expected[cls_rows]}
-        assert got == want
+        assert _same_rows(w[cls_rows], expected[cls_rows])
     np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-5)
     assert rep.classes == [1, 2] and rep.patches_per_layer == [{1: 2, 2: 2}]
     assert np.all(lay.conv.bias.detach().numpy() == 0)
@@ -286,3 +295,19 @@ def test_bad_inputs_have_clear_messages(nuclei):
         encode(enc, np.stack([img, img]))
     with pytest.raises(ValueError, match="one class only"):
         run_job(fit_pixel_head(enc, [img], [(mk == 1).astype(int)]))
+
+
+def test_marker_statistics_ignore_pixels_outside_the_image():
+    img = (np.arange(81, dtype=np.float32).reshape(9, 9) * 7) % 11 + 5
+    mk = np.zeros((9, 9), int)
+    mk[0, 0] = mk[0, 8] = 1  # corners: patches reach outside the image
+    mk[8, 8] = mk[4, 4] = 2
+    enc, _ = run_job(fit_encoder([img], [mk], ONE_LAYER))
+    lay = enc.layers[0]
+    inside = np.concatenate([img[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].ravel() for y, x in np.argwhere(mk)])
+    assert float(lay.mean.flatten()[0]) == pytest.approx(inside.mean(), rel=1e-5)
+    assert float(lay.std.flatten()[0]) == pytest.approx(inside.std(), rel=1e-5)
+    normed = _raw_patches((img - inside.mean()) / inside.std(), np.argwhere(mk))  # conv's zero padding
+    w = lay.conv.weight.detach().numpy().reshape(4, -1)
+    want = normed / np.linalg.norm(normed, axis=1, keepdims=True)
+    assert _same_rows(w, want)

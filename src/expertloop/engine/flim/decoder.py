@@ -51,11 +51,12 @@ def _classes():
             conv = nn.Conv2d if ndim == 2 else nn.Conv3d
             self.classifier = conv(in_channels, n_classes, 1)
 
-        def forward(self, feats, size):
-            return self.classifier(torch.cat([up(f, size) for f in feats], dim=1))
+        def forward(self, feats, x):
+            return self.classifier(torch.cat([up(f, x.shape[2:]) for f in feats], dim=1))
 
     class SymmetricDecoder(nn.Module):
-        def __init__(self, enc_channels: Sequence[int], n_classes: int, ndim: int, width: int = 16):
+        def __init__(self, enc_channels: Sequence[int], n_classes: int, ndim: int, width: int = 16,
+                     in_channels: int = 1):
             super().__init__()
             conv = nn.Conv2d if ndim == 2 else nn.Conv3d
             chans = list(enc_channels)
@@ -64,14 +65,14 @@ def _classes():
             for skip in reversed(chans[:-1]):
                 self.blocks.append(conv(c + skip, width, 3, padding=1))
                 c = width
-            self.final = conv(c, width, 3, padding=1)
+            self.final = conv(c + in_channels, width, 3, padding=1)  # + the input (finest skip)
             self.classifier = conv(width, n_classes, 1)
 
-        def forward(self, feats, size):
+        def forward(self, feats, x):
             h = feats[-1]
             for block, skip in zip(self.blocks, reversed(feats[:-1])):
                 h = F.relu(block(torch.cat([up(h, skip.shape[2:]), skip], dim=1)))
-            h = F.relu(self.final(up(h, size)))
+            h = F.relu(self.final(torch.cat([up(h, x.shape[2:]), x], dim=1)))
             return self.classifier(h)
 
     class FlimNet(nn.Module):
@@ -83,7 +84,7 @@ def _classes():
             self.classes = [int(c) for c in classes]
 
         def forward(self, x):
-            return self.decoder(self.encoder.forward_all(x), x.shape[2:])
+            return self.decoder(self.encoder.forward_all(x), self.encoder.layers[0].normalise(x))
 
     return PixelHead, SymmetricDecoder, FlimNet
 
@@ -95,7 +96,7 @@ def build_network(encoder, classes: Sequence[int], kind: str = "unet", width: in
     if kind == "pixel":
         dec = PixelHead(sum(encoder.out_channels), len(classes), nd)
     elif kind == "unet":
-        dec = SymmetricDecoder(encoder.out_channels, len(classes), nd, width)
+        dec = SymmetricDecoder(encoder.out_channels, len(classes), nd, width, encoder.in_channels)
     else:
         raise ValueError(f"unknown decoder {kind!r}; use 'pixel' or 'unet'")
     from expertloop.engine.training import model_device
@@ -232,7 +233,7 @@ def train_decoder(
     if not train_encoder:
         net.encoder.eval()
         with torch.no_grad():
-            cached = [net.encoder.forward_all(x) for x in tx]
+            cached = [(net.encoder.forward_all(x), net.encoder.layers[0].normalise(x)) for x in tx]
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
@@ -245,7 +246,7 @@ def train_decoder(
             i = int(rng.integers(len(tx)))
             opt.zero_grad(set_to_none=True)
             if cached is not None:
-                logits = net.decoder(cached[i], tx[i].shape[2:])
+                logits = net.decoder(*cached[i])
             else:
                 logits = net(tx[i])
             loss = ce_dice_loss(logits, ty[i])

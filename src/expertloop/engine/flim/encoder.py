@@ -233,11 +233,11 @@ def as_channels_first(image: np.ndarray, ndim: int) -> np.ndarray:
 
 
 def _patches(x, coords: np.ndarray, k: int, dilation: int):
-    """``(n, C*k^d)`` patches of ``x`` ``(C, *sp)`` centred at ``coords`` (zero padding)."""
+    """``(n, C*k^d)`` patches of ``x`` ``(C, *sp)`` centred at ``coords``; NaN outside the image."""
     torch = get_torch()
     d = x.ndim - 1
     r = dilation * (k // 2)
-    xp = torch.nn.functional.pad(x[None], (r,) * (2 * d))[0]
+    xp = torch.nn.functional.pad(x[None], (r,) * (2 * d), value=float("nan"))[0]
     offs = np.stack(np.meshgrid(*[np.arange(k) * dilation] * d, indexing="ij"), -1).reshape(-1, d)
     idx = coords[:, None, :] + offs[None, :, :]  # (n, k^d, d) in padded coordinates
     t = torch.as_tensor(idx, device=x.device)
@@ -340,20 +340,19 @@ def fit_encoder(
         for li, (lay_spec, layer) in enumerate(zip(spec.layers, enc.layers)):
             k, dil = lay_spec.kernel_size, lay_spec.dilation
             coords_cls = [_scaled_coords(m, stride, f.shape[1:]) for m, f in zip(ms, feats)]
-            # marker-based z-score statistics over the raw patches
+            # marker-based z-score statistics over the patches (pixels inside the image)
             raw = torch.cat([_patches(f, c, k, dil) for f, (c, _) in zip(feats, coords_cls)])
             cls = np.concatenate([c for _, c in coords_cls])
             C = feats[0].shape[0]
             per_ch = raw.reshape(len(raw), C, -1).permute(1, 0, 2).reshape(C, -1)
-            mean = per_ch.mean(dim=1)
-            std = per_ch.std(dim=1, unbiased=False).clamp_min(1e-6)
+            mean = per_ch.nanmean(dim=1)
+            std = (per_ch - mean[:, None]).pow(2).nanmean(dim=1).sqrt().clamp_min(1e-6)
             shape = (1, C) + (1,) * spec.ndim
             layer.mean.copy_(mean.reshape(shape))
             layer.std.copy_(std.reshape(shape))
-            # normalised patches (zero padding in normalised space, as the conv sees it)
-            pats = torch.cat([
-                _patches(layer.normalise(f[None])[0], c, k, dil) for f, (c, _) in zip(feats, coords_cls)
-            ]).cpu().numpy().astype(np.float64)
+            # normalised patches; outside the image 0, as the conv's zero padding of its normalised input
+            normed = (raw.reshape(len(raw), C, -1) - mean[None, :, None]) / std[None, :, None]
+            pats = torch.nan_to_num(normed, nan=0.0).reshape(len(raw), -1).cpu().numpy().astype(np.float64)
             step += 1
             yield Progress(step, total, f"layer {li + 1}: {len(pats)} marker patches")
             filters, counts = [], {}
@@ -379,7 +378,8 @@ def fit_encoder(
             layer.conv.weight.copy_(torch.from_numpy(w).to(layer.conv.weight))
             layer.conv.bias.fill_(float(lay_spec.bias))
             report.patches_per_layer.append(counts)
-            feats = [layer(f[None])[0] for f in feats]
+            if li + 1 < len(spec.layers):  # the last layer's output is not needed
+                feats = [layer(f[None])[0] for f in feats]
             stride *= lay_spec.stride
             step += 1
             yield Progress(step, total, f"layer {li + 1} fitted ({w.shape[0]} filters)")
