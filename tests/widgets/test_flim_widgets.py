@@ -118,3 +118,28 @@ def test_folder_stack_and_recommendation_dock_click_loads_image(make_napari_view
     w.mark_next()
     assert w.next_image == target and viewer.layers.selection.active is lab and lab.mode == "paint"
     assert not viewer.layers["FLIM heatmap"].visible
+
+
+def test_marker_encoder_on_a_3d_volume(make_napari_viewer, qtbot, data_dir):
+    from expertloop.engine.flim import simulate_markers
+    from expertloop.widgets.flim import FlimEncoderWidget
+
+    d = data_dir / "flim"
+    vol = tifffile.imread(d / "cells3d_nuclei_16x64x64.tif")
+    lab = tifffile.imread(d / "cells3d_nuclei_16x64x64_labels.tif")
+    viewer = make_napari_viewer()
+    viewer.add_image(vol, name="vol")
+    viewer.add_labels(simulate_markers(lab, n_objects=3), name="vol markers")
+    w = FlimEncoderWidget(viewer)
+    w.image.value, w.markers.value = "vol", "vol markers"
+    w.n_layers.value, w.filters.value = 1, 3
+    w.fit()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.encoder is not None and w.encoder.spec.ndim == 3
+    assert viewer.layers["vol FLIM features"].data.shape == (6, 16, 64, 64)
+    w.train()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    w.segment()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    seg = viewer.layers["vol FLIM segmentation"].data
+    assert seg.shape == vol.shape and dice(seg == 2, lab > 0) > 0.5

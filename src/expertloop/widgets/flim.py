@@ -89,6 +89,21 @@ class _Base(Container):
             _info("FLIM: add a markers (Labels) layer and draw scribbles: 1 = background, 2 = object")
         return layer
 
+    def _gather(self, stack: bool):
+        """``(layer, images, markers)`` from the chosen layers, or None (with a notification)."""
+        layer, mlayer = self._image_layer(), self._markers_layer()
+        if layer is None or mlayer is None:
+            return None
+        if layer.rgb:
+            _info("FLIM: convert the RGB image to greyscale (or one channel) first")
+            return None
+        try:
+            imgs, mks, _ = _images_and_markers(layer.data, mlayer.data, stack)
+        except ValueError as exc:
+            _info(f"FLIM: {exc}")
+            return None
+        return layer, imgs, mks
+
     def open_folder(self, *_):
         from expertloop.io.flim_images import read_image_folder
 
@@ -173,30 +188,16 @@ class FlimEncoderWidget(_Base):
         nd = layer.data.ndim - (1 if layer.rgb else 0)
         return 2 if (self.stack.value or nd == 2) else 3
 
-    def _inputs(self):
-        layer, mlayer = self._image_layer(), self._markers_layer()
-        if layer is None or mlayer is None:
-            return None
-        if layer.rgb:
-            _info("FLIM: convert the RGB image to greyscale (or one channel) first")
-            return None
-        imgs, mks, idx = _images_and_markers(layer.data, mlayer.data, self.stack.value)
-        return layer, imgs, mks, idx
-
     def _current_plane(self, layer) -> int:
         return int(self._viewer.dims.current_step[0]) if self.stack.value else 0
 
     def fit(self, *_):
         from expertloop.engine.flim import feature_stack, fit_encoder
 
-        try:
-            got = self._inputs()
-        except ValueError as exc:
-            _info(f"FLIM: {exc}")
-            return None
+        got = self._gather(self.stack.value)
         if got is None:
             return None
-        layer, imgs, mks, idx = got
+        layer, imgs, mks = got
         spec = _spec_from(self.n_layers.value, self.kernel.value, self.filters.value, self.stride.value,
                           self._ndim(layer), self.spec_file.value)
         plane = min(self._current_plane(layer), len(imgs) - 1)
@@ -233,14 +234,10 @@ class FlimEncoderWidget(_Base):
         if self.encoder is None:
             _info("FLIM: fit the encoder first")
             return None
-        try:
-            got = self._inputs()
-        except ValueError as exc:
-            _info(f"FLIM: {exc}")
-            return None
+        got = self._gather(self.stack.value)
         if got is None:
             return None
-        _, imgs, mks, _ = got
+        _, imgs, mks = got
         enc, kind, steps = self.encoder, self.decoder.value, self.steps.value
 
         def job():
@@ -352,21 +349,10 @@ class FlimRecommendWidget(_Base):
     def _layer_combos(self):
         return [self.image, self.markers]
 
-    def _stack(self):
-        layer, mlayer = self._image_layer(), self._markers_layer()
-        if layer is None or mlayer is None:
-            return None
-        imgs, mks, _ = _images_and_markers(layer.data, mlayer.data, True)
-        return layer, imgs, mks
-
     def run(self, *_):
         from expertloop.engine.flim import recommend_images
 
-        try:
-            got = self._stack()
-        except ValueError as exc:
-            _info(f"FLIM: {exc}")
-            return None
+        got = self._gather(True)
         if got is None:
             return None
         layer, imgs, mks = got
