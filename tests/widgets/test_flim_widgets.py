@@ -50,6 +50,12 @@ def test_marker_encoder_fit_features_decoder_segment_save(make_napari_viewer, qt
     assert w.save().exists()
     w.network = None
     assert w.load() is not None and w.network.kind == "pixel"
+    # the U-Net decoder trained on a dense mask layer (e.g. ground truth) instead of the markers
+    viewer.add_labels(mask, name="truth")
+    w.decoder.value, w.steps.value, w.train_labels.value = "unet", 3, "truth"
+    w.train()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.network.kind == "unet" and w.network.classes == [1, 2]
 
 
 def test_marker_encoder_bad_inputs_notify(make_napari_viewer, qtbot, data_dir, notifications):

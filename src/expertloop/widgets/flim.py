@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import napari
 
 FILES_KEY = "flim_files"
+MARKERS_CHOICE = "(markers)"
 
 
 def _labels_choices(viewer) -> list[str]:
@@ -157,6 +158,9 @@ class FlimEncoderWidget(_Base):
         self.fit_btn = PushButton(text="Fit encoder")
         self.decoder = ComboBox(label="decoder", choices=["pixel", "unet"], value="pixel")
         self.steps = SpinBox(label="decoder steps", min=1, max=10000, value=100)
+        self.train_labels = ComboBox(label="decoder labels",
+                                     choices=lambda _: [MARKERS_CHOICE] + _labels_choices(viewer))
+        self.binary_mask = CheckBox(text="decoder labels are a mask (0 = background)", value=True)
         self.train_btn = PushButton(text="Train decoder")
         self.background = CheckBox(text="class 1 is background (shown as 0)", value=True)
         self.segment_btn = PushButton(text="Segment")
@@ -170,7 +174,7 @@ class FlimEncoderWidget(_Base):
         super().__init__(viewer, [
             self.image, self.stack, self.folder, self.open_btn, self.markers, self.new_btn,
             self.n_layers, self.kernel, self.filters, self.stride, self.spec_file, self.fit_btn,
-            self.decoder, self.steps, self.train_btn, self.background, self.segment_btn,
+            self.decoder, self.steps, self.train_labels, self.binary_mask, self.train_btn, self.background, self.segment_btn,
             self.model_file, self.save_btn, self.load_btn, self.runner,
         ])
         self.open_btn.changed.connect(self.open_folder)
@@ -182,7 +186,7 @@ class FlimEncoderWidget(_Base):
         self.load_btn.changed.connect(self.load)
 
     def _layer_combos(self):
-        return [self.image, self.markers]
+        return [self.image, self.markers, self.train_labels]
 
     def _ndim(self, layer) -> int:
         nd = layer.data.ndim - (1 if layer.rgb else 0)
@@ -239,6 +243,14 @@ class FlimEncoderWidget(_Base):
             return None
         _, imgs, mks = got
         enc, kind, steps = self.encoder, self.decoder.value, self.steps.value
+        if self.train_labels.value not in (None, MARKERS_CHOICE):
+            # dense labels (e.g. ground truth of more images) instead of the markers
+            lab = np.asarray(self._viewer.layers[self.train_labels.value].data)
+            planes = list(lab) if self.stack.value else [lab]
+            if len(planes) != len(imgs) or any(p.shape != i.shape for p, i in zip(planes, imgs)):
+                _info(f"FLIM: decoder labels of shape {lab.shape} do not match the images")
+                return None
+            mks = [(p > 0).astype(np.int64) + 1 for p in planes] if self.binary_mask.value else planes
 
         def job():
             if kind == "pixel":
