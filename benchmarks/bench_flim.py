@@ -4,8 +4,8 @@ Real data (read from ``--data``, default ``/work/shared/data``):
 
 * nuclei: scikit-image's ``cells3d`` confocal nuclei (60×256×256, labels
   likely machine-made). Every second slice is cut into four 128×128
-  quadrants; quadrants 0–2 are the training pool, quadrant 3 of every
-  second slice the test set (spatially disjoint from the pool);
+  quadrants; quadrants 0–2 are the training pool, quadrant 3 of every odd
+  slice the test set (spatially disjoint from the pool);
 * EM: ISBI 2012 ssTEM, 512×512 (fit-time benchmark).
 
 Markers are SIMULATED from the ground truth (``simulate_markers``: skeleton
