@@ -18,7 +18,8 @@ whole masks. Figures:
     all pool images, same decoder, same steps;
 (b) Dice with the 5 images chosen by the recommendation loop (simulated
     user: starts from a random image, always takes the farthest
-    recommendation) vs 5 random images (mean over draws), for the decoder of
+    recommendation; or alternates farthest and nearest) vs 5 random images
+    (mean over draws), for the decoder of
     (a) and for the ground-truth-free pipeline (pixel head fitted on the
     markers only);
 (c) FLIM encoder fit time for 5 images of 512² (target ≤ 2 s on 2 cores),
@@ -157,20 +158,21 @@ def main() -> None:
     # ---------------------------------------------------------------- (b) selection
     rng = np.random.default_rng(0)
     rec_runs, rnd_runs = [], []
-    for _ in range(starts):
-        first = first_with_objects(pool, rng)
-        t = time.perf_counter()
-        chosen = run_job(recommendation_loop(imgs, annotate, n_images=5, first=first, spec=SPEC,
-                                             choose="farthest", k=3, n_segments=40, seed=0))
-        loop_s = time.perf_counter() - t
-        rec_runs.append(("recommended", chosen, loop_s))
-        log(f"recommendation loop from image {first}: chose {chosen} in {loop_s:.1f} s")
+    firsts = [first_with_objects(pool, rng) for _ in range(starts)]
+    for strategy, label in (("farthest", "recommended"), ("alternate", "recommended_alternate")):
+        for first in firsts:
+            t = time.perf_counter()
+            chosen = run_job(recommendation_loop(imgs, annotate, n_images=5, first=first, spec=SPEC,
+                                                 choose=strategy, k=3, n_segments=40, seed=0))
+            loop_s = time.perf_counter() - t
+            rec_runs.append((label, chosen, loop_s))
+            log(f"recommendation loop ({strategy}) from image {first}: chose {chosen} in {loop_s:.1f} s")
     for dr in range(draws):
         rng_d = np.random.default_rng(100 + dr)
         first = first_with_objects(pool, rng_d)
         rest = [i for i in rng_d.permutation(len(pool)) if i != first][:4]
         rnd_runs.append(("random", [first] + [int(i) for i in rest], 0.0))
-    results = {"recommended": [], "random": []}
+    results = {"recommended": [], "recommended_alternate": [], "random": []}
     for kind, chosen, _ in rec_runs + rnd_runs:
         marks = [annotate(i) for i in chosen]
         ims = [imgs[i] for i in chosen]
@@ -178,7 +180,7 @@ def main() -> None:
         d_px = test_dice(pixel_head(enc, ims, marks), test)
         d_unet = test_dice(flim_unet(enc, pool, steps), test)
         results[kind].append({"images": chosen, "dice_pixel_head": d_px, "dice_unet": d_unet})
-        log(f"  {kind:11s} {chosen}: Dice pixel head (markers only) {d_px:.3f}, "
+        log(f"  {kind:21s} {chosen}: Dice pixel head (markers only) {d_px:.3f}, "
             f"FLIM + U-Net decoder {d_unet:.3f}")
 
     def summary(rows, key):

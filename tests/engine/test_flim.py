@@ -216,6 +216,8 @@ def test_recommendation_loop_and_descriptor_distances(nuclei):
     chosen = run_job(recommendation_loop(
         imgs[:3], lambda i: simulate_markers(masks[i], n_objects=3), n_images=3, spec=spec, n_segments=16))
     assert chosen[0] == 0 and sorted(chosen) == [0, 1, 2]
+    with pytest.raises(ValueError, match="choose must be"):
+        run_job(recommendation_loop(imgs[:3], lambda i: None, choose="best"))
     h = heatmap(enc, imgs[1])
     assert h.shape == (64, 64) and h.min() == 0 and h.max() == pytest.approx(1)
 

@@ -200,14 +200,16 @@ def recommendation_loop(
     Start from image ``first``; ``annotate(i)`` returns the markers of image
     ``i`` (a person, or a simulated annotator); after each marked image the
     encoder is refitted and descriptors recomputed; the next image is the
-    first of the ``choose`` list (``"farthest"`` or ``"nearest"``).
+    first of the ``choose`` list: ``"farthest"``, ``"nearest"``, or
+    ``"alternate"`` (farthest, nearest, farthest, ...: exploration and
+    exploitation in turn).
     Returns the list of chosen indices.
     """
     from expertloop.engine.flim.encoder import fit_encoder
     from expertloop.engine.jobs import run_job
 
-    if choose not in ("farthest", "nearest"):
-        raise ValueError("choose must be 'farthest' or 'nearest'")
+    if choose not in ("farthest", "nearest", "alternate"):
+        raise ValueError("choose must be 'farthest', 'nearest' or 'alternate'")
     n_images = min(n_images, len(images))
     from expertloop.engine.flim.encoder import parse_spec
 
@@ -219,7 +221,8 @@ def recommendation_loop(
         enc, _ = run_job(fit_encoder([images[i] for i in chosen], [marks[i] for i in chosen], spec, seed=seed))
         desc = run_job(compute_descriptors(enc, images, n_segments=n_segments, superpixel_images=sps))
         rec = recommend(desc, chosen, k)
-        nxt = (rec.farthest if choose == "farthest" else rec.nearest)[0]
+        far = choose == "farthest" or (choose == "alternate" and len(chosen) % 2 == 1)
+        nxt = (rec.farthest if far else rec.nearest)[0]
         chosen.append(nxt)
         marks[nxt] = annotate(nxt)
         yield Progress(len(chosen), n_images, f"chose image {nxt} ({len(chosen)}/{n_images})")
