@@ -1,0 +1,189 @@
+"""``expertloop flim ...``: FLIM encoders and image recommendation from the shell.
+
+::
+
+    expertloop flim fit IMG... --markers M... [--spec arch.yaml] [--decoder pixel|unet|none] -o model
+    expertloop flim segment model IMG... -o OUTDIR
+    expertloop flim recommend IMG... --marker IMG M [--marker IMG M ...] [-k 3] [--json out.json]
+    expertloop flim convert-markers IN OUT      # LIDS .txt <-> labels .tif
+
+Markers are LIDS text files (``.txt``) or label images (0 unmarked, 1..K classes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _read_markers(path: str, shape=None):
+    import numpy as np
+
+    from expertloop.io import read_image
+    from expertloop.io.flim_markers import read_lids_markers
+
+    p = Path(path)
+    mk = read_lids_markers(p) if p.suffix.lower() == ".txt" else np.asarray(read_image(p)[0].data)
+    if shape is not None and tuple(mk.shape) != tuple(shape):
+        raise ValueError(f"markers {p.name} have shape {mk.shape} but the image has shape {tuple(shape)}")
+    return mk
+
+
+def _read(path: str):
+    import numpy as np
+
+    from expertloop.io import read_image
+
+    item = read_image(path)[0]
+    if item.meta.get("rgb"):
+        raise ValueError(f"{path}: RGB images are not supported by the FLIM commands; convert to grey first")
+    return np.asarray(item.data)
+
+
+def _printer():
+    from expertloop.cli import _progress_printer
+
+    return _progress_printer()
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from expertloop.engine.flim import (
+        build_network,
+        fit_encoder,
+        fit_pixel_head,
+        parse_spec,
+        save_encoder,
+        save_network,
+        train_decoder,
+    )
+    from expertloop.engine.jobs import run_job
+
+    if len(args.images) != len(args.markers):
+        raise ValueError(f"{len(args.images)} images but {len(args.markers)} marker files (one per image)")
+    images = [_read(p) for p in args.images]
+    spec = parse_spec(args.spec)
+    markers = [_read_markers(m, img.shape[-spec.ndim:]) for m, img in zip(args.markers, images)]
+    enc, report = run_job(fit_encoder(images, markers, spec, seed=args.seed, device=args.device),
+                          on_progress=_printer())
+    print(file=sys.stderr)
+    print(f"encoder fitted in {report.seconds:.2f} s: filters per layer {report.filters_per_layer}, "
+          f"marker patches {report.patches_per_layer}")
+    if args.decoder == "none":
+        path = save_encoder(args.output, enc)
+    else:
+        if args.decoder == "pixel":
+            net = run_job(fit_pixel_head(enc, images, markers, seed=args.seed))
+        else:
+            net = build_network(enc, report.classes, "unet")
+            run_job(train_decoder(net, images, markers, steps=args.steps, seed=args.seed), on_progress=_printer())
+            print(file=sys.stderr)
+        path = save_network(args.output, net)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from expertloop.engine.flim import load_network, predict
+    from expertloop.io import write_tiff
+
+    net = load_network(args.model)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(args.images, 1):
+        cls, _ = predict(net, _read(p))
+        cls = cls.astype(np.int32)
+        if args.background_zero:
+            cls[cls == 1] = 0
+        target = out / f"{Path(p).name.split('.')[0]}_flim_labels.tif"
+        write_tiff(target, cls, {"name": target.stem})
+        print(f"[{i}/{len(args.images)}] wrote {target}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from expertloop.engine.flim import recommend_images
+    from expertloop.engine.jobs import run_job
+
+    images = [_read(p) for p in args.images]
+    names = [str(p) for p in args.images]
+    markers = [None] * len(images)
+    for img_path, mk_path in args.marker or []:
+        matches = [i for i, n in enumerate(names) if n == img_path or Path(n).name == Path(img_path).name]
+        if not matches:
+            raise ValueError(f"--marker {img_path}: not one of the images given")
+        i = matches[0]
+        markers[i] = _read_markers(mk_path, images[i].shape)
+    res = run_job(recommend_images(images, markers, args.spec, k=args.k, n_segments=args.superpixels,
+                                   projection=args.projection, seed=args.seed), on_progress=_printer())
+    print(file=sys.stderr)
+    rec = res.recommendation
+    print("marked:   " + ", ".join(Path(names[i]).name for i in rec.marked))
+    print("nearest:  " + ", ".join(f"{Path(names[i]).name} ({rec.distance[i]:.3g})" for i in rec.nearest))
+    print("farthest: " + ", ".join(f"{Path(names[i]).name} ({rec.distance[i]:.3g})" for i in rec.farthest))
+    if args.json:
+        data = {"images": names, "marked": rec.marked, "nearest": rec.nearest, "farthest": rec.farthest,
+                "distance": [float(d) for d in rec.distance], "projection": res.projection,
+                "points": res.points.tolist()}
+        Path(args.json).write_text(json.dumps(data, indent=1), encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from expertloop.io import write_tiff
+    from expertloop.io.flim_markers import write_lids_markers
+
+    mk = _read_markers(args.input)
+    if Path(args.output).suffix.lower() == ".txt":
+        write_lids_markers(args.output, mk)
+    else:
+        write_tiff(args.output, mk.astype(np.int32), {"name": Path(args.output).stem})
+    print(f"wrote {args.output} ({int((mk > 0).sum())} marked pixels)")
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("flim", help="FLIM: encoders learnt from markers, image recommendation")
+    fs = p.add_subparsers(dest="flim_command", metavar="STEP")
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+    s = fs.add_parser("fit", help="fit a FLIM encoder (and decoder) from images and markers")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--markers", nargs="+", required=True, help="one marker file per image (.txt LIDS or labels)")
+    s.add_argument("--spec", default=None, help="architecture (JSON/YAML file or text)")
+    s.add_argument("--decoder", choices=["pixel", "unet", "none"], default="pixel")
+    s.add_argument("--steps", type=int, default=200, help="U-Net decoder training steps")
+    s.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=cmd_fit)
+
+    s = fs.add_parser("segment", help="segment images with a saved FLIM network")
+    s.add_argument("model")
+    s.add_argument("images", nargs="+")
+    s.add_argument("-o", "--output", required=True, help="output folder (TIFF labels)")
+    s.add_argument("--background-zero", action="store_true", help="write class 1 as 0")
+    s.set_defaults(func=cmd_segment)
+
+    s = fs.add_parser("recommend", help="recommend the next images to mark (no ground truth)")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--marker", nargs=2, action="append", metavar=("IMAGE", "MARKERS"),
+                   help="markers of an already marked image (repeatable)")
+    s.add_argument("--spec", default=None)
+    s.add_argument("-k", type=int, default=3)
+    s.add_argument("--superpixels", type=int, default=40)
+    s.add_argument("--projection", choices=["tsne", "pca"], default="tsne")
+    s.add_argument("--json", default=None, help="write distances, lists and 2D points here")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_recommend)
+
+    s = fs.add_parser("convert-markers", help="convert markers between LIDS .txt and a labels image")
+    s.add_argument("input")
+    s.add_argument("output")
+    s.set_defaults(func=cmd_convert)

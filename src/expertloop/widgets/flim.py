@@ -1,0 +1,462 @@
+"""FLIM widgets: "Marker encoder" and "Image recommendation".
+
+Thin front ends over :mod:`expertloop.engine.flim`; every fit, training,
+segmentation and recommendation runs through a :class:`JobRunner`.
+Images are a single 2D image, a 3D volume, or a stack of 2D images (a 3D
+layer with "planes are separate images" ticked, e.g. a folder opened with
+"Open folder as stack"). Markers are a Labels layer of the same shape:
+0 = unmarked, 1 = background, 2.. = object classes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    PushButton,
+    Select,
+    SpinBox,
+)
+
+from expertloop.widgets._common import image_layer_choices, layer_by_name
+from expertloop.widgets._jobs import JobRunner
+
+if TYPE_CHECKING:
+    import napari
+
+FILES_KEY = "flim_files"
+MARKERS_CHOICE = "(markers)"
+
+
+def _labels_choices(viewer) -> list[str]:
+    from napari.layers import Labels
+
+    return [layer.name for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def _info(msg: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(msg)
+
+
+def _spec_from(layers: int, kernel: int, filters: int, stride: int, ndim: int, path) -> dict | str:
+    if path is not None and str(path) not in ("", "."):
+        return str(path)
+    lay = [{"kernel_size": kernel, "filters_per_class": filters, "pool": "max", "pool_size": 3,
+            "pool_stride": stride} for _ in range(layers)]
+    return {"ndim": ndim, "layers": lay}
+
+
+def _images_and_markers(data, markers, stack: bool):
+    """Split a layer into (images, markers, indices); a stack gives one image per plane."""
+    img = np.asarray(data)
+    mk = np.asarray(markers)
+    if mk.shape != img.shape:
+        raise ValueError(f"markers of shape {mk.shape} do not match the image of shape {img.shape}")
+    if stack:
+        if img.ndim != 3:
+            raise ValueError(f"a stack of 2D images must be a 3D layer, got shape {img.shape}")
+        return list(img), list(mk), list(range(len(img)))
+    return [img], [mk], [0]
+
+
+class _Base(Container):
+    def __init__(self, viewer, widgets):
+        self._viewer = viewer
+        super().__init__(widgets=widgets)
+        for combo in self._layer_combos():
+            viewer.layers.events.inserted.connect(combo.reset_choices)
+            viewer.layers.events.removed.connect(combo.reset_choices)
+
+    def _layer_combos(self):
+        return []
+
+    def _image_layer(self):
+        layer = layer_by_name(self._viewer, self.image.value)
+        if layer is None:
+            _info("FLIM: open an image first")
+        return layer
+
+    def _markers_layer(self):
+        layer = layer_by_name(self._viewer, self.markers.value)
+        if layer is None:
+            _info("FLIM: add a markers (Labels) layer and draw scribbles: 1 = background, 2 = object")
+        return layer
+
+    def _gather(self, stack: bool):
+        """``(layer, images, markers)`` from the chosen layers, or None (with a notification)."""
+        layer, mlayer = self._image_layer(), self._markers_layer()
+        if layer is None or mlayer is None:
+            return None
+        if layer.rgb:
+            _info("FLIM: convert the RGB image to greyscale (or one channel) first")
+            return None
+        try:
+            imgs, mks, _ = _images_and_markers(layer.data, mlayer.data, stack)
+        except ValueError as exc:
+            _info(f"FLIM: {exc}")
+            return None
+        return layer, imgs, mks
+
+    def open_folder(self, *_):
+        from expertloop.io.flim_images import read_image_folder
+
+        folder = self.folder.value
+        try:
+            stack, names = read_image_folder(folder)
+        except (OSError, ValueError) as exc:
+            from napari.utils.notifications import show_error
+
+            show_error(f"FLIM: {exc}")
+            return None
+        layer = self._viewer.add_image(stack, name=f"{folder.name or 'images'} stack",
+                                       metadata={FILES_KEY: names})
+        self.image.reset_choices()
+        self.image.value = layer.name
+        if hasattr(self, "stack"):
+            self.stack.value = True
+        return layer
+
+    def new_markers(self, *_):
+        layer = self._image_layer()
+        if layer is None:
+            return None
+        shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
+        lab = self._viewer.add_labels(np.zeros(shape, np.uint8), name=f"{layer.name} markers",
+                                      scale=layer.scale[-len(shape):], translate=layer.translate[-len(shape):])
+        lab.brush_size = 3
+        lab.selected_label = 2
+        lab.mode = "paint"
+        self.markers.reset_choices()
+        self.markers.value = lab.name
+        return lab
+
+
+class FlimEncoderWidget(_Base):
+    """Marker encoder: scribble, fit the FLIM encoder, view features, train a decoder, segment."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.image = ComboBox(label="images", choices=lambda _: image_layer_choices(viewer))
+        self.stack = CheckBox(text="planes are separate 2D images", value=False)
+        self.folder = FileEdit(label="folder", mode="d")
+        self.open_btn = PushButton(text="Open folder as stack")
+        self.markers = ComboBox(label="markers", choices=lambda _: _labels_choices(viewer))
+        self.new_btn = PushButton(text="New markers layer")
+        self.n_layers = SpinBox(label="layers", min=1, max=4, value=2)
+        self.kernel = SpinBox(label="kernel size", min=1, max=11, step=2, value=3)
+        self.filters = SpinBox(label="filters per class", min=1, max=64, value=8)
+        self.stride = SpinBox(label="pool stride", min=1, max=4, value=2)
+        self.spec_file = FileEdit(label="or spec (JSON/YAML)", mode="r", filter="*.json *.yaml *.yml",
+                                  value="")
+        self.fit_btn = PushButton(text="Fit encoder")
+        self.decoder = ComboBox(label="decoder", choices=["pixel", "unet"], value="pixel")
+        self.steps = SpinBox(label="decoder steps", min=1, max=10000, value=100)
+        self.train_labels = ComboBox(label="decoder labels",
+                                     choices=lambda _: [MARKERS_CHOICE] + _labels_choices(viewer))
+        self.binary_mask = CheckBox(text="decoder labels are a mask (0 = background)", value=True)
+        self.train_btn = PushButton(text="Train decoder")
+        self.background = CheckBox(text="class 1 is background (shown as 0)", value=True)
+        self.segment_btn = PushButton(text="Segment")
+        self.model_file = FileEdit(label="model file", mode="w", filter="*.pt")
+        self.save_btn = PushButton(text="Save network")
+        self.load_btn = PushButton(text="Load network")
+        self.runner = JobRunner()
+        self.encoder = None
+        self.network = None
+        self.report = None
+        super().__init__(viewer, [
+            self.image, self.stack, self.folder, self.open_btn, self.markers, self.new_btn,
+            self.n_layers, self.kernel, self.filters, self.stride, self.spec_file, self.fit_btn,
+            self.decoder, self.steps, self.train_labels, self.binary_mask, self.train_btn, self.background, self.segment_btn,
+            self.model_file, self.save_btn, self.load_btn, self.runner,
+        ])
+        self.open_btn.changed.connect(self.open_folder)
+        self.new_btn.changed.connect(self.new_markers)
+        self.fit_btn.changed.connect(self.fit)
+        self.train_btn.changed.connect(self.train)
+        self.segment_btn.changed.connect(self.segment)
+        self.save_btn.changed.connect(self.save)
+        self.load_btn.changed.connect(self.load)
+
+    def _layer_combos(self):
+        return [self.image, self.markers, self.train_labels]
+
+    def _ndim(self, layer) -> int:
+        nd = layer.data.ndim - (1 if layer.rgb else 0)
+        return 2 if (self.stack.value or nd == 2) else 3
+
+    def _current_plane(self, layer) -> int:
+        return int(self._viewer.dims.current_step[0]) if self.stack.value else 0
+
+    def fit(self, *_):
+        from expertloop.engine.flim import feature_stack, fit_encoder
+
+        got = self._gather(self.stack.value)
+        if got is None:
+            return None
+        layer, imgs, mks = got
+        spec = _spec_from(self.n_layers.value, self.kernel.value, self.filters.value, self.stride.value,
+                          self._ndim(layer), self.spec_file.value)
+        plane = min(self._current_plane(layer), len(imgs) - 1)
+
+        def job():
+            enc, report = yield from fit_encoder(imgs, mks, spec)
+            return enc, report, feature_stack(enc, imgs[plane])
+
+        def show(result):
+            self.encoder, self.report, feats = result
+            self.network = None
+            name = f"{layer.name} FLIM features"
+            translate = list(layer.translate)
+            scale = list(layer.scale)
+            data = feats[:, None] if self.stack.value else feats
+            if self.stack.value:
+                translate = [0.0, translate[0] + plane * scale[0]] + translate[1:]
+                scale = [1.0] + scale
+            else:
+                translate, scale = [0.0] + translate, [1.0] + scale
+            if name in self._viewer.layers:
+                self._viewer.layers.remove(name)
+            self._viewer.add_image(data, name=name, colormap="magma", blending="additive", opacity=0.6,
+                                   scale=scale, translate=translate)
+            r = self.report
+            _info(f"FLIM encoder fitted in {r.seconds:.2f} s: {r.filters_per_layer} filters, "
+                  f"marker patches per layer {r.patches_per_layer}")
+
+        return self.runner.start(job(), description="fitting FLIM encoder", on_result=show)
+
+    def train(self, *_):
+        from expertloop.engine.flim import build_network, fit_pixel_head, train_decoder
+
+        if self.encoder is None:
+            _info("FLIM: fit the encoder first")
+            return None
+        got = self._gather(self.stack.value)
+        if got is None:
+            return None
+        _, imgs, mks = got
+        enc, kind, steps = self.encoder, self.decoder.value, self.steps.value
+        if self.train_labels.value not in (None, MARKERS_CHOICE):
+            # dense labels (e.g. ground truth of more images) instead of the markers
+            lab = np.asarray(self._viewer.layers[self.train_labels.value].data)
+            planes = list(lab) if self.stack.value else [lab]
+            if len(planes) != len(imgs) or any(p.shape != i.shape for p, i in zip(planes, imgs)):
+                _info(f"FLIM: decoder labels of shape {lab.shape} do not match the images")
+                return None
+            mks = [(p > 0).astype(np.int64) + 1 for p in planes] if self.binary_mask.value else planes
+
+        def job():
+            if kind == "pixel":
+                return (yield from fit_pixel_head(enc, imgs, mks))
+            classes = sorted({int(c) for m in mks for c in np.unique(m[m > 0])})
+            net = build_network(enc, classes, "unet")
+            yield from train_decoder(net, imgs, mks, steps=steps)
+            return net
+
+        def done(net):
+            self.network = net
+            _info(f"FLIM: {kind} decoder trained (classes {net.classes})")
+
+        return self.runner.start(job(), description=f"training {kind} decoder", on_result=done)
+
+    def segment(self, *_):
+        from expertloop.engine.flim import segment
+
+        if self.network is None:
+            _info("FLIM: train (or load) a decoder first")
+            return None
+        layer = self._image_layer()
+        if layer is None:
+            return None
+        data = np.asarray(layer.data)
+        imgs = list(data) if self.stack.value else [data]
+        bg = self.background.value
+
+        def show(maps):
+            out = np.stack(maps) if self.stack.value else maps[0]
+            out = out.astype(np.int32)
+            if bg:
+                out[out == 1] = 0
+            name = f"{layer.name} FLIM segmentation"
+            if name in self._viewer.layers:
+                self._viewer.layers[name].data = out
+            else:
+                self._viewer.add_labels(out, name=name, scale=layer.scale, translate=layer.translate)
+
+        return self.runner.start(segment(self.network, imgs), description="segmenting", on_result=show)
+
+    def save(self, *_):
+        from expertloop.engine.flim import save_network
+
+        if self.network is None:
+            _info("FLIM: nothing to save yet: train a decoder first")
+            return None
+        path = save_network(self.model_file.value, self.network)
+        _info(f"FLIM: network saved to {path}")
+        return path
+
+    def load(self, *_):
+        from expertloop.engine.flim import load_network
+        from expertloop.engine.persistence import ModelFileError
+
+        try:
+            self.network = load_network(self.model_file.value)
+        except (ModelFileError, OSError) as exc:
+            from napari.utils.notifications import show_error
+
+            show_error(f"FLIM: {exc}")
+            return None
+        self.encoder = self.network.encoder
+        _info(f"FLIM: loaded {self.network.kind} network (classes {self.network.classes})")
+        return self.network
+
+
+class FlimRecommendWidget(_Base):
+    """Image recommendation: t-SNE of FLIM descriptors, nearest / farthest images, inspect, mark next."""
+
+    COLOURS = {"marked": "*", "nearest": "o", "farthest": "s", "other": "."}
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from expertloop.widgets._plot import PlotWidget
+
+        self.image = ComboBox(label="image stack", choices=lambda _: image_layer_choices(viewer))
+        self.folder = FileEdit(label="folder", mode="d")
+        self.open_btn = PushButton(text="Open folder as stack")
+        self.markers = ComboBox(label="markers", choices=lambda _: _labels_choices(viewer))
+        self.new_btn = PushButton(text="New markers layer")
+        self.k = SpinBox(label="recommend k", min=1, max=50, value=3)
+        self.n_segments = SpinBox(label="superpixels", min=4, max=2000, value=40)
+        self.filters = SpinBox(label="filters per class", min=1, max=64, value=8)
+        self.projection = ComboBox(label="projection", choices=["tsne", "pca"], value="tsne")
+        self.run_btn = PushButton(text="Recommend images")
+        self.plot = PlotWidget("FLIM descriptors", "", "", on_pick=self._picked)
+        self.hover = Label(value="hover a point to see its file")
+        self.ranked = Select(label="recommended", choices=[])
+        self.mark_btn = PushButton(text="Mark this image next")
+        self.runner = JobRunner()
+        self.result = None
+        self.names: list[str] = []
+        self.groups: dict[str, list[int]] = {}
+        self.inspected: int | None = None
+        self.next_image: int | None = None
+        super().__init__(viewer, [
+            self.image, self.folder, self.open_btn, self.markers, self.new_btn, self.k, self.n_segments,
+            self.filters, self.projection, self.run_btn, self.plot, self.hover, self.ranked, self.mark_btn,
+            self.runner,
+        ])
+        self.open_btn.changed.connect(self.open_folder)
+        self.new_btn.changed.connect(self.new_markers)
+        self.run_btn.changed.connect(self.run)
+        self.ranked.changed.connect(self._ranked_changed)
+        self.mark_btn.changed.connect(self.mark_next)
+        self.plot.canvas.mpl_connect("motion_notify_event", self._hovered)
+
+    def _layer_combos(self):
+        return [self.image, self.markers]
+
+    def run(self, *_):
+        from expertloop.engine.flim import recommend_images
+
+        got = self._gather(True)
+        if got is None:
+            return None
+        layer, imgs, mks = got
+        self.names = list(layer.metadata.get(FILES_KEY, [])) or [f"{layer.name} [{i}]" for i in range(len(imgs))]
+        self._images = imgs
+        spec = {"ndim": 2, "layers": [{"kernel_size": 3, "filters_per_class": self.filters.value,
+                                       "pool_stride": 2}]}
+        job = recommend_images(imgs, mks, spec, k=self.k.value, n_segments=self.n_segments.value,
+                               projection=self.projection.value)
+        return self.runner.start(job, description="recommending images", on_result=self.show_result)
+
+    def show_result(self, result) -> None:
+        self.result = result
+        rec = result.recommendation
+        special = set(rec.marked) | set(rec.nearest) | set(rec.farthest)
+        self.groups = {"marked": list(rec.marked), "nearest": list(rec.nearest),
+                       "farthest": list(rec.farthest),
+                       "other": [i for i in range(len(result.points)) if i not in special]}
+        pts = result.points
+        self.plot.set_series({g: (pts[ix, 0], pts[ix, 1]) for g, ix in self.groups.items() if ix}, style="o")
+        for line in self.plot.axes.get_lines():
+            line.set_marker(self.COLOURS.get(line.get_gid(), "o"))
+            line.set_markersize(11 if line.get_gid() == "marked" else 7)
+        self.plot.axes.legend(fontsize=7)
+        self.plot.axes.set_title(f"FLIM descriptors ({result.projection})", fontsize=9)
+        self.plot.draw()
+        choices = [f"near {i}: {self.names[i]} (d={rec.distance[i]:.3g})" for i in rec.nearest]
+        choices += [f"far {i}: {self.names[i]} (d={rec.distance[i]:.3g})" for i in rec.farthest]
+        self.ranked.choices = choices
+
+    def _index_at(self, x: float, y: float, tol_px: float = 8.0) -> int | None:
+        if self.result is None:
+            return None
+        disp = self.plot.axes.transData.transform(self.result.points)
+        d = np.hypot(disp[:, 0] - x, disp[:, 1] - y)
+        i = int(np.argmin(d))
+        return i if d[i] <= tol_px else None
+
+    def _hovered(self, event) -> None:
+        if event.inaxes is not self.plot.axes:
+            return
+        i = self._index_at(event.x, event.y)
+        if i is not None:
+            d = self.result.recommendation.distance[i]
+            self.hover.value = f"{self.names[i]} (image {i}, distance {d:.3g})"
+            self.plot.canvas.setToolTip(self.names[i])
+
+    def _picked(self, group: str, index: int) -> None:
+        self.inspect(self.groups[group][index])
+
+    def _ranked_changed(self, value) -> None:
+        if value:
+            self.inspect(int(value[-1].split(":")[0].split()[1]))
+
+    def inspect(self, i: int) -> None:
+        """Load image ``i`` and its feature heatmap into the viewer."""
+        from expertloop.engine.flim import heatmap
+
+        if self.result is None:
+            return
+        self.inspected = int(i)
+        img = np.asarray(self._images[i])
+        h = heatmap(self.result.encoder, img)
+        layer = layer_by_name(self._viewer, self.image.value)
+        if layer is not None:
+            step = list(self._viewer.dims.current_step)
+            step[0] = int(i)
+            self._viewer.dims.current_step = tuple(step)
+        for name, data, kw in (("FLIM inspected image", img, {"colormap": "gray"}),
+                               ("FLIM heatmap", h, {"colormap": "inferno", "blending": "additive",
+                                                    "opacity": 0.5})):
+            if name in self._viewer.layers:
+                self._viewer.layers[name].data = data
+                self._viewer.layers[name].visible = True
+            else:
+                self._viewer.add_image(data, name=name, **kw)
+        self.hover.value = f"inspecting {self.names[i]} (image {i})"
+
+    def mark_next(self, *_) -> None:
+        """Go to the inspected image and switch the markers layer to painting."""
+        if self.inspected is None:
+            _info("FLIM: click a point (or pick a recommended image) first")
+            return
+        self.next_image = self.inspected
+        step = list(self._viewer.dims.current_step)
+        step[0] = self.next_image
+        self._viewer.dims.current_step = tuple(step)
+        for name in ("FLIM inspected image", "FLIM heatmap"):
+            if name in self._viewer.layers:
+                self._viewer.layers[name].visible = False
+        mlayer = layer_by_name(self._viewer, self.markers.value)
+        if mlayer is not None:
+            self._viewer.layers.selection.active = mlayer
+            mlayer.mode = "paint"
+        _info(f"FLIM: mark {self.names[self.next_image]} (image {self.next_image}), then recommend again")

@@ -1,0 +1,151 @@
+"""FLIM widgets in a real viewer: marker encoder and image recommendation dock."""
+
+from __future__ import annotations
+
+import numpy as np
+import tifffile
+
+from expertloop.engine.metrics import dice
+from expertloop.io.flim_markers import read_lids_markers
+
+TIMEOUT = 60_000
+
+
+def _nuclei(data_dir):
+    d = data_dir / "flim"
+    img = tifffile.imread(d / "dsb2018_nuclei_128.tif")
+    mask = tifffile.imread(d / "dsb2018_nuclei_128_mask.tif")
+    mk = read_lids_markers(d / "dsb2018_nuclei_128_markers.txt")
+    return img, mask, mk
+
+
+def test_marker_encoder_fit_features_decoder_segment_save(make_napari_viewer, qtbot, data_dir, tmp_path):
+    from expertloop.widgets.flim import FlimEncoderWidget
+
+    img, mask, mk = _nuclei(data_dir)
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="nuclei")
+    w = FlimEncoderWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.image.value = "nuclei"
+    lab = w.new_markers()
+    assert lab.data.shape == img.shape and w.markers.value == "nuclei markers"
+    lab.data = mk.astype(np.uint8)
+    w.filters.value = 4
+    w.fit()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.encoder is not None and w.report.classes == [1, 2]
+    feats = viewer.layers["nuclei FLIM features"]
+    assert feats.data.shape == (8, 128, 128)  # 4 filters x 2 classes, channel slider first
+    w.decoder.value = "pixel"
+    w.train()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.network is not None and w.network.kind == "pixel"
+    w.segment()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    seg = viewer.layers["nuclei FLIM segmentation"].data
+    assert seg.shape == img.shape and set(np.unique(seg)) <= {0, 2}
+    assert dice(seg == 2, mask > 0) > 0.6
+    w.model_file.value = tmp_path / "net.pt"
+    assert w.save().exists()
+    w.network = None
+    assert w.load() is not None and w.network.kind == "pixel"
+    # the U-Net decoder trained on a dense mask layer (e.g. ground truth) instead of the markers
+    viewer.add_labels(mask, name="truth")
+    w.decoder.value, w.steps.value, w.train_labels.value = "unet", 3, "truth"
+    w.train()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.network.kind == "unet" and w.network.classes == [1, 2]
+
+
+def test_marker_encoder_bad_inputs_notify(make_napari_viewer, qtbot, data_dir, notifications):
+    from expertloop.widgets.flim import FlimEncoderWidget
+
+    img, _, mk = _nuclei(data_dir)
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="nuclei")
+    viewer.add_labels(np.zeros_like(mk), name="empty")
+    w = FlimEncoderWidget(viewer)
+    w.image.value, w.markers.value = "nuclei", "empty"
+    w.fit()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.encoder is None
+    assert any("no markers" in str(n.message) for n in notifications)
+    w.train()
+    assert any("fit the encoder first" in str(n.message) for n in notifications)
+    viewer.add_labels(np.zeros((5, 5), np.uint8), name="small")
+    w.markers.value = "small"
+    w.fit()
+    assert any("do not match the image" in str(n.message) for n in notifications)
+
+
+def test_folder_stack_and_recommendation_dock_click_loads_image(make_napari_viewer, qtbot, data_dir, tmp_path):
+    from matplotlib.backend_bases import MouseEvent
+
+    from expertloop.widgets.flim import FlimRecommendWidget
+
+    img, mask, _ = _nuclei(data_dir)
+    crops = [img[:64, :64], img[64:, :64], img[:64, 64:], img[64:, 64:],
+             np.full((64, 64), int(img.min()), img.dtype)]
+    for i, c in enumerate(crops):
+        tifffile.imwrite(tmp_path / f"img{i}.tif", c)
+    viewer = make_napari_viewer()
+    w = FlimRecommendWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.folder.value = tmp_path
+    layer = w.open_folder()
+    assert layer.data.shape == (5, 64, 64) and layer.metadata["flim_files"][4] == "img4.tif"
+    lab = w.new_markers()
+    from expertloop.engine.flim import simulate_markers
+
+    mk = np.zeros((5, 64, 64), np.uint8)
+    mk[0] = simulate_markers(mask[:64, :64], n_objects=3)
+    lab.data = mk
+    w.filters.value = 2
+    w.n_segments.value = 16
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    rec = w.result.recommendation
+    assert rec.marked == [0] and len(rec.farthest) == 3 and 4 in rec.farthest
+    assert w.result.points.shape == (5, 2)
+    assert len(w.ranked.choices) == 6
+    # the scatter: click on the farthest image's point
+    w.plot.canvas.draw()
+    target = rec.farthest[0]
+    x, y = w.plot.axes.transData.transform(w.result.points[target])
+    MouseEvent("motion_notify_event", w.plot.canvas, x, y)._process()
+    assert f"img{target}.tif" in w.hover.value
+    MouseEvent("button_press_event", w.plot.canvas, x, y, button=1)._process()
+    assert w.inspected == target
+    np.testing.assert_array_equal(viewer.layers["FLIM inspected image"].data, crops[target])
+    heat = viewer.layers["FLIM heatmap"].data
+    assert heat.shape == (64, 64) and 0 <= heat.min() and heat.max() <= 1
+    assert viewer.dims.current_step[0] == target
+    w.mark_next()
+    assert w.next_image == target and viewer.layers.selection.active is lab and lab.mode == "paint"
+    assert not viewer.layers["FLIM heatmap"].visible
+
+
+def test_marker_encoder_on_a_3d_volume(make_napari_viewer, qtbot, data_dir):
+    from expertloop.engine.flim import simulate_markers
+    from expertloop.widgets.flim import FlimEncoderWidget
+
+    d = data_dir / "flim"
+    vol = tifffile.imread(d / "cells3d_nuclei_16x64x64.tif")
+    lab = tifffile.imread(d / "cells3d_nuclei_16x64x64_labels.tif")
+    viewer = make_napari_viewer()
+    viewer.add_image(vol, name="vol")
+    viewer.add_labels(simulate_markers(lab, n_objects=3), name="vol markers")
+    w = FlimEncoderWidget(viewer)
+    w.image.value, w.markers.value = "vol", "vol markers"
+    w.n_layers.value, w.filters.value = 1, 3
+    w.fit()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.encoder is not None and w.encoder.spec.ndim == 3
+    assert viewer.layers["vol FLIM features"].data.shape == (6, 16, 64, 64)
+    w.train()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    w.segment()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    seg = viewer.layers["vol FLIM segmentation"].data
+    assert seg.shape == vol.shape and dice(seg == 2, lab > 0) > 0.5
