@@ -32,7 +32,12 @@ from expertloop.engine.semiauto.models import (
     softmax,
 )
 from expertloop.engine.semiauto.queue import QueueItem, ReviewQueue
-from expertloop.engine.semiauto.strategies import STRATEGIES, Split, split_batch, threshold_split
+from expertloop.engine.semiauto.strategies import (
+    STRATEGIES,
+    Split,
+    split_batch,
+    threshold_split,
+)
 
 __all__ = [
     "CLASSIFIERS", "CNNClassifier", "Collection", "LoopConfig", "MissingClassWarning", "Proposal",

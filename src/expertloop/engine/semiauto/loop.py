@@ -30,10 +30,14 @@ from typing import Any
 import numpy as np
 
 from expertloop.engine.jobs import Job, Progress, rescale
-from expertloop.engine.semiauto.data import UNLABELLED, Collection
+from expertloop.engine.semiauto.data import Collection
 from expertloop.engine.semiauto.models import Classifier, calibration_report, softmax
 from expertloop.engine.semiauto.queue import ReviewQueue, items_from_prediction
-from expertloop.engine.semiauto.strategies import STRATEGIES, check_threshold, split_batch
+from expertloop.engine.semiauto.strategies import (
+    STRATEGIES,
+    check_threshold,
+    split_batch,
+)
 
 
 class MissingClassWarning(UserWarning):

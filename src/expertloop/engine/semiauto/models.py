@@ -151,7 +151,8 @@ class CNNClassifier:
     """A torchvision CNN fine-tuned on the images (input resized to ``size``).
 
     ``arch``: ``"mobilenet_v2"`` (ImageNet weights available offline) or
-    ``"resnet18"``. ``warm_start`` continues from the previous iteration's
+    ``"resnet18"``. ``finetune="last"`` trains the last blocks and the new
+    head only (cheap on a CPU); ``"all"`` trains every layer. ``warm_start`` continues from the previous iteration's
     weights (cheaper) instead of restarting from the initial weights.
     """
 
@@ -162,7 +163,12 @@ class CNNClassifier:
 
     def __init__(self, arch: str = "mobilenet_v2", *, size: int = 64, epochs: int = 5,
                  batch_size: int = 32, lr: float = 1e-3, pretrained: bool | str = "auto",
-                 warm_start: bool = True, seed: int = 0, device=None) -> None:
+                 warm_start: bool = True, finetune: str = "last", seed: int = 0, device=None) -> None:
+        if arch not in self.ARCHS:
+            raise ValueError(f"arch must be one of {sorted(self.ARCHS)}")
+        if finetune not in ("last", "all"):
+            raise ValueError("finetune must be 'last' (last blocks + head) or 'all'")
+        self.finetune = finetune
         if arch not in self.ARCHS:
             raise ValueError(f"arch must be one of {sorted(self.ARCHS)}")
         self.arch, self.size, self.epochs, self.batch_size, self.lr = arch, size, epochs, batch_size, lr
@@ -195,6 +201,14 @@ class CNNClassifier:
         else:
             net.fc = torch.nn.Linear(net.fc.in_features, n_classes)
         self.used_pretrained = used
+        if self.finetune == "last":  # train the last blocks and the head only (much cheaper on a CPU)
+            last = net.features[-4:] if self.arch == "mobilenet_v2" else net.layer4
+            head = net.classifier if self.arch == "mobilenet_v2" else net.fc
+            for p in net.parameters():
+                p.requires_grad = False
+            for m in (last, head):
+                for p in m.parameters():
+                    p.requires_grad = True
         return net
 
     def fit(self, x, y, n_classes):
