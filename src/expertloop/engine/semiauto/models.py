@@ -135,33 +135,40 @@ class SklearnClassifier:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import SVC
+        from threadpoolctl import threadpool_limits
 
         y = np.asarray(y, np.int64)
         if len(np.unique(y)) < 2:
             raise ValueError("training needs examples of at least two classes")
         yield Progress(0, None, f"fitting {self.name} on {len(y)} samples")
-        self._scaler = StandardScaler().fit(x)
-        xs = self._scaler.transform(x)
-        if self.model == "logreg":
-            est = LogisticRegression(C=self.C, max_iter=500, class_weight="balanced")
-        else:
-            est = SVC(C=self.C, probability=True, class_weight="balanced", random_state=self.seed)
-        est.fit(xs, y)
+        # one BLAS thread: these matrices are small, and several threads fighting
+        # over busy cores make lbfgs ~10x slower
+        with threadpool_limits(1):
+            self._scaler = StandardScaler().fit(x)
+            xs = self._scaler.transform(x)
+            if self.model == "logreg":
+                est = LogisticRegression(C=self.C, max_iter=500, class_weight="balanced")
+            else:
+                est = SVC(C=self.C, probability=True, class_weight="balanced", random_state=self.seed)
+            est.fit(xs, y)
         self._est, self._classes, self._k = est, est.classes_, int(n_classes)
         yield Progress(1, 1, f"fitted {self.name}")
 
     def logits(self, x):
+        from threadpoolctl import threadpool_limits
+
         if self._est is None:
             raise RuntimeError("the classifier is not trained yet")
         yield Progress(0, None, "predicting")
-        xs = self._scaler.transform(x)
+        with threadpool_limits(1):
+            xs = self._scaler.transform(x)
+            if self.model == "logreg":
+                d = self._est.decision_function(xs)
+                if d.ndim == 1:  # binary: P(class 1) = sigmoid(d)
+                    d = np.stack([np.zeros_like(d), d], axis=1)
+            else:
+                d = np.log(np.clip(self._est.predict_proba(xs), 1e-12, 1.0))
         out = np.full((len(xs), self._k), ABSENT_LOGIT, np.float32)
-        if self.model == "logreg":
-            d = self._est.decision_function(xs)
-            if d.ndim == 1:  # binary: P(class 1) = sigmoid(d)
-                d = np.stack([np.zeros_like(d), d], axis=1)
-        else:
-            d = np.log(np.clip(self._est.predict_proba(xs), 1e-12, 1.0))
         out[:, self._classes] = d
         return out
 
