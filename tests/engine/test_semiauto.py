@@ -270,8 +270,11 @@ def test_loop_state_restores_with_open_queue(digits, tmp_path):
     first = loop.queue.items[0].index
     loop2 = SemiAutoLoop.restore(FolderQueueStorage(tmp_path), loop.collection, make_classifier("logreg-hand"))
     assert loop2.proposal is not None and loop2.queue.decisions() == {first: loop.queue.items[0].predicted}
+    assert loop2.proposal.accepted.dtype == np.int64
     loop2.apply_review()
     assert loop2.state.source[first] == "manual"
+    for i in loop.proposal.accepted:     # accepted predictions applied after the restart too
+        assert loop2.state.source[i] == "auto"
     assert len(loop2.pool) == len(loop.pool) - 90
     out = loop2.export_csv(tmp_path / "labels.csv")
     text = out.read_text().splitlines()
@@ -346,7 +349,7 @@ def _fit_and_score(clf, col, labels):
 
 def test_cnn_finetune_with_imagenet_weights(crops_dir, imagenet_torch_home):
     col, labels, _ = load_class_folders(crops_dir)
-    clf = make_classifier("cnn-mobilenet_v2", size=64, epochs=3, batch_size=16, pretrained=True)
+    clf = make_classifier("cnn-mobilenet_v2", size=48, epochs=2, batch_size=16, pretrained=True)
     acc = _fit_and_score(clf, col, labels)
     assert clf.used_pretrained is True
     # trained on these very crops: it fits them far better than chance (1/3)

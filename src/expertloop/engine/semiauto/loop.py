@@ -362,8 +362,11 @@ class SemiAutoLoop:
         loop.manual_total, loop.temperature = int(d["manual_total"]), float(d["temperature"])
         loop._x, loop._trained_at, loop.last_eval = None, -1, {}
         pd = d.get("proposal")
-        loop.proposal = None if pd is None else Proposal(**{k: (np.asarray(v) if isinstance(v, list) else v)
-                                                            for k, v in pd.items()})
+        if pd is not None:
+            ints = ("batch", "predicted", "accepted", "queued", "deferred")
+            pd = {k: (np.asarray(v, np.int64 if k in ints else np.float64) if isinstance(v, list) else v)
+                  for k, v in pd.items()}
+        loop.proposal = None if pd is None else Proposal(**pd)
         loop.queue = ReviewQueue.restore(storage, annotator=annotator) if pd is not None else None
         return loop
 
