@@ -45,28 +45,11 @@ from expertloop.engine.semiauto.datasets import (  # noqa: E402
     simulation_split,
     voc_crops_dataset,
 )
-
-
-class _Cached:
-    """Wrap a classifier so every run on one dataset reuses the same prepared input."""
-
-    def __init__(self, clf, x):
-        self._clf, self._x = clf, x
-        self.name = clf.name
-
-    def prepare(self, images):
-        yield from ()
-        return self._x
-
-    def fit(self, x, y, k):
-        return self._clf.fit(x, y, k)
-
-    def logits(self, x):
-        return self._clf.logits(x)
+from expertloop.engine.semiauto.models import Precomputed  # noqa: E402
 
 
 def run_strategy(col, truth, names, clf_name, x, labels, val, **cfg):
-    loop = SemiAutoLoop(col, names, labels, _Cached(make_classifier(clf_name), x),
+    loop = SemiAutoLoop(col, names, labels, Precomputed(make_classifier(clf_name), x),
                         config=LoopConfig(**cfg), val_indices=val, val_labels=truth[val])
     t0 = time.perf_counter()
     hist = run_job(simulate(loop, truth))

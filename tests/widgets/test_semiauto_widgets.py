@@ -84,6 +84,8 @@ def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_pr
     assert loop is not None and len(loop.collection) == 42
     assert any("corrupt.png" in str(n.message) for n in notifications)
 
+    assert w.simulate_random() is None          # nothing reviewed yet
+    assert any("run and review an iteration first" in str(n.message) for n in notifications)
     w.run_iteration()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
     q = loop.queue
@@ -105,6 +107,13 @@ def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_pr
     assert w.manual_plot.series["manual fraction"][1] == [loop.history[0]["manual_fraction"]]
     for i in np.flatnonzero(loop.state.source == "manual"):
         assert CLASSES[loop.labels[i]] == truth[names[i]]
+
+    # compare with random sampling, simulated on the labels made so far
+    w.simulate_random()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    rx, ry = w.acc_plot.series["random (simulated)"]
+    assert len(rx) >= 2 and rx[0] == xs[0] and all(0 <= y <= 1 for y in ry)
+    assert "random (simulated)" in w.manual_plot.series
 
     w.export_path.value = str(tmp_path / "out.csv")
     out = w.export()

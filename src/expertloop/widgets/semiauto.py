@@ -78,6 +78,17 @@ def _read_path_image(path: str | None):
     return np.asarray(read_image(path)[0].data)
 
 
+def _primed(job):
+    """Run a job's checks now (up to its first yield), so bad input is reported at once."""
+    first = next(job)
+
+    def resumed():
+        yield first
+        return (yield from job)
+
+    return resumed()
+
+
 class ReviewQueueWidget(Container):
     """One hard case at a time; decisions are saved immediately."""
 
@@ -267,6 +278,7 @@ class SemiAutoWidget(Container):
         self.load_btn = PushButton(text="Load / resume project")
         self.run_btn = PushButton(text="Run iteration")
         self.apply_btn = PushButton(text="Apply review + next batch")
+        self.random_btn = PushButton(text="Compare: simulate random sampling")
         self.export_path = FileEdit(label="labels CSV", mode="w", filter="*.csv")
         self.export_btn = PushButton(text="Export labels")
         self.status = Label(value="load images to start")
@@ -279,12 +291,14 @@ class SemiAutoWidget(Container):
             self.folder, self.stack, self.class_names, self.initial, self.project, self.classifier,
             self.strategy, self.t, self.batch, self.rate, self.val_fraction, self.load_btn,
             self.run_btn, self.apply_btn, self.status, self.runner, self.review,
-            self.acc_plot, self.manual_plot, self.export_path, self.export_btn,
+            self.acc_plot, self.manual_plot, self.random_btn, self.export_path, self.export_btn,
         ])
         self.load_btn.changed.connect(self.load)
         self.run_btn.changed.connect(self.run_iteration)
         self.apply_btn.changed.connect(self.apply_and_continue)
         self.export_btn.changed.connect(self.export)
+        self.random_btn.changed.connect(self.simulate_random)
+        self._random_history: list[dict] = []
         viewer.layers.events.inserted.connect(self.stack.reset_choices)
         viewer.layers.events.removed.connect(self.stack.reset_choices)
 
@@ -394,6 +408,26 @@ class SemiAutoWidget(Container):
         return self.runner.start(self.loop.finish(), description="final training",
                                  on_result=lambda _r: self._after_step())
 
+    def simulate_random(self, *_):
+        """Simulate random sampling at the chosen rate on the labels made so far (for the plots)."""
+        from expertloop.engine.semiauto.loop import random_baseline
+
+        if self.loop is None:
+            _show_info("Semi-automatic labelling: load a project first")
+            return None
+        try:
+            job = random_baseline(self.loop, make_classifier(self.classifier.value), float(self.rate.value))
+            job = _primed(job)
+        except ValueError as exc:
+            _show_info(f"Semi-automatic labelling: {exc}")
+            return None
+
+        def show(hist):
+            self._random_history = hist
+            self._after_step()
+
+        return self.runner.start(job, description="simulated random sampling", on_result=show)
+
     def _review_changed(self):
         if self.loop is not None and self.loop.queue is not None:
             self.status.value = f"review: {self.loop.queue.progress_text()}"
@@ -414,11 +448,16 @@ class SemiAutoWidget(Container):
         pts = list(hist)
         if loop.last_eval and (not pts or pts[-1].get("n_labelled") != loop.last_eval.get("n_labelled")):
             pts.append(loop.last_eval)
-        self.acc_plot.set_series({self.loop.config.strategy: (
-            [h["n_labelled"] for h in pts], [h["val_acc"] for h in pts])})
+        acc = {self.loop.config.strategy: ([h["n_labelled"] for h in pts], [h["val_acc"] for h in pts])}
         it = [h for h in loop.history if "manual_fraction" in h]
-        self.manual_plot.set_series({"manual fraction": (
-            [h["iteration"] for h in it], [h["manual_fraction"] for h in it])})
+        manual = {"manual fraction": ([h["iteration"] for h in it], [h["manual_fraction"] for h in it])}
+        if self._random_history:
+            rh = self._random_history
+            acc["random (simulated)"] = ([h["n_labelled"] for h in rh], [h["val_acc"] for h in rh])
+            ri = [h for h in rh if "manual_fraction" in h]
+            manual["random (simulated)"] = ([h["iteration"] for h in ri], [h["manual_fraction"] for h in ri])
+        self.acc_plot.set_series(acc)
+        self.manual_plot.set_series(manual)
         n_lab = int((loop.labels >= 0).sum())
         acc = loop.last_eval.get("val_acc")
         self.status.value = (f"{n_lab}/{len(loop.labels)} labelled, {len(loop.pool)} in the pool, "

@@ -31,7 +31,12 @@ import numpy as np
 
 from expertloop.engine.jobs import Job, Progress, rescale
 from expertloop.engine.semiauto.data import Collection
-from expertloop.engine.semiauto.models import Classifier, calibration_report, softmax
+from expertloop.engine.semiauto.models import (
+    Classifier,
+    Precomputed,
+    calibration_report,
+    softmax,
+)
 from expertloop.engine.semiauto.queue import ReviewQueue, items_from_prediction
 from expertloop.engine.semiauto.strategies import (
     STRATEGIES,
@@ -414,3 +419,28 @@ def simulate(loop: SemiAutoLoop, truth, *, max_iterations: int | None = None) ->
              "label_errors": int(np.sum((truth != s.labels) & lab & (s.source != "validation")))}
     loop.state.history.append(final)
     return loop.history
+
+
+def random_baseline(loop: SemiAutoLoop, classifier: Classifier, rate: float = 0.25) -> Job[list[dict]]:
+    """Job: what random sampling at ``rate`` would have given on the images labelled so far.
+
+    A simulation for comparison plots: the labels the loop holds now
+    (initial, reviewed and accepted) stand in for the ground truth, with the
+    same D0, V and batch size; returns the simulated history.
+    """
+    from dataclasses import replace
+
+    s = loop.state
+    known = np.flatnonzero(s.labels >= 0)
+    truth = s.labels[known]
+    src = s.source[known]
+    init = np.where(src == "initial", truth, -1)
+    val = np.flatnonzero(src == "validation")
+    if (init >= 0).sum() == len(known) - len(val):
+        raise ValueError("nothing labelled beyond D0 and V yet: run and review an iteration first")
+    x = loop._x[known] if loop._x is not None else None
+    sub = Collection(loop.collection.images[known], [loop.collection.names[i] for i in known])
+    clf = Precomputed(classifier, x) if x is not None else classifier
+    sim = SemiAutoLoop(sub, loop.class_names, init, clf, config=replace(loop.config, strategy="random", rate=rate),
+                       val_indices=val, val_labels=truth[val], allow_missing_classes=True)
+    return (yield from simulate(sim, truth))

@@ -322,3 +322,26 @@ def calibration_report(logits: np.ndarray, y: np.ndarray, n_bins: int = 10, seed
     else:
         after = ece(softmax(logits, t_all), y, n_bins)
     return {"temperature": t_all, "ece_before": float(before), "ece_after": float(after)}
+
+
+class Precomputed:
+    """A classifier whose input is already prepared (``prepare`` returns ``x``).
+
+    Lets several loops on the same images share one feature computation.
+    """
+
+    def __init__(self, classifier: Classifier, x) -> None:
+        self.classifier, self._x = classifier, x
+        self.name = classifier.name
+
+    def prepare(self, images):
+        if len(images) != len(self._x):
+            raise ValueError(f"{len(images)} images but {len(self._x)} prepared rows")
+        yield Progress(1, 1, "features ready")
+        return self._x
+
+    def fit(self, x, y, n_classes):
+        return self.classifier.fit(x, y, n_classes)
+
+    def logits(self, x):
+        return self.classifier.logits(x)
