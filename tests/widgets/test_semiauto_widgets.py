@@ -126,6 +126,15 @@ def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_pr
     loop2 = w2.load()
     assert loop2.iteration == loop.iteration and loop2.proposal is not None
     assert w2.review.queue is not None
+    # the standalone review widget opens that queue and shows items from their files
+    rv = ReviewQueueWidget(viewer)
+    rv.project.value = str(root / "semiauto_project")
+    q3 = rv.open_project()
+    assert q3 is not None and q3.current is not None, "the second batch has hard cases to review"
+    shown = viewer.layers[REVIEW_LAYER].data
+    assert shown.shape == (32, 32, 3)
+    assert np.array_equal(shown, loop.collection.images[q3.current.index])
+    qtbot.wait(100)   # let the plots' pending redraws run before the viewer closes
 
 
 def test_loop_widget_bad_inputs(make_napari_viewer, tmp_path, notifications):
