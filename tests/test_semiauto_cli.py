@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 from expertloop.cli import main
 
@@ -25,18 +24,21 @@ def test_simulate_digits_writes_labels_and_history(tmp_path, capsys):
     # every manual decision is in the project's journal
     recs = [json.loads(line) for line in open(tmp_path / "proj" / "decisions.jsonl")]
     assert len(recs) == sum(r["source"] == "manual" for r in rows)
-    # export the saved project again
-    shutil.copy(out, tmp_path / "first.csv")
 
 
 def test_simulate_class_folders_and_bad_threshold(data_dir, tmp_path, capsys):
     out = tmp_path / "l.csv"
-    rc = main(["semiauto", "simulate", "--folders", str(data_dir / "semiauto" / "bccd_crops"),
+    crops = str(data_dir / "semiauto" / "bccd_crops")
+    rc = main(["semiauto", "simulate", "--folders", crops, "--project", str(tmp_path / "proj"),
                "--initial", "3", "--val", "4", "--batch-size", "10", "--strategy", "margin",
                "--budget", "3", "-o", str(out)])
     assert rc == 0
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 42 and sum(r["source"] == "manual" for r in rows) <= 3 * 3
+    # the saved project exports the same labels
+    again = tmp_path / "again.csv"
+    assert main(["semiauto", "export", str(tmp_path / "proj"), "--folder", crops, "-o", str(again)]) == 0
+    assert again.read_text() == out.read_text()
     rc = main(["semiauto", "simulate", "--digits", "-t", "1.2", "-o", str(out)])
     assert rc == 2
     assert "(0, 1)" in capsys.readouterr().err
