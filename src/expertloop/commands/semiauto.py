@@ -1,0 +1,137 @@
+"""``expertloop semiauto``: run the semi-automatic labelling loop from the command line.
+
+::
+
+    expertloop semiauto simulate --digits -o labels.csv
+    expertloop semiauto simulate --voc /data/bccd --strategy margin -o labels.csv
+    expertloop semiauto simulate --folders crops_by_class/ --classifier cnn-mobilenet_v2 -o labels.csv
+    expertloop semiauto export PROJECT_DIR --folder IMAGES -o labels.csv
+
+``simulate`` runs the whole loop with a **simulated annotator** that answers
+each hard case from the ground truth (for benchmarking a setting before
+experts spend time on it), prints one line per iteration and writes the
+labels as CSV (``--history`` also writes the per-iteration figures as JSON).
+``export`` writes the labels of a project made in the napari widget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _dataset(args):
+    from expertloop.engine.semiauto.datasets import (
+        class_folders_dataset,
+        digits_dataset,
+        voc_crops_dataset,
+    )
+
+    if args.digits:
+        return digits_dataset()
+    if args.voc:
+        return voc_crops_dataset(args.voc, size=args.size)
+    return class_folders_dataset(args.folders, size=args.size)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from expertloop.cli import _progress_printer
+    from expertloop.engine.jobs import run_job
+    from expertloop.engine.semiauto import (
+        LoopConfig,
+        SemiAutoLoop,
+        make_classifier,
+        simulate,
+    )
+    from expertloop.engine.semiauto.datasets import simulation_split
+    from expertloop.io.semiauto_storage import FolderQueueStorage, MemoryQueueStorage
+
+    col, truth, names = _dataset(args)
+    labels, val = simulation_split(truth, args.initial, args.val, seed=args.seed)
+    config = LoopConfig(t=args.threshold, batch_size=args.batch_size, strategy=args.strategy,
+                        rate=args.rate, budget=args.budget, seed=args.seed).check()
+    storage = FolderQueueStorage(args.project) if args.project else MemoryQueueStorage()
+    kw = {"device": args.device} if args.device else {}
+    loop = SemiAutoLoop(col, names, labels, make_classifier(args.classifier, **kw), config=config,
+                        val_indices=val, val_labels=truth[val], storage=storage)
+    print(f"{len(col)} images, {len(names)} classes; D0 {len(loop.train_idx)}, V {len(val)}; "
+          f"{args.classifier}, strategy {args.strategy}, t={args.threshold}, batch {args.batch_size}",
+          file=sys.stderr)
+    hist = run_job(simulate(loop, truth), on_progress=_progress_printer())
+    print(file=sys.stderr)
+    print("iter  labelled  val_acc  ECE(before->after)  batch  accepted  reviewed  corrected  manual%")
+    for h in hist:
+        if h.get("final"):
+            print(f"final {h['n_labelled']:8d}  {h['val_acc']:.4f}   manual labels in total: {h['manual_total']}"
+                  f", wrong labels in the set: {h['label_errors']}")
+        else:
+            ece = f"{h.get('ece_before', float('nan')):.3f}->{h.get('ece_after', float('nan')):.3f}"
+            print(f"{h['iteration']:4d}  {h['n_labelled']:8d}  {h['val_acc']:.4f}   {ece:>17}  {h['batch']:5d}"
+                  f"  {h['accepted']:8d}  {h['reviewed']:8d}  {h['corrected']:9d}  {100 * h['manual_fraction']:6.1f}")
+    if args.label_rest:
+        run_job(loop.predict_rest())
+    out = loop.export_csv(args.output)
+    print(f"labels written to {out}", file=sys.stderr)
+    if args.history:
+        with open(args.history, "w", encoding="utf-8") as fh:
+            json.dump(hist, fh, indent=1, default=float)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from expertloop.engine.semiauto.data import load_class_folders, load_folder
+    from expertloop.engine.semiauto.loop import SemiAutoLoop
+    from expertloop.engine.semiauto.models import make_classifier
+    from expertloop.io.semiauto_storage import FolderQueueStorage
+
+    root = Path(args.folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    if any(p.is_dir() and p.name != "semiauto_project" and not p.name.startswith(".") for p in root.iterdir()):
+        col = load_class_folders(root)[0]
+    else:
+        col = load_folder(root)
+    loop = SemiAutoLoop.restore(FolderQueueStorage(args.project), col, make_classifier("logreg-hand"))
+    out = loop.export_csv(args.output)
+    n = int((loop.labels >= 0).sum())
+    print(f"{n}/{len(col)} labelled; written to {out}", file=sys.stderr)
+    return 0
+
+
+def add_commands(sub) -> None:
+    from expertloop.engine.semiauto.models import CLASSIFIERS
+    from expertloop.engine.semiauto.strategies import STRATEGIES
+
+    p = sub.add_parser("semiauto", help="semi-automatic labelling (self-training + review queue)")
+    ss = p.add_subparsers(dest="semiauto_command", metavar="ACTION", required=True)
+
+    s = ss.add_parser("simulate", help="run the whole loop with a simulated annotator (ground truth)")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--digits", action="store_true", help="scikit-learn's bundled handwritten digits")
+    src.add_argument("--voc", metavar="DIR", help="crops around Pascal VOC boxes (Annotations/, JPEGImages/)")
+    src.add_argument("--folders", metavar="DIR", help="folder-per-class layout used as ground truth")
+    s.add_argument("--size", type=int, default=32, help="crop / image size in pixels (default 32)")
+    s.add_argument("--classifier", default="logreg-hand", choices=sorted(CLASSIFIERS))
+    s.add_argument("--strategy", default="threshold", choices=list(STRATEGIES))
+    s.add_argument("-t", "--threshold", type=float, default=0.9, help="acceptance threshold in (0, 1)")
+    s.add_argument("--batch-size", type=int, default=200)
+    s.add_argument("--rate", type=float, default=0.25, help="random: fraction reviewed; margin/entropy: budget")
+    s.add_argument("--budget", type=int, default=None, help="margin/entropy: items reviewed per batch")
+    s.add_argument("--initial", type=int, default=10, help="initial labels per class (D0)")
+    s.add_argument("--val", type=int, default=30, help="validation images per class (V)")
+    s.add_argument("--project", default=None, help="project folder for the queue and decisions")
+    s.add_argument("--label-rest", action="store_true", help="label what is left with the final model")
+    s.add_argument("--history", default=None, help="write the per-iteration figures as JSON here")
+    s.add_argument("--device", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", required=True, help="labels CSV to write")
+    s.set_defaults(func=cmd_simulate)
+
+    s = ss.add_parser("export", help="write the labels of a project as CSV")
+    s.add_argument("project", help="project folder (state.json, queue.json, decisions.jsonl)")
+    s.add_argument("--folder", required=True, help="the project's image folder")
+    s.add_argument("-o", "--output", required=True, help="labels CSV to write")
+    s.set_defaults(func=cmd_export)

@@ -1,0 +1,465 @@
+"""Semi-automatic labelling widgets: the loop and the hard-case review queue.
+
+* :class:`ReviewQueueWidget`: shows the queued hard cases one at a time in
+  the viewer (layer ``"semiauto review"``), sorted by predicted class, with
+  keyboard shortcuts (Enter/Space accept, digit keys set the class, Backspace
+  or U undoes, S skips), a progress counter and the annotator's name. Each
+  decision is written at once through the project's storage.
+* :class:`SemiAutoWidget`: chooses the images (folder or stack layer), the
+  classes, initial labels, classifier, strategy, ``t`` and the batch size;
+  "Run iteration" trains and predicts in a worker and fills the queue; "Apply
+  review + next batch" merges the labels and retrains. Two dock plots show
+  validation accuracy vs number of labelled images and the manual fraction
+  per iteration.
+
+Thin: all computing is in :mod:`expertloop.engine.semiauto`.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+
+from expertloop.engine.semiauto.data import (
+    UNLABELLED,
+    from_stack,
+    load_class_folders,
+    load_folder,
+    parse_class_names,
+    read_labels_csv,
+)
+from expertloop.engine.semiauto.loop import LoopConfig, SemiAutoLoop
+from expertloop.engine.semiauto.models import CLASSIFIERS, make_classifier
+from expertloop.engine.semiauto.queue import ReviewQueue
+from expertloop.engine.semiauto.strategies import STRATEGIES
+from expertloop.io.semiauto_storage import FolderQueueStorage
+from expertloop.widgets._common import layer_by_name
+from expertloop.widgets._jobs import JobRunner
+from expertloop.widgets._plot import PlotWidget
+
+if TYPE_CHECKING:
+    import napari
+
+REVIEW_LAYER = "semiauto review"
+DIGIT_KEYS = [str(d) for d in range(1, 10)] + ["0"]  # key "1" = first class ... "0" = tenth
+
+
+def _default_annotator() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment
+        return ""
+
+
+def _show_info(msg: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(msg)
+
+
+def _read_path_image(path: str | None):
+    from expertloop.io.readers import read_image
+
+    if not path:
+        return None
+    return np.asarray(read_image(path)[0].data)
+
+
+def _primed(job):
+    """Run a job's checks now (up to its first yield), so bad input is reported at once."""
+    first = next(job)
+
+    def resumed():
+        yield first
+        return (yield from job)
+
+    return resumed()
+
+
+class ReviewQueueWidget(Container):
+    """One hard case at a time; decisions are saved immediately."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, *, standalone: bool = True) -> None:
+        self._viewer = viewer
+        self.queue: ReviewQueue | None = None
+        self.image_for = None            # callable(collection index) -> array
+        self.on_change = None            # callable() after each action
+        self.annotator = LineEdit(label="annotator", value=_default_annotator())
+        self.project = FileEdit(label="project folder", mode="d")
+        self.open_btn = PushButton(text="Open queue")
+        self.progress = Label(value="no queue")
+        self.info = Label(value="")
+        self.label_choice = ComboBox(label="label", choices=self._class_choices)
+        self.accept_btn = PushButton(text="Accept (Enter)")
+        self.set_btn = PushButton(text="Set label (digit key)")
+        self.skip_btn = PushButton(text="Skip (S)")
+        self.undo_btn = PushButton(text="Undo (Backspace)")
+        widgets = [self.annotator]
+        if standalone:
+            widgets += [self.project, self.open_btn]
+        widgets += [self.progress, self.info, self.label_choice, self.accept_btn, self.set_btn,
+                    self.skip_btn, self.undo_btn]
+        super().__init__(widgets=widgets)
+        self.open_btn.changed.connect(self.open_project)
+        self.accept_btn.changed.connect(self.accept)
+        self.set_btn.changed.connect(lambda *_: self.set_label(self.label_choice.value))
+        self.skip_btn.changed.connect(self.skip)
+        self.undo_btn.changed.connect(self.undo)
+        self.annotator.changed.connect(self._annotator_changed)
+        self._bind_keys()
+        self._refresh()
+
+    # ------------------------------------------------------------ setup
+    def _class_choices(self, _=None):
+        return list(self.queue.class_names) if self.queue is not None else []
+
+    def _bind_keys(self, target=None) -> None:
+        """Shortcuts on the viewer and on the review layer (a layer's own keys,
+        e.g. an image layer's "1"/"2" mode keys, take precedence over the viewer's)."""
+        target = self._viewer if target is None else target
+
+        def bind(key, fn):
+            def handler(_owner):
+                fn()
+            target.bind_key(key, handler, overwrite=True)
+
+        bind("Enter", self.accept)
+        bind("Space", self.accept)
+        bind("Backspace", self.undo)
+        bind("u", self.undo)
+        bind("s", self.skip)
+        for k, key in enumerate(DIGIT_KEYS):
+            bind(key, lambda k=k: self.set_label(k))
+
+    def set_queue(self, queue: ReviewQueue | None, image_for=None) -> None:
+        """Show ``queue``; ``image_for(index)`` gives an item's pixels (default: its file)."""
+        self.queue = queue
+        if queue is not None:
+            queue.annotator = self.annotator.value
+        self.image_for = image_for
+        self.label_choice.reset_choices()
+        self._refresh()
+
+    def open_project(self, *_) -> ReviewQueue | None:
+        """Reopen the open queue of a project folder (e.g. after a crash)."""
+        folder = Path(str(self.project.value))
+        if not (folder / "queue.json").is_file():
+            _show_info(f"Review queue: no open queue in {folder}")
+            return None
+        q = ReviewQueue.restore(FolderQueueStorage(folder), annotator=self.annotator.value)
+        if q is None:
+            _show_info(f"Review queue: the queue in {folder} is empty")
+        self.set_queue(q)
+        return q
+
+    def _annotator_changed(self, *_):
+        if self.queue is not None:
+            self.queue.annotator = self.annotator.value
+
+    # ----------------------------------------------------------- actions
+    def _act(self, fn) -> None:
+        if self.queue is None or self.queue.current is None:
+            return
+        if not self.annotator.value.strip():
+            _show_info("Review queue: enter the annotator's name first")
+            return
+        fn()
+        self._refresh()
+        if self.on_change is not None:
+            self.on_change()
+
+    def accept(self, *_):
+        self._act(lambda: self.queue.accept())
+
+    def set_label(self, label):
+        if self.queue is None or label is None:
+            return
+        if isinstance(label, int) and label >= len(self.queue.class_names):
+            return  # a digit key beyond the number of classes
+        self._act(lambda: self.queue.set_label(label))
+
+    def skip(self, *_):
+        self._act(lambda: self.queue.skip())
+
+    def undo(self, *_):
+        if self.queue is None:
+            return
+        if not self.queue.undo():
+            _show_info("Review queue: nothing to undo")
+        self._refresh()
+        if self.on_change is not None:
+            self.on_change()
+
+    # ----------------------------------------------------------- display
+    def _refresh(self) -> None:
+        q = self.queue
+        enabled = q is not None and q.current is not None
+        for b in (self.accept_btn, self.set_btn, self.skip_btn, self.label_choice):
+            b.enabled = enabled
+        self.undo_btn.enabled = q is not None
+        if q is None:
+            self.progress.value = "no queue"
+            self.info.value = ""
+            return
+        self.progress.value = q.progress_text()
+        it = q.current
+        if it is None:
+            self.info.value = "queue finished: apply the review"
+            self._overlay().visible = False
+            return
+        cls = q.class_names[it.predicted]
+        same = sum(1 for p, x in enumerate(q.items) if x.predicted == it.predicted and p not in q.labels)
+        self.info.value = f"{it.name}: predicted {cls} ({it.confidence:.2f}); {same} left in this class"
+        self.label_choice.value = cls
+        self._show_image(it)
+
+    def _overlay(self):
+        overlays = getattr(self._viewer.canvas, "overlays", None)  # napari >= 0.6
+        return overlays["text"] if overlays is not None else self._viewer.text_overlay
+
+    def _show_image(self, it) -> None:
+        try:
+            data = self.image_for(it.index) if self.image_for is not None else _read_path_image(it.path)
+        except Exception as exc:  # unreadable file: say so, keep the queue usable
+            _show_info(f"Review queue: cannot show {it.name}: {exc}")
+            return
+        if data is None:
+            return
+        rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
+        layer = layer_by_name(self._viewer, REVIEW_LAYER)
+        if layer is not None and getattr(layer, "rgb", False) == rgb and layer.data.shape == data.shape:
+            layer.data = data
+        else:
+            if layer is not None:
+                self._viewer.layers.remove(layer)
+            layer = self._viewer.add_image(data, name=REVIEW_LAYER, rgb=rgb)
+            self._bind_keys(layer)
+            self._viewer.reset_view()
+        ov = self._overlay()
+        ov.visible = True
+        ov.text = f"{self.progress.value}\npredicted: {self.queue.class_names[it.predicted]}"
+
+
+class SemiAutoWidget(Container):
+    """Run the semi-automatic labelling loop on a folder of images or a stack."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from napari.layers import Image
+
+        self._viewer = viewer
+        self.loop: SemiAutoLoop | None = None
+        self.folder = FileEdit(label="image folder", mode="d")
+        self.stack = ComboBox(
+            label="or stack layer",
+            choices=lambda _: [""] + [ly.name for ly in viewer.layers if isinstance(ly, Image) and ly.ndim >= 3],
+        )
+        self.class_names = LineEdit(label="classes", value="")
+        self.initial = FileEdit(label="initial labels CSV", mode="r", filter="*.csv")
+        self.project = FileEdit(label="project folder", mode="d")
+        self.classifier = ComboBox(label="classifier", choices=sorted(CLASSIFIERS), value="logreg-hand")
+        self.strategy = ComboBox(label="strategy", choices=list(STRATEGIES), value="threshold")
+        self.t = FloatSpinBox(label="threshold t", min=0.01, max=0.99, step=0.01, value=0.9)
+        self.batch = SpinBox(label="batch size", min=1, max=100000, value=200)
+        self.rate = FloatSpinBox(label="rate / budget fraction", min=0.01, max=1.0, step=0.05, value=0.25)
+        self.val_fraction = FloatSpinBox(label="validation fraction", min=0.05, max=0.9, step=0.05, value=0.3)
+        self.load_btn = PushButton(text="Load / resume project")
+        self.run_btn = PushButton(text="Run iteration")
+        self.apply_btn = PushButton(text="Apply review + next batch")
+        self.random_btn = PushButton(text="Compare: simulate random sampling")
+        self.export_path = FileEdit(label="labels CSV", mode="w", filter="*.csv")
+        self.export_btn = PushButton(text="Export labels")
+        self.status = Label(value="load images to start")
+        self.runner = JobRunner()
+        self.review = ReviewQueueWidget(viewer, standalone=False)
+        self.review.on_change = self._review_changed
+        self.acc_plot = PlotWidget("Validation accuracy", "labelled images", "accuracy")
+        self.manual_plot = PlotWidget("Manual fraction per batch", "iteration", "fraction reviewed")
+        super().__init__(widgets=[
+            self.folder, self.stack, self.class_names, self.initial, self.project, self.classifier,
+            self.strategy, self.t, self.batch, self.rate, self.val_fraction, self.load_btn,
+            self.run_btn, self.apply_btn, self.status, self.runner, self.review,
+            self.acc_plot, self.manual_plot, self.random_btn, self.export_path, self.export_btn,
+        ])
+        self.load_btn.changed.connect(self.load)
+        self.run_btn.changed.connect(self.run_iteration)
+        self.apply_btn.changed.connect(self.apply_and_continue)
+        self.export_btn.changed.connect(self.export)
+        self.random_btn.changed.connect(self.simulate_random)
+        self._random_history: list[dict] = []
+        viewer.layers.events.inserted.connect(self.stack.reset_choices)
+        viewer.layers.events.removed.connect(self.stack.reset_choices)
+
+    # ------------------------------------------------------------ loading
+    def _config(self) -> LoopConfig:
+        return LoopConfig(t=float(self.t.value), batch_size=int(self.batch.value),
+                          strategy=self.strategy.value, rate=float(self.rate.value),
+                          val_fraction=float(self.val_fraction.value)).check()
+
+    def _source(self):
+        """(collection, labels, class names, project folder) from the widgets; raises ValueError."""
+        folder = str(self.folder.value or "")
+        folder = folder if folder not in ("", ".") and Path(folder).is_dir() else ""
+        names_text = self.class_names.value.strip()
+        if folder:
+            root = Path(folder)
+            has_class_dirs = any(p.is_dir() and not p.name.startswith(".") and p.name != "semiauto_project"
+                                 for p in root.iterdir())
+            if has_class_dirs:
+                names = parse_class_names(names_text) if names_text else None
+                col, labels, names = load_class_folders(root, class_names=names)
+            else:
+                names = parse_class_names(names_text)
+                col = load_folder(root)
+                labels = np.full(len(col), UNLABELLED)
+            project = Path(str(self.project.value)) if str(self.project.value) not in ("", ".") \
+                else root / "semiauto_project"
+        else:
+            layer = layer_by_name(self._viewer, self.stack.value)
+            if layer is None:
+                raise ValueError("choose an image folder or a stack layer")
+            names = parse_class_names(names_text)
+            col = from_stack(np.asarray(layer.data))
+            labels = np.full(len(col), UNLABELLED)
+            if str(self.project.value) in ("", "."):
+                raise ValueError("choose a project folder: decisions are saved there")
+            project = Path(str(self.project.value))
+        init = str(self.initial.value or "")
+        if init not in ("", ".") and Path(init).is_file():
+            csv_labels = read_labels_csv(init, col, names)
+            labels = np.where(csv_labels >= 0, csv_labels, labels)
+        return col, labels, names, project
+
+    def load(self, *_):
+        """Read the images and labels, or resume the project saved in the project folder."""
+        from napari.utils.notifications import show_error, show_warning
+
+        try:
+            col, labels, names, project = self._source()
+            storage = FolderQueueStorage(project)
+            clf = make_classifier(self.classifier.value)
+            if storage.load_state():
+                self.loop = SemiAutoLoop.restore(storage, col, clf, annotator=self.review.annotator.value)
+                _show_info(f"Semi-automatic labelling: resumed the project in {project}")
+            else:
+                self.loop = SemiAutoLoop(col, names, labels, clf, config=self._config(), storage=storage,
+                                         allow_missing_classes=True)
+        except (ValueError, FileNotFoundError) as exc:
+            show_error(f"Semi-automatic labelling: {exc}")
+            return None
+        if col.skipped:
+            listed = "; ".join(f"{n}" for n, _ in col.skipped[:10])
+            show_warning(f"Semi-automatic labelling: skipped {len(col.skipped)} unreadable file(s): {listed}")
+        if col.resized:
+            show_warning(f"Semi-automatic labelling: resized {len(col.resized)} image(s) to {col.shape[:2]}")
+        self._after_step()
+        if self.loop.queue is not None:
+            self._show_queue()
+        return self.loop
+
+    # -------------------------------------------------------------- steps
+    def run_iteration(self, *_):
+        if self.loop is None and self.load() is None:
+            return None
+        if self.loop.proposal is not None:
+            _show_info("Semi-automatic labelling: finish and apply the open review first")
+            return None
+        return self.runner.start(self.loop.run_iteration(), description="semi-automatic labelling",
+                                 on_result=self._proposal_ready)
+
+    def _proposal_ready(self, proposal):
+        if proposal is None:
+            self._after_step()
+            _show_info("Semi-automatic labelling: no batch left" if not self.loop.pool
+                       else "Semi-automatic labelling: target accuracy reached")
+            return
+        self._show_queue()
+        self._after_step()
+
+    def _show_queue(self):
+        images = self.loop.collection.images
+        self.review.set_queue(self.loop.queue, image_for=lambda i: images[i])
+
+    def apply_and_continue(self, *_):
+        if self.loop is None or self.loop.proposal is None:
+            _show_info("Semi-automatic labelling: no batch to apply; run an iteration")
+            return None
+        if self.runner.running:
+            return None
+        rec = self.loop.apply_review()
+        self.review.set_queue(None)
+        self._after_step()
+        _show_info(f"Semi-automatic labelling: batch {rec['iteration']}: {rec['accepted']} accepted, "
+                   f"{rec['reviewed']} reviewed ({rec['corrected']} corrected)")
+        if self.loop.pool:
+            return self.run_iteration()
+        return self.runner.start(self.loop.finish(), description="final training",
+                                 on_result=lambda _r: self._after_step())
+
+    def simulate_random(self, *_):
+        """Simulate random sampling at the chosen rate on the labels made so far (for the plots)."""
+        from expertloop.engine.semiauto.loop import random_baseline
+
+        if self.loop is None:
+            _show_info("Semi-automatic labelling: load a project first")
+            return None
+        try:
+            job = random_baseline(self.loop, make_classifier(self.classifier.value), float(self.rate.value))
+            job = _primed(job)
+        except ValueError as exc:
+            _show_info(f"Semi-automatic labelling: {exc}")
+            return None
+
+        def show(hist):
+            self._random_history = hist
+            self._after_step()
+
+        return self.runner.start(job, description="simulated random sampling", on_result=show)
+
+    def _review_changed(self):
+        if self.loop is not None and self.loop.queue is not None:
+            self.status.value = f"review: {self.loop.queue.progress_text()}"
+
+    def export(self, *_):
+        path = str(self.export_path.value or "")
+        if self.loop is None or path in ("", "."):
+            _show_info("Semi-automatic labelling: load a project and choose a CSV file first")
+            return None
+        out = self.loop.export_csv(path)
+        _show_info(f"Semi-automatic labelling: labels written to {out}")
+        return out
+
+    # ------------------------------------------------------------ display
+    def _after_step(self):
+        loop = self.loop
+        hist = [h for h in loop.history if "val_acc" in h]
+        pts = list(hist)
+        if loop.last_eval and (not pts or pts[-1].get("n_labelled") != loop.last_eval.get("n_labelled")):
+            pts.append(loop.last_eval)
+        acc = {self.loop.config.strategy: ([h["n_labelled"] for h in pts], [h["val_acc"] for h in pts])}
+        it = [h for h in loop.history if "manual_fraction" in h]
+        manual = {"manual fraction": ([h["iteration"] for h in it], [h["manual_fraction"] for h in it])}
+        if self._random_history:
+            rh = self._random_history
+            acc["random (simulated)"] = ([h["n_labelled"] for h in rh], [h["val_acc"] for h in rh])
+            ri = [h for h in rh if "manual_fraction" in h]
+            manual["random (simulated)"] = ([h["iteration"] for h in ri], [h["manual_fraction"] for h in ri])
+        self.acc_plot.set_series(acc)
+        self.manual_plot.set_series(manual)
+        n_lab = int((loop.labels >= 0).sum())
+        acc = loop.last_eval.get("val_acc")
+        self.status.value = (f"{n_lab}/{len(loop.labels)} labelled, {len(loop.pool)} in the pool, "
+                             f"{loop.manual_total} by hand"
+                             + (f"; validation accuracy {acc:.3f}" if acc is not None else ""))

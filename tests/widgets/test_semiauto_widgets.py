@@ -1,0 +1,151 @@
+"""Semi-automatic labelling widgets driven in a real viewer (keyboard included)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from expertloop.engine.semiauto import QueueItem, ReviewQueue
+from expertloop.io.semiauto_storage import FolderQueueStorage
+from expertloop.widgets.semiauto import REVIEW_LAYER, ReviewQueueWidget, SemiAutoWidget
+
+CLASSES = ["Platelets", "RBC", "WBC"]
+
+
+def _press(qtbot, viewer, key):
+    qtbot.keyClick(viewer.window._qt_viewer, key)
+
+
+def test_review_keyboard_accept_change_undo_skip(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    w = ReviewQueueWidget(viewer)
+    w.annotator.value = "dr who"
+    items = [QueueItem(i, f"c{i}", i % 3, 0.6) for i in range(5)]
+    st = FolderQueueStorage(tmp_path)
+    q = ReviewQueue(items, CLASSES, storage=st, queue_id=1)
+    pix = {i: np.full((8, 8), i * 10, np.uint8) for i in range(5)}
+    w.set_queue(q, image_for=pix.__getitem__)
+    first = q.current
+    assert viewer.layers[REVIEW_LAYER].data[0, 0] == first.index * 10
+    assert "predicted Platelets" in w.info.value
+
+    _press(qtbot, viewer, Qt.Key_Return)            # accept
+    assert q.decisions() == {first.index: 0}
+    second = q.current
+    assert viewer.layers[REVIEW_LAYER].data[0, 0] == second.index * 10
+    _press(qtbot, viewer, Qt.Key_3)                 # third class
+    assert q.decisions()[second.index] == 2
+    _press(qtbot, viewer, Qt.Key_Backspace)         # undo
+    assert second.index not in q.decisions() and q.current.index == second.index
+    _press(qtbot, viewer, Qt.Key_S)                 # skip
+    assert w.progress.value == "1 / 5 decided, 1 skipped"
+    _press(qtbot, viewer, Qt.Key_9)                 # no 9th class: ignored
+    assert q.n_decided == 1
+
+    recs = st.load_decisions(1)
+    assert [r["action"] for r in recs] == ["accept", "change", "undo", "skip"]
+    assert {r["annotator"] for r in recs} == {"dr who"}
+    assert all(r["seconds"] >= 0 for r in recs)
+
+    # reopen the project in a fresh standalone widget: same state
+    w2 = ReviewQueueWidget(viewer)
+    w2.project.value = str(tmp_path)
+    q2 = w2.open_project()
+    assert q2.decisions() == {first.index: 0} and len(q2.skipped) == 1
+
+
+@pytest.fixture
+def crop_project(data_dir, tmp_path):
+    """Class folders with 4 labelled crops each; the other 30 crops loose (unlabelled)."""
+    root = tmp_path / "cells"
+    shutil.copytree(data_dir / "semiauto" / "bccd_crops", root)
+    truth = {}
+    for cls in CLASSES:
+        for f in sorted((root / cls).glob("*.png"))[4:]:
+            truth[f.name] = cls
+            shutil.move(str(f), root / f.name)
+    (root / "corrupt.png").write_bytes(b"\x89PNG garbage")
+    return root, truth
+
+
+def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_project, tmp_path, notifications):
+    root, truth = crop_project
+    viewer = make_napari_viewer()
+    w = SemiAutoWidget(viewer)
+    w.folder.value = str(root)
+    w.batch.value = 15
+    w.val_fraction.value = 0.25
+    w.t.value = 0.9
+    w.review.annotator.value = "tester"
+    loop = w.load()
+    assert loop is not None and len(loop.collection) == 42
+    assert any("corrupt.png" in str(n.message) for n in notifications)
+
+    assert w.simulate_random() is None          # nothing reviewed yet
+    assert any("run and review an iteration first" in str(n.message) for n in notifications)
+    w.run_iteration()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    q = loop.queue
+    assert q is not None and len(loop.proposal.batch) == 15
+    names = loop.collection.names
+    # answer every hard case by keyboard, from the truth
+    for _ in range(len(q)):
+        k = CLASSES.index(truth[names[q.current.index]])
+        if k == q.current.predicted:
+            _press(qtbot, viewer, Qt.Key_Return)
+        else:
+            _press(qtbot, viewer, getattr(Qt, f"Key_{k + 1}"))
+    assert q.done, q.progress_text()
+    w.apply_and_continue()                       # merge + start the next batch
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    assert loop.history[0]["iteration"] == 1
+    xs, ys = w.acc_plot.series["threshold"]
+    assert len(xs) >= 2 and all(0 <= y <= 1 for y in ys)
+    assert w.manual_plot.series["manual fraction"][1] == [loop.history[0]["manual_fraction"]]
+    for i in np.flatnonzero(loop.state.source == "manual"):
+        assert CLASSES[loop.labels[i]] == truth[names[i]]
+
+    # compare with random sampling, simulated on the labels made so far
+    w.simulate_random()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    rx, ry = w.acc_plot.series["random (simulated)"]
+    assert len(rx) >= 2 and rx[0] == xs[0] and all(0 <= y <= 1 for y in ry)
+    assert "random (simulated)" in w.manual_plot.series
+
+    w.export_path.value = str(tmp_path / "out.csv")
+    out = w.export()
+    rows = out.read_text().splitlines()
+    assert len(rows) == 43 and rows[0].startswith("name,label")
+
+    # the project is saved: a new widget resumes it with the open queue
+    w2 = SemiAutoWidget(viewer)
+    w2.folder.value = str(root)
+    loop2 = w2.load()
+    assert loop2.iteration == loop.iteration and loop2.proposal is not None
+    assert w2.review.queue is not None
+    # the standalone review widget opens that queue and shows items from their files
+    rv = ReviewQueueWidget(viewer)
+    rv.project.value = str(root / "semiauto_project")
+    q3 = rv.open_project()
+    assert q3 is not None and q3.current is not None, "the second batch has hard cases to review"
+    shown = viewer.layers[REVIEW_LAYER].data
+    assert shown.shape == (32, 32, 3)
+    assert np.array_equal(shown, loop.collection.images[q3.current.index])
+    qtbot.wait(100)   # let the plots' pending redraws run before the viewer closes
+
+
+def test_loop_widget_bad_inputs(make_napari_viewer, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    w = SemiAutoWidget(viewer)
+    assert w.load() is None
+    assert any("choose an image folder or a stack layer" in str(n.message) for n in notifications)
+    viewer.add_image(np.zeros((6, 8, 8), np.uint8), name="stack")
+    w.stack.reset_choices()
+    w.stack.value = "stack"
+    w.class_names.value = "only-one"
+    w.project.value = str(tmp_path / "p")
+    assert w.load() is None
+    assert any("at least two class names" in str(n.message) for n in notifications)
