@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expertloop.engine.jobs import Job, Progress
 from expertloop.engine.semiauto.queue import QueueItem, ReviewQueue
 
 STACK_SCHEME = "stack://"
@@ -151,17 +152,50 @@ def push_queue_to_store(project_or_loop: Any, store, collection: str, *, actor: 
     assigned. Pushing again replaces the predictions (annotations stay).
     Returns ``{"pushed", "queue", "collection", "skipped_decided"}``.
     """
+    ctx = _context(project_or_loop)
+    items = _items(ctx, stack_name, include_decided)
+    res = push_items_to_store(store, collection, items, ctx.queue.class_names, ctx.queue.queue_id,
+                              actor=actor, assign_to=assign_to, model=model, description=description)
+    return {**res, "skipped_decided": len(ctx.queue) - len(items)}
+
+
+def push_items_to_store(store, collection: str, items: list[dict], class_names: Sequence[str],
+                        queue_id: int, *, actor: str, assign_to: Sequence[str] = (),
+                        model: str = "semiauto", description: str = "") -> dict:
+    """Push items made by :func:`review_items` (the database part of a push)."""
     from expertloop.store import push_review_tasks
 
-    ctx = _context(project_or_loop)
-    q = ctx.queue
-    items = _items(ctx, stack_name, include_decided)
     if items:
-        push_review_tasks(store, collection, items, actor=actor, labels=q.class_names,
-                          assign_to=list(assign_to), model=f"{model} queue {q.queue_id}",
-                          description=description or f"semi-automatic labelling, queue {q.queue_id}")
-    return {"pushed": len(items), "queue": q.queue_id, "collection": collection,
-            "skipped_decided": len(q.items) - len(items)}
+        push_review_tasks(store, collection, items, actor=actor, labels=list(class_names),
+                          assign_to=list(assign_to), model=f"{model} queue {queue_id}",
+                          description=description or f"semi-automatic labelling, queue {queue_id}")
+    return {"pushed": len(items), "queue": int(queue_id), "collection": collection}
+
+
+def push_job(location, collection: str, items: list[dict], class_names: Sequence[str], queue_id: int, *,
+             actor: str, assign_to: Sequence[str] = ()) -> Job[dict]:
+    """Job: open the store at ``location`` and :func:`push_items_to_store` (for the widget's worker)."""
+    from expertloop.store import Store
+
+    yield Progress(0, 2, "opening the annotation project")
+    with Store.open(location) as store:
+        yield Progress(1, 2, f"pushing {len(items)} hard case(s)")
+        res = push_items_to_store(store, collection, items, class_names, queue_id, actor=actor,
+                                  assign_to=assign_to)
+    yield Progress(2, 2, "pushed")
+    return res
+
+
+def fetch_job(location, collection: str, *, actor: str, resolve: str = "majority") -> Job[dict]:
+    """Job: open the store at ``location`` and :func:`fetch_reviews` (for the widget's worker)."""
+    from expertloop.store import Store
+
+    yield Progress(0, 2, "opening the annotation project")
+    with Store.open(location) as store:
+        yield Progress(1, 2, "reading the reviewed labels")
+        fetched = fetch_reviews(store, collection, actor=actor, resolve=resolve)
+    yield Progress(2, 2, f"{len(fetched['reviewed'])} reviewed")
+    return fetched
 
 
 def fetch_reviews(store, collection: str, *, actor: str, resolve: str = "majority") -> dict:
