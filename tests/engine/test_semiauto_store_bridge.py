@@ -208,3 +208,19 @@ def test_bad_inputs(digits, store, tmp_path):
         pull_decisions_from_store(loop, store, "r1", actor="cy")
     with pytest.raises(ValueError, match="not in this review queue"):
         loop.queue.decide(10**6, 0)
+
+
+def test_stack_images_written_for_the_dock(digits, tmp_path):
+    import tifffile
+
+    images, _ = digits
+    loop, _ = _loop(digits, tmp_path / "proj")
+    items = review_items(loop, stack_name="dg", image_dir=tmp_path / "imgs")
+    assert len(items) == len(loop.queue)
+    for it in items:
+        i = it["meta"]["semiauto_index"]
+        assert it["meta"]["stack_uri"] == f"stack://dg#{i}"
+        assert it["uri"] == str((tmp_path / "imgs" / f"dg-{i:06d}.tif").resolve())
+        np.testing.assert_array_equal(tifffile.imread(it["uri"]), images[i])
+    with pytest.raises(ValueError, match="needs the loop"):
+        review_items(tmp_path / "proj", image_dir=tmp_path / "imgs")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import tifffile
 
 from expertloop.store import Store
 from expertloop.widgets.semiauto import SemiAutoWidget
@@ -48,7 +49,10 @@ def test_send_hard_cases_and_fetch_reviewed(make_napari_viewer, qtbot, tmp_path,
     with Store.open(tmp_path / "store") as st:
         preds = {p.meta["semiauto_index"]: p for p in st.predictions("bob", "digits review").values()}
         assert set(preds) == {it.index for it in q.items}
-        assert all(p.uri == f"stack://digits#{i}" for i, p in preds.items())
+        for i, p in preds.items():  # stack images are written into the project for the dock
+            assert p.meta["stack_uri"] == f"stack://digits#{i}"
+            assert p.uri == str((tmp_path / "proj" / "review_images" / f"digits-{i:06d}.tif").resolve())
+            np.testing.assert_array_equal(tifffile.imread(p.uri), images[i])
         first = sorted(preds)[0]
         st.annotate("bob", "digits review", preds[first].uri, label=str(y[first]), time_spent=4.0)
     panel.fetch_btn.clicked.emit()

@@ -289,6 +289,7 @@ class SemiAutoWidget(Container):
         self.review = ReviewQueueWidget(viewer, standalone=False)
         self.review.on_change = self._review_changed
         self.store_review = StoreReviewPanel(lambda: self.loop, self.runner, stack_name=self._stack_name,
+                                             image_dir=self._review_image_dir,
                                              on_fetched=self._store_fetched,
                                              actor=self.review.annotator.value)
         self.acc_plot = PlotWidget("Validation accuracy", "labelled images", "accuracy")
@@ -401,6 +402,11 @@ class SemiAutoWidget(Container):
     def _store_fetched(self, _report) -> None:
         self._show_queue()
         self._review_changed()
+
+    def _review_image_dir(self):
+        """Where stack images are written for the annotation project: ``<project folder>/review_images``."""
+        folder = getattr(self.loop.storage, "folder", None) if self.loop is not None else None
+        return None if folder is None else Path(folder) / "review_images"
 
     def _stack_name(self) -> str:
         """Name in the ``stack://NAME#ROW`` URIs of the hard cases (images of a stack layer)."""

@@ -2,7 +2,9 @@
 
 "Send hard cases" pushes the open review queue into a collection of an
 annotation project (the shared store; the "Annotation project" dock shows it
-to the assigned annotators); "Fetch reviewed" reads their labels back as
+to the assigned annotators; images of a stack layer are written once as TIFF
+files into the loop's project folder, ``review_images/``, so the dock can
+show them); "Fetch reviewed" reads their labels back as
 queue decisions. The database work runs in the loop widget's JobRunner; the
 decisions are recorded on the GUI thread. Thin: the logic is in
 :mod:`expertloop.engine.semiauto.store_bridge`.
@@ -24,10 +26,12 @@ class StoreReviewPanel(Container):
     """Send the loop's hard cases to an annotation project and fetch the reviewed labels."""
 
     def __init__(self, get_loop: Callable[[], Any], runner, *, stack_name: Callable[[], str] | None = None,
+                 image_dir: Callable[[], Any] | None = None,
                  on_fetched: Callable[[Any], None] | None = None, actor: str = "") -> None:
         self._get_loop = get_loop
         self._runner = runner
         self._stack_name = stack_name or (lambda: "semiauto")
+        self._image_dir = image_dir or (lambda: None)
         self.on_fetched = on_fetched
         self.location = LineEdit(label="annotation project", value="")
         self.location.tooltip = "project folder, .db file or SQLAlchemy URL of the annotation project"
@@ -63,7 +67,7 @@ class StoreReviewPanel(Container):
         loop = self._ready()
         if loop is None:
             return None
-        items = review_items(loop, stack_name=self._stack_name() or "semiauto")
+        items = review_items(loop, stack_name=self._stack_name() or "semiauto", image_dir=self._image_dir())
         q = loop.queue
         job = push_job(self.location.value.strip(), self.collection.value.strip(), items, q.class_names,
                        q.queue_id, actor=self.actor.value.strip(), assign_to=_split(self.annotators.value))

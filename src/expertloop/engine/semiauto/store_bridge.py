@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from expertloop.engine.jobs import Job, Progress
 from expertloop.engine.semiauto.queue import QueueItem, ReviewQueue
 
@@ -70,6 +72,7 @@ class PullReport:
 class _Context:
     queue: ReviewQueue
     probabilities: dict[int, list[float]]
+    images: Any = None  # the loop's image stack, when known
 
 
 def _context(project_or_loop: Any) -> _Context:
@@ -87,7 +90,7 @@ def _context(project_or_loop: Any) -> _Context:
         p = loop.proposal
         if p.probabilities is not None:
             probs = {int(i): [float(x) for x in row] for i, row in zip(p.batch, p.probabilities)}
-        return _Context(loop.queue, probs)
+        return _Context(loop.queue, probs, loop.collection.images)
     if isinstance(project_or_loop, ReviewQueue):
         return _Context(project_or_loop, probs)
     if isinstance(project_or_loop, (str, os.PathLike)):
@@ -117,30 +120,53 @@ def item_uri(item, stack_name: str = "semiauto") -> str:
     return f"{STACK_SCHEME}{stack_name}#{int(item.index)}"
 
 
-def _items(ctx: _Context, stack_name: str, include_decided: bool) -> list[dict]:
+def _write_review_image(image_dir: Path, stack_name: str, index: int, image) -> str:
+    import tifffile
+
+    path = Path(image_dir) / f"{stack_name}-{int(index):06d}.tif"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tifffile.imwrite(tmp, np.asarray(image))
+        os.replace(tmp, path)
+    return str(path.resolve())
+
+
+def _items(ctx: _Context, stack_name: str, include_decided: bool, image_dir=None) -> list[dict]:
     q = ctx.queue
     decided = q.decisions()
-    return [{
-        "uri": item_uri(it, stack_name),
-        "label": q.class_names[it.predicted],
-        "confidence": float(it.confidence),
-        "probabilities": ctx.probabilities.get(it.index),
-        "meta": {"semiauto_index": int(it.index), "semiauto_queue": int(q.queue_id), "name": it.name},
-    } for it in q.items if include_decided or it.index not in decided]
+    out = []
+    for it in q.items:
+        if it.index in decided and not include_decided:
+            continue
+        meta = {"semiauto_index": int(it.index), "semiauto_queue": int(q.queue_id), "name": it.name}
+        uri = item_uri(it, stack_name)
+        if not it.path and image_dir is not None:
+            if ctx.images is None:
+                raise ValueError("image_dir needs the loop (its images), not only its queue")
+            meta["stack_uri"] = uri
+            uri = _write_review_image(image_dir, stack_name, it.index, ctx.images[it.index])
+        out.append({"uri": uri, "label": q.class_names[it.predicted], "confidence": float(it.confidence),
+                    "probabilities": ctx.probabilities.get(it.index), "meta": meta})
+    return out
 
 
 def review_items(project_or_loop: Any, *, stack_name: str = "semiauto",
-                 include_decided: bool = False) -> list[dict]:
+                 include_decided: bool = False, image_dir=None) -> list[dict]:
     """The open queue's hard cases as review-task items for :func:`expertloop.store.push_review_tasks`.
 
     Items decided in the local queue already are left out unless ``include_decided``.
+    Images without a file get the URI ``stack://<stack_name>#<row>``; with
+    ``image_dir`` (and a loop) they are written there as TIFF files
+    (``<stack_name>-<row>.tif``, once) so that the annotators see them in the
+    "Annotation project" dock, and the stack URI is kept in ``meta["stack_uri"]``.
     """
-    return _items(_context(project_or_loop), stack_name, include_decided)
+    return _items(_context(project_or_loop), stack_name, include_decided, image_dir)
 
 
 def push_queue_to_store(project_or_loop: Any, store, collection: str, *, actor: str,
                         assign_to: Sequence[str] = (), stack_name: str = "semiauto",
-                        include_decided: bool = False, model: str = "semiauto",
+                        include_decided: bool = False, image_dir=None, model: str = "semiauto",
                         description: str = "") -> dict:
     """Push the open queue's hard cases into ``collection`` as review tasks.
 
@@ -150,10 +176,10 @@ def push_queue_to_store(project_or_loop: Any, store, collection: str, *, actor: 
     of its admins. The collection (with an image-label template over the
     loop's classes) is created when missing; ``assign_to`` annotators are
     assigned. Pushing again replaces the predictions (annotations stay).
-    Returns ``{"pushed", "queue", "collection", "skipped_decided"}``.
+    ``stack_name`` / ``image_dir``: see :func:`review_items`. Returns ``{"pushed", "queue", "collection", "skipped_decided"}``.
     """
     ctx = _context(project_or_loop)
-    items = _items(ctx, stack_name, include_decided)
+    items = _items(ctx, stack_name, include_decided, image_dir)
     res = push_items_to_store(store, collection, items, ctx.queue.class_names, ctx.queue.queue_id,
                               actor=actor, assign_to=assign_to, model=model, description=description)
     return {**res, "skipped_decided": len(ctx.queue) - len(items)}
