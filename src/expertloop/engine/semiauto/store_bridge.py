@@ -235,7 +235,12 @@ def fetch_reviews(store, collection: str, *, actor: str, resolve: str = "majorit
 
 
 def apply_reviews(project_or_loop: Any, fetched: dict) -> PullReport:
-    """Turn fetched reviews (:func:`fetch_reviews`) into decisions of the open queue."""
+    """Turn fetched reviews (:func:`fetch_reviews`) into decisions of the open queue.
+
+    Whether the current decision of an item came from the store is read from
+    the queue's storage (``via: "store"``); a queue without storage treats
+    every differing answer as a conflict with a local decision.
+    """
     ctx = _context(project_or_loop)
     q = ctx.queue
     by_index = {it.index: it for it in q.items}
