@@ -124,13 +124,7 @@ class ReviewQueue:
         self._decide(it.predicted, "accept")
 
     def set_label(self, label: int | str) -> None:
-        if isinstance(label, str):
-            if label not in self.class_names:
-                raise ValueError(f"{label!r} is not one of {self.class_names}")
-            label = self.class_names.index(label)
-        label = int(label)
-        if not 0 <= label < len(self.class_names):
-            raise ValueError(f"label {label} out of range 0..{len(self.class_names) - 1}")
+        label = self._label_index(label)
         it = self._require()
         self._decide(label, "accept" if label == it.predicted else "change")
 
@@ -168,13 +162,7 @@ class ReviewQueue:
         pos = self._pos_of.get(int(index))
         if pos is None:
             raise ValueError(f"image {index} is not in this review queue")
-        if isinstance(label, str):
-            if label not in self.class_names:
-                raise ValueError(f"{label!r} is not one of {self.class_names}")
-            label = self.class_names.index(label)
-        label = int(label)
-        if not 0 <= label < len(self.class_names):
-            raise ValueError(f"label {label} out of range 0..{len(self.class_names) - 1}")
+        label = self._label_index(label)
         it = self.items[pos]
         action = "accept" if label == it.predicted else "change"
         self._record(action, it, label, annotator=annotator,
@@ -187,6 +175,16 @@ class ReviewQueue:
         return action
 
     # ----------------------------------------------------------- private
+    def _label_index(self, label: int | str) -> int:
+        if isinstance(label, str):
+            if label not in self.class_names:
+                raise ValueError(f"{label!r} is not one of {self.class_names}")
+            label = self.class_names.index(label)
+        label = int(label)
+        if not 0 <= label < len(self.class_names):
+            raise ValueError(f"label {label} out of range 0..{len(self.class_names) - 1}")
+        return label
+
     def _require(self) -> QueueItem:
         if self.cursor is None:
             raise RuntimeError("the review queue is finished")
