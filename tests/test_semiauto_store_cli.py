@@ -48,6 +48,21 @@ def test_push_and_pull_from_the_command_line(tmp_path, capsys):
     # a second pull adds nothing
     assert main(["semiauto", "pull-from-store", *common, "--as", "ada"]) == 0
     assert "0 new decision(s), 0 updated, 1 already there" in capsys.readouterr().out
+    # a label outside the loop's classes (the collection's template allows "unsure"): refused, exit 1
+    with Store.open(tmp_path / "store") as st:
+        st.add_template("ada", "digits+", "label", labels=[str(i) for i in range(10)] + ["unsure"])
+        st.add_collection("ada", "wide", "digits+")
+    wide = [str(proj), "--store", str(tmp_path / "store"), "--collection", "wide", "--as", "ada"]
+    assert main(["semiauto", "push-to-store", *wide, "--assign-to", "bob"]) == 0
+    with Store.open(tmp_path / "store") as st:
+        uri = preds[1].uri
+        st.annotate("bob", "wide", uri, label="unsure")
+    capsys.readouterr()
+    assert main(["semiauto", "pull-from-store", *wide]) == 1
+    cap = capsys.readouterr()
+    assert "1 refused" in cap.out and "labelled 'unsure' by bob: not a class" in cap.err
+    assert preds[1].meta["semiauto_index"] not in SemiAutoLoop.restore(
+        FolderQueueStorage(proj), loop.collection, make_classifier("logreg-hand")).queue.decisions()
     # errors: non-admin push, missing project, missing store
     assert main(["semiauto", "push-to-store", *common, "--as", "bob"]) == 2
     assert "error" in capsys.readouterr().err
