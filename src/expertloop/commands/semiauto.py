@@ -6,12 +6,18 @@
     expertloop semiauto simulate --voc /data/bccd --strategy margin -o labels.csv
     expertloop semiauto simulate --folders crops_by_class/ --classifier cnn-mobilenet_v2 -o labels.csv
     expertloop semiauto export PROJECT_DIR --folder IMAGES -o labels.csv
+    expertloop semiauto push-to-store PROJECT_DIR --store STORE --collection "round 1" --as ada --assign-to bob
+    expertloop semiauto pull-from-store PROJECT_DIR --store STORE --collection "round 1" --as ada
 
 ``simulate`` runs the whole loop with a **simulated annotator** that answers
 each hard case from the ground truth (for benchmarking a setting before
 experts spend time on it), prints one line per iteration and writes the
 labels as CSV (``--history`` also writes the per-iteration figures as JSON).
 ``export`` writes the labels of a project made in the napari widget.
+``push-to-store`` puts the open queue's hard cases into a collection of an
+annotation project (``expertloop store``) for review in the "Annotation
+project" dock; ``pull-from-store`` records the reviewed labels as the queue's
+decisions (then "Apply review" in the widget, or resume the project).
 """
 
 from __future__ import annotations
@@ -101,6 +107,50 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bridge(fn):
+    """Open the store, run ``fn(store, args)``; store and input errors become exit code 2."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from expertloop.store import Store, StoreError
+
+        try:
+            with Store.open(args.store) as store:
+                return fn(store, args)
+        except (StoreError, ValueError, FileNotFoundError) as exc:
+            print(f"expertloop semiauto: error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+@_bridge
+def cmd_push_to_store(store, args) -> int:
+    from expertloop.engine.semiauto.store_bridge import push_queue_to_store
+
+    assign = [a.strip() for a in (args.assign_to or "").split(",") if a.strip()]
+    res = push_queue_to_store(args.project, store, args.collection, actor=args.actor, assign_to=assign,
+                              stack_name=args.stack_name, include_decided=args.include_decided)
+    print(f"queue {res['queue']}: {res['pushed']} hard case(s) pushed to {res['collection']!r}"
+          f" ({res['skipped_decided']} already decided locally)"
+          + (f"; assigned to {', '.join(assign)}" if assign else ""))
+    return 0
+
+
+@_bridge
+def cmd_pull_from_store(store, args) -> int:
+    from expertloop.engine.semiauto.store_bridge import pull_decisions_from_store
+
+    rep = pull_decisions_from_store(args.project, store, args.collection, actor=args.actor,
+                                    resolve=args.resolve)
+    print(rep.summary())
+    for r in rep.rejected:
+        print(f"refused: {r['name']} labelled {r['label']!r} by {', '.join(r['annotators'])}: not a class",
+              file=sys.stderr)
+    for c in rep.conflicts:
+        print(f"conflict: {c['name']}: local {c['local']!r} kept, store says {c['store']!r}", file=sys.stderr)
+    return 1 if rep.rejected else 0
+
+
 def add_commands(sub) -> None:
     from expertloop.engine.semiauto.models import CLASSIFIERS
     from expertloop.engine.semiauto.strategies import STRATEGIES
@@ -135,3 +185,24 @@ def add_commands(sub) -> None:
     s.add_argument("--folder", required=True, help="the project's image folder")
     s.add_argument("-o", "--output", required=True, help="labels CSV to write")
     s.set_defaults(func=cmd_export)
+
+    for name, fn, hlp in (("push-to-store", cmd_push_to_store,
+                           "push the open queue's hard cases into an annotation project collection"),
+                          ("pull-from-store", cmd_pull_from_store,
+                           "record the labels reviewed in an annotation project as queue decisions")):
+        s = ss.add_parser(name, help=hlp)
+        s.add_argument("project", help="semi-automatic labelling project folder (with an open queue)")
+        s.add_argument("--store", required=True, help="annotation project folder, .db file or SQLAlchemy URL")
+        s.add_argument("--collection", required=True, help="collection of review tasks")
+        s.add_argument("--as", "--actor", dest="actor", required=True,
+                       help="store user acting (an admin to push; an admin or assigned annotator to pull)")
+        if name == "push-to-store":
+            s.add_argument("--assign-to", default="", help="annotators to assign, comma-separated")
+            s.add_argument("--stack-name", default="semiauto",
+                           help="name in stack://NAME#ROW URIs of images without a file (default semiauto)")
+            s.add_argument("--include-decided", action="store_true",
+                           help="also push items already decided in the local queue")
+        else:
+            s.add_argument("--resolve", choices=["majority", "latest"], default="majority",
+                           help="several annotators per image: majority label or latest (default majority)")
+        s.set_defaults(func=fn)

@@ -117,7 +117,9 @@ def accepted_annotations(store: Store, collection: str, *, actor: str,
     Each record: ``uri``, ``label`` (the expert's), ``source``
     (``accepted-model`` when the expert kept the prediction, ``manual`` when
     they changed it), ``predicted_label``, ``confidence``, ``probabilities``,
-    ``meta`` (what was pushed), ``annotators`` and ``n_votes``. With several
+    ``meta`` (what was pushed), ``annotators``, ``n_votes``, ``updated_at``
+    and ``time_spent`` (seconds, of the latest annotation with that label,
+    None when unknown). With several
     annotators per image, ``resolve="majority"`` takes the most frequent label
     (ties: the latest annotation), ``"latest"`` the latest one. Images not
     reviewed yet are not returned.
@@ -153,5 +155,6 @@ def accepted_annotations(store: Store, collection: str, *, actor: str,
             "annotators": [r.annotator for r in chosen],
             "n_votes": len(recs),
             "updated_at": chosen[-1].updated_at,
+            "time_spent": chosen[-1].time_spent,
         })
     return out

@@ -10,7 +10,9 @@
   "Run iteration" trains and predicts in a worker and fills the queue; "Apply
   review + next batch" merges the labels and retrains. Two dock plots show
   validation accuracy vs number of labelled images and the manual fraction
-  per iteration.
+  per iteration. The "Review in annotation project" group
+  (:class:`~expertloop.widgets.semiauto_store.StoreReviewPanel`) sends the
+  hard cases to a shared annotation project and fetches the reviewed labels.
 
 Thin: all computing is in :mod:`expertloop.engine.semiauto`.
 """
@@ -49,6 +51,7 @@ from expertloop.io.semiauto_storage import FolderQueueStorage
 from expertloop.widgets._common import layer_by_name
 from expertloop.widgets._jobs import JobRunner
 from expertloop.widgets._plot import PlotWidget
+from expertloop.widgets.semiauto_store import StoreReviewPanel
 
 if TYPE_CHECKING:
     import napari
@@ -285,12 +288,16 @@ class SemiAutoWidget(Container):
         self.runner = JobRunner()
         self.review = ReviewQueueWidget(viewer, standalone=False)
         self.review.on_change = self._review_changed
+        self.store_review = StoreReviewPanel(lambda: self.loop, self.runner, stack_name=self._stack_name,
+                                             image_dir=self._review_image_dir,
+                                             on_fetched=self._store_fetched,
+                                             actor=self.review.annotator.value)
         self.acc_plot = PlotWidget("Validation accuracy", "labelled images", "accuracy")
         self.manual_plot = PlotWidget("Manual fraction per batch", "iteration", "fraction reviewed")
         super().__init__(widgets=[
             self.folder, self.stack, self.class_names, self.initial, self.project, self.classifier,
             self.strategy, self.t, self.batch, self.rate, self.val_fraction, self.load_btn,
-            self.run_btn, self.apply_btn, self.status, self.runner, self.review,
+            self.run_btn, self.apply_btn, self.status, self.runner, self.review, self.store_review,
             self.acc_plot, self.manual_plot, self.random_btn, self.export_path, self.export_btn,
         ])
         self.load_btn.changed.connect(self.load)
@@ -391,6 +398,22 @@ class SemiAutoWidget(Container):
     def _show_queue(self):
         images = self.loop.collection.images
         self.review.set_queue(self.loop.queue, image_for=lambda i: images[i])
+
+    def _store_fetched(self, _report) -> None:
+        self._show_queue()
+        self._review_changed()
+
+    def _review_image_dir(self):
+        """Where stack images are written for the annotation project: ``<project folder>/review_images``."""
+        folder = getattr(self.loop.storage, "folder", None) if self.loop is not None else None
+        return None if folder is None else Path(folder) / "review_images"
+
+    def _stack_name(self) -> str:
+        """Name in the ``stack://NAME#ROW`` URIs of the hard cases (images of a stack layer)."""
+        folder = str(self.folder.value or "")
+        if folder not in ("", ".") and Path(folder).is_dir():
+            return Path(folder).name
+        return self.stack.value or "semiauto"
 
     def apply_and_continue(self, *_):
         if self.loop is None or self.loop.proposal is None:

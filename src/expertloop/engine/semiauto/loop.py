@@ -89,6 +89,7 @@ class Proposal:
     queued: np.ndarray
     deferred: np.ndarray
     seconds_predict: float = 0.0
+    probabilities: np.ndarray | None = None  # (len(batch), K) calibrated, batch order
 
 
 @dataclass
@@ -248,7 +249,7 @@ class SemiAutoLoop:
                             accept_rest=cfg.accept_rest, rng=self.rng)
         self.iteration += 1
         p = Proposal(self.iteration, batch, pred, conf, batch[split.accepted], batch[split.queued],
-                     batch[split.deferred], round(time.perf_counter() - t0, 3))
+                     batch[split.deferred], round(time.perf_counter() - t0, 3), probs)
         self.proposal = p
         pos = {int(i): j for j, i in enumerate(batch)}
         qrows = [pos[int(i)] for i in p.queued]

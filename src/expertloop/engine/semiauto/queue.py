@@ -124,13 +124,7 @@ class ReviewQueue:
         self._decide(it.predicted, "accept")
 
     def set_label(self, label: int | str) -> None:
-        if isinstance(label, str):
-            if label not in self.class_names:
-                raise ValueError(f"{label!r} is not one of {self.class_names}")
-            label = self.class_names.index(label)
-        label = int(label)
-        if not 0 <= label < len(self.class_names):
-            raise ValueError(f"label {label} out of range 0..{len(self.class_names) - 1}")
+        label = self._label_index(label)
         it = self._require()
         self._decide(label, "accept" if label == it.predicted else "change")
 
@@ -152,7 +146,45 @@ class ReviewQueue:
         self._shown_at = self._clock()
         return True
 
+    def decide(self, index: int, label: int | str, *, annotator: str | None = None,
+               seconds: float | None = -1.0, extra: dict | None = None) -> str:
+        """Record a decision for the item of collection row ``index`` (any item, not only the current one).
+
+        For decisions made elsewhere (e.g. in the annotation store): the record
+        is the same as for :meth:`accept` / :meth:`set_label` (action
+        ``accept`` when ``label`` is the predicted class, else ``change``),
+        with ``annotator`` and ``seconds`` as given (defaults: this queue's
+        annotator and the time since the current item was shown; ``None``
+        records an unknown time as null) and
+        ``extra`` fields added. Undo takes it back like any action. Returns
+        the action.
+        """
+        pos = self._pos_of.get(int(index))
+        if pos is None:
+            raise ValueError(f"image {index} is not in this review queue")
+        label = self._label_index(label)
+        it = self.items[pos]
+        action = "accept" if label == it.predicted else "change"
+        self._record(action, it, label, annotator=annotator,
+                     seconds=-1.0 if seconds is not None and seconds < 0 else seconds,
+                     known_time=seconds is not None, extra=extra)
+        self._decide_state(pos, label, action)
+        if self.cursor is None or self.cursor == pos or self.cursor in self.labels:
+            self.cursor = self._next_from(pos)
+            self._shown_at = self._clock()
+        return action
+
     # ----------------------------------------------------------- private
+    def _label_index(self, label: int | str) -> int:
+        if isinstance(label, str):
+            if label not in self.class_names:
+                raise ValueError(f"{label!r} is not one of {self.class_names}")
+            label = self.class_names.index(label)
+        label = int(label)
+        if not 0 <= label < len(self.class_names):
+            raise ValueError(f"label {label} out of range 0..{len(self.class_names) - 1}")
+        return label
+
     def _require(self) -> QueueItem:
         if self.cursor is None:
             raise RuntimeError("the review queue is finished")
@@ -199,14 +231,18 @@ class ReviewQueue:
                 return p
         return None
 
-    def _record(self, action: str, it: QueueItem | None, label: int | None) -> None:
+    def _record(self, action: str, it: QueueItem | None, label: int | None, *,
+                annotator: str | None = None, seconds: float = -1.0, known_time: bool = True,
+                extra: dict | None = None) -> None:
         if self.storage is None:
             return
+        if seconds is None or seconds < 0:
+            seconds = max(0.0, self._clock() - self._shown_at)
         rec = {
             "queue": self.queue_id,
             "action": action,
-            "annotator": self.annotator,
-            "seconds": round(max(0.0, self._clock() - self._shown_at), 3),
+            "annotator": self.annotator if annotator is None else annotator,
+            "seconds": round(float(seconds), 3) if known_time else None,
             "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
         }
         if it is not None:
@@ -215,6 +251,8 @@ class ReviewQueue:
         if label is not None:
             rec["label"] = int(label)
             rec["class"] = self.class_names[label]
+        if extra:
+            rec.update({k: v for k, v in extra.items() if k not in rec})
         self.storage.append_decision(rec)
 
 

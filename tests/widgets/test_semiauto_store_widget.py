@@ -1,0 +1,75 @@
+"""The "Review in annotation project" group of the semi-automatic labelling widget, in a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import tifffile
+
+from expertloop.store import Store
+from expertloop.widgets.semiauto import SemiAutoWidget
+
+
+def test_send_hard_cases_and_fetch_reviewed(make_napari_viewer, qtbot, tmp_path, notifications):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images, y = (d.images[:160] / 16 * 255).astype(np.uint8), d.target[:160]
+    viewer = make_napari_viewer()
+    viewer.add_image(images, name="digits")
+    w = SemiAutoWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.stack.reset_choices()
+    w.stack.value = "digits"
+    w.class_names.value = ",".join(str(i) for i in range(10))
+    init = tmp_path / "init.csv"
+    init.write_text("name,label\n" + "".join(f"{i:05d},{y[i]}\n" for i in range(70)))
+    w.initial.value = str(init)
+    w.project.value = str(tmp_path / "proj")
+    w.strategy.value, w.rate.value, w.batch.value, w.val_fraction.value = "margin", 0.1, 60, 0.3  # 6 hard cases
+    panel = w.store_review
+    # nothing to send before an iteration
+    panel.send()
+    assert any("run an iteration first" in str(n.message) for n in notifications)
+    assert w.load() is not None
+    w.run_iteration()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    q = w.loop.queue
+    p = w.loop.proposal
+    assert q is not None and len(q) >= 2, (len(p.accepted), len(p.queued), len(p.deferred), w.loop.config, w.loop.last_eval)
+
+    with Store.create(tmp_path / "store", admin="ada") as st:
+        st.add_user("ada", "bob")
+    panel.location.value = str(tmp_path / "store")
+    panel.collection.value = "digits review"
+    panel.actor.value = "ada"
+    panel.annotators.value = "bob"
+    panel.send_btn.clicked.emit()  # the button
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=20000)
+    assert f"{len(q)} sent to 'digits review'" in panel.status.value
+    with Store.open(tmp_path / "store") as st:
+        preds = {p.meta["semiauto_index"]: p for p in st.predictions("bob", "digits review").values()}
+        assert set(preds) == {it.index for it in q.items}
+        for i, p in preds.items():  # stack images are written into the project for the dock
+            assert p.meta["stack_uri"] == f"stack://digits#{i}"
+            assert p.uri == str((tmp_path / "proj" / "review_images" / f"digits-{i:06d}.tif").resolve())
+            np.testing.assert_array_equal(tifffile.imread(p.uri), images[i])
+        first = sorted(preds)[0]
+        st.annotate("bob", "digits review", preds[first].uri, label=str(y[first]), time_spent=4.0)
+    panel.fetch_btn.clicked.emit()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=20000)
+    assert q.decisions() == {first: int(y[first])}
+    assert f"1 new decision(s), 0 updated, 0 already there; {len(q) - 1} still to review" in panel.status.value
+    assert w.review.progress.value == q.progress_text() == f"1 / {len(q)} decided"
+    assert any("1 new decision(s)" in str(n.message) for n in notifications)
+    # the loop goes on as after a local review
+    rec = w.loop.apply_review()
+    assert rec["reviewed"] == 1 and w.loop.labels[first] == y[first]
+    assert w.loop.state.source[first] == "manual"
+    # a store that does not exist: an error notification, nothing recorded
+    panel.location.value = str(tmp_path / "nostore")
+    w.run_iteration()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    panel.fetch_btn.clicked.emit()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=20000)
+    assert any("no project" in str(n.message) for n in notifications)
+    assert w.loop.queue.decisions() == {}
