@@ -7,8 +7,16 @@ of an expert), :mod:`.evaluate` (leave-one-scan-out, ROC). No torch import at
 module level.
 """
 
-from expertloop.engine.spots.candidates import Candidates, extract_candidates, label_candidates
-from expertloop.engine.spots.latency import clean_latencies, cluster_latencies, random_clusters
+from expertloop.engine.spots.candidates import (
+    Candidates,
+    extract_candidates,
+    label_candidates,
+)
+from expertloop.engine.spots.latency import (
+    clean_latencies,
+    cluster_latencies,
+    random_clusters,
+)
 from expertloop.engine.spots.lcnn import (
     METHODS,
     Detection,
@@ -23,7 +31,12 @@ from expertloop.engine.spots.lcnn import (
     train_spot_detector,
     transfer_conv_layers,
 )
-from expertloop.engine.spots.phantom import Phantom, make_phantom, simulate_expert, truth_points
+from expertloop.engine.spots.phantom import (
+    Phantom,
+    make_phantom,
+    simulate_expert,
+    truth_points,
+)
 
 __all__ = [
     "METHODS", "Candidates", "Detection", "Phantom", "SpotConfig", "SpotDetector", "TrainingSet",

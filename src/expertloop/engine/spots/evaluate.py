@@ -21,7 +21,12 @@ import numpy as np
 
 from expertloop.engine.jobs import Job, Progress, rescale
 from expertloop.engine.spots.candidates import label_candidates
-from expertloop.engine.spots.lcnn import SpotConfig, TrainingSet, predict_patches, train_spot_detector
+from expertloop.engine.spots.lcnn import (
+    SpotConfig,
+    TrainingSet,
+    predict_patches,
+    train_spot_detector,
+)
 
 VARIANTS = {
     "lcnn": ("lcnn", 3), "cnn": ("cnn", 0), "random": ("random", 3),

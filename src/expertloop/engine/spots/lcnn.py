@@ -25,8 +25,16 @@ import numpy as np
 
 from expertloop.engine.backend import get_torch
 from expertloop.engine.jobs import Job, Progress, rescale
-from expertloop.engine.spots.candidates import Candidates, extract_candidates, label_candidates
-from expertloop.engine.spots.latency import clean_latencies, cluster_latencies, random_clusters
+from expertloop.engine.spots.candidates import (
+    Candidates,
+    extract_candidates,
+    label_candidates,
+)
+from expertloop.engine.spots.latency import (
+    clean_latencies,
+    cluster_latencies,
+    random_clusters,
+)
 
 METHODS = ("lcnn", "cnn", "random")
 CONV_LAYERS = ("conv1", "conv2", "conv3")
