@@ -33,7 +33,11 @@ def _read_table(path: str):
 def cmd_phantom(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from expertloop.engine.spots.phantom import make_phantom, simulate_expert, truth_points
+    from expertloop.engine.spots.phantom import (
+        make_phantom,
+        simulate_expert,
+        truth_points,
+    )
     from expertloop.io import ImageReadError, read_image, write_nifti
     from expertloop.io.spots_clicks import export_csv
 
