@@ -31,7 +31,7 @@ from expertloop.engine.spots.evaluate import (
 )
 from expertloop.io import read_image
 
-FAST = SpotConfig(source_epochs=3, target_epochs=2, max_negatives=1500, channels=(4, 8, 8), m_range=(2, 4))
+FAST = SpotConfig(source_epochs=3, target_epochs=2, max_negatives=800, channels=(4, 8, 8), m_range=(2, 4))
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +236,8 @@ def test_evaluation_scenarios_table_and_roc(phantom, tmp_path):
         ph = make_phantom(phantom.volume * 255, 15, seed=seed, min_distance=5)
         sets.append(run_job(prepare_scan(ph.volume, simulate_expert(ph, seed=seed), FAST, name=f"s{seed}")))
         truth.append(truth_points(ph))
-    ev = run_job(evaluate_scenarios(sets, truth, paper_scenarios(2), ("lcnn", "cnn"), FAST))
-    assert len(ev.rows) == 4 and {r["variant"] for r in ev.rows} == {"lcnn", "cnn"}
+    ev = run_job(evaluate_scenarios(sets, truth, paper_scenarios(2)[:1], ("lcnn", "cnn"), FAST))
+    assert len(ev.rows) == 2 and {r["variant"] for r in ev.rows} == {"lcnn", "cnn"}
     assert all(0.0 <= r["auc"] <= 1 for r in ev.rows), ev.table()
     for fpr, tpr in ev.curves.values():
         assert fpr[0] == 0 and tpr[0] == 0 and np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
