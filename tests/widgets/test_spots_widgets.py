@@ -26,15 +26,20 @@ def _messages(notes):
     return [str(n.message) for n in notes]
 
 
+def _annotated_viewer(make_napari_viewer, volume, folder, annotator="expert"):
+    """A viewer with the volume as 'scan' and a started Spot annotator."""
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="scan")
+    w = SpotAnnotatorWidget(viewer)
+    w.folder.value = folder
+    w.annotator.value = annotator
+    w.image.value = "scan"
+    return viewer, w, w.start()
+
+
 def test_annotator_times_clicks_logs_them_and_restores(make_napari_viewer, qtbot, tmp_path, phantom,
                                                        notifications):
-    viewer = make_napari_viewer()
-    viewer.add_image(phantom.volume, name="scan")
-    w = SpotAnnotatorWidget(viewer)
-    w.folder.value = tmp_path
-    w.annotator.value = "ana"
-    w.image.value = "scan"
-    points = w.start()
+    viewer, w, points = _annotated_viewer(make_napari_viewer, phantom.volume, tmp_path, "ana")
     assert points is viewer.layers["scan spots"] and points.mode == "add"
     (viewer.scene.camera if hasattr(viewer, 'scene') else viewer.camera).zoom = 3.0
     viewer.layers["scan"].contrast_limits = (0.1, 0.9)
@@ -89,12 +94,7 @@ def test_annotator_refuses_rgb_and_missing_image(make_napari_viewer, notificatio
 
 def test_detector_trains_and_adds_points_with_probability(make_napari_viewer, qtbot, tmp_path, phantom,
                                                           notifications):
-    viewer = make_napari_viewer()
-    viewer.add_image(phantom.volume, name="scan")
-    ann = SpotAnnotatorWidget(viewer)
-    ann.folder.value = tmp_path
-    ann.image.value = "scan"
-    ann.start()
+    viewer, ann, _ = _annotated_viewer(make_napari_viewer, phantom.volume, tmp_path)
     clicks = simulate_expert(phantom, seed=0)
     for z, y, x in zip(clicks["z"], clicks["y"], clicks["x"]):
         ann.click((z, y, x))
