@@ -1,0 +1,163 @@
+"""``expertloop spots-*``: spot phantoms, L-CNN training and spot detection.
+
+* ``spots-phantom VOLUME -o DIR``: plant dark spots into a real 3D volume and
+  let a SIMULATED expert click them (a documented simulation): writes
+  ``<name>_phantom.nii.gz``, ``<name>_phantom.clicks.csv`` and the ground truth
+  ``<name>_phantom.truth.csv``.
+* ``spots-train IMAGE TABLE [IMAGE TABLE ...] -o MODEL``: train the L-CNN (or
+  a control, ``--method``) from images and their click tables (CSV written by
+  the Spot annotator's *Export CSV*, or a ``.spots.jsonl`` click log).
+* ``spots-detect MODEL IMAGE... -o DIR``: detect 3D spots; writes one CSV per
+  image (``z, y, x, probability, n_slices, n_patches``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _progress():
+    from expertloop.cli import _progress_printer
+
+    return _progress_printer()
+
+
+def _read_table(path: str):
+    from expertloop.io.spots_clicks import import_csv, read_clicks
+
+    return read_clicks(path) if str(path).endswith(".jsonl") else import_csv(path)
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from expertloop.engine.spots.phantom import (
+        make_phantom,
+        simulate_expert,
+        truth_points,
+    )
+    from expertloop.io import ImageReadError, read_image, write_nifti
+    from expertloop.io.spots_clicks import export_csv
+
+    try:
+        item = read_image(args.volume)[0]
+    except (ImageReadError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        ph = make_phantom(item.data, args.spots, seed=args.seed, noise=args.noise)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{item.meta.get('name', 'volume')}_phantom"
+    write_nifti(out / f"{name}.nii.gz", ph.volume, item.meta)
+    clicks = simulate_expert(ph, seed=args.seed)
+    export_csv(clicks, out / f"{name}.clicks.csv")
+    truth = truth_points(ph)
+    np.savetxt(out / f"{name}.truth.csv", truth, delimiter=",", header="z,y,x", comments="", fmt="%d")
+    print(f"{ph.n_spots} spots, {len(clicks['z'])} simulated clicks -> {out / name}.*", file=sys.stderr)
+    return 0
+
+
+def _config(args):
+    from expertloop.engine.spots.lcnn import SpotConfig
+
+    return SpotConfig(method=args.method, transfer_layers=args.transfer, target_epochs=args.epochs,
+                      source_epochs=args.source_epochs, max_negatives=args.max_negatives,
+                      latency_threshold=args.latency_cap, seed=args.seed)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from expertloop.engine.jobs import rescale, run_job
+    from expertloop.engine.spots.lcnn import prepare_scan, train_spot_detector
+    from expertloop.io import ImageReadError, read_image
+
+    pairs = args.pairs
+    if len(pairs) % 2:
+        print("error: give IMAGE TABLE pairs (an image, then its click table)", file=sys.stderr)
+        return 2
+    cfg = _config(args)
+    sets = []
+    try:
+        for img_path, table_path in zip(pairs[::2], pairs[1::2]):
+            item = read_image(img_path)[0]
+            table = _read_table(table_path)
+            sets.append(run_job(prepare_scan(item.data, table, cfg, name=Path(img_path).name),
+                                on_progress=_progress()))
+            print(f"\n{img_path}: {sets[-1].n_positive} spot patches of {len(sets[-1].y)}", file=sys.stderr)
+        det = run_job(rescale(train_spot_detector(sets, cfg, device=args.device), 0, 100, 100),
+                      on_progress=_progress())
+    except (ImageReadError, OSError, ValueError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    path = det.save(args.output)
+    print(f"\n{det.info}\nwrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from expertloop.engine.jobs import run_job
+    from expertloop.engine.persistence import ModelFileError
+    from expertloop.engine.spots.lcnn import SpotDetector, detect_spots
+    from expertloop.io import ImageReadError, read_image
+
+    try:
+        det = SpotDetector.load(args.model)
+    except (ModelFileError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in args.images:
+        try:
+            item = read_image(path)[0]
+            found = run_job(detect_spots(det, item.data), on_progress=_progress())
+        except (ImageReadError, OSError, ValueError) as exc:
+            print(f"\n{path}: skipped: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        s = found.spots(args.threshold, args.join_radius)
+        table = np.column_stack([s["points"], s["probability"], s["n_slices"], s["n_patches"]])
+        target = out / f"{item.meta.get('name', Path(path).stem)}_spots.csv"
+        np.savetxt(target, table, delimiter=",", header="z,y,x,probability,n_slices,n_patches",
+                   comments="", fmt=["%.2f", "%.2f", "%.2f", "%.4f", "%d", "%d"])
+        print(f"\n{path}: {len(table)} spots -> {target}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("spots-phantom", help="plant spots into a real volume + a SIMULATED expert's clicks")
+    s.add_argument("volume", help="a 3D NIfTI or TIFF volume")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--spots", type=int, default=150)
+    s.add_argument("--noise", type=float, default=0.02)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_phantom)
+
+    s = sub.add_parser("spots-train", help="train the L-CNN spot detector from timed clicks")
+    s.add_argument("pairs", nargs="+", metavar="IMAGE TABLE", help="image, click table (CSV or .jsonl) pairs")
+    s.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
+    s.add_argument("--method", default="lcnn", choices=["lcnn", "cnn", "random"])
+    s.add_argument("--transfer", type=int, default=3, choices=[0, 1, 2, 3])
+    s.add_argument("--epochs", type=int, default=8)
+    s.add_argument("--source-epochs", type=int, default=30)
+    s.add_argument("--max-negatives", type=int, default=20000)
+    s.add_argument("--latency-cap", type=float, default=45.0)
+    s.add_argument("--device", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("spots-detect", help="detect 3D spots with a trained spot model")
+    s.add_argument("model", help="model path (.pt with its .json)")
+    s.add_argument("images", nargs="+")
+    s.add_argument("-o", "--output", required=True, help="output folder (one CSV per image)")
+    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--join-radius", type=float, default=2.0)
+    s.set_defaults(func=cmd_detect)

@@ -1,0 +1,441 @@
+"""Spot widgets: the timed "Spot annotator" and the L-CNN "Spot detector".
+
+Thin front ends over :mod:`expertloop.io.spots_clicks` (crash-safe click log)
+and :mod:`expertloop.engine.spots` (candidates, L-CNN, 3D joining). Heavy
+steps run in the shared :class:`~expertloop.widgets._jobs.JobRunner`.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    Select,
+    SpinBox,
+)
+
+from expertloop.io.spots_clicks import (
+    CLICK_COLUMNS,
+    FEATURE_COLUMNS,
+    ClickError,
+    ClickLog,
+    default_log_path,
+    export_csv,
+    import_csv,
+    read_clicks,
+    rows_to_table,
+)
+from expertloop.widgets._common import image_layer_choices, layer_by_name
+from expertloop.widgets._jobs import JobRunner
+
+if TYPE_CHECKING:
+    import napari
+
+
+def _notify(kind: str, message: str) -> None:
+    from napari.utils import notifications
+
+    getattr(notifications, f"show_{kind}")(message)
+
+
+def _zoom(viewer) -> float:
+    scene = getattr(viewer, "scene", None)  # napari >= 0.9
+    camera = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+    return float(camera.zoom)
+
+
+def spots_layer_name(image_name: str) -> str:
+    return f"{image_name} spots"
+
+
+def _empty_features():
+    import pandas as pd
+
+    from expertloop.io.spots_clicks import _BOOL, _FLOAT, _INT
+
+    cols = {}
+    for c in FEATURE_COLUMNS:
+        dtype = "float64" if c in _FLOAT else "int64" if c in _INT else "bool" if c in _BOOL else "object"
+        cols[c] = pd.Series([], dtype=dtype)
+    return pd.DataFrame(cols)
+
+
+def table_from_layer(points) -> dict[str, np.ndarray]:
+    """The click table of a Points layer made by the annotator (its data + features)."""
+    data = np.asarray(points.data, np.float64)
+    feats = points.features
+    rows = []
+    for i in range(len(data)):
+        zyx = data[i] if data.shape[1] == 3 else np.r_[0.0, data[i]]
+        row = {c: feats[c].iloc[i] for c in FEATURE_COLUMNS if c in feats}
+        row.update(z=zyx[0], y=zyx[1], x=zyx[2])
+        rows.append(row)
+    return rows_to_table(rows)
+
+
+class SpotAnnotatorWidget(Container):
+    """Click spots; every click is timed and written to disk at once."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self.image = ComboBox(label="image", choices=lambda _: image_layer_choices(viewer))
+        try:
+            user = getpass.getuser()
+        except Exception:  # no user name in some containers
+            user = "expert"
+        self.annotator = LineEdit(label="annotator", value=user)
+        self.folder = FileEdit(label="log folder", mode="d", value="",
+                               tooltip="empty: next to the image file")
+        self.threshold = FloatSpinBox(label="latency cap (s)", min=1, max=3600, value=45.0,
+                                      tooltip="longer latencies count as breaks (replaced by the mean)")
+        self.start_btn = PushButton(text="Start / resume session")
+        self.csv_path = FileEdit(label="table (CSV)", mode="w", filter="*.csv", value="")
+        self.export_btn = PushButton(text="Export CSV")
+        self.import_btn = PushButton(text="Import CSV")
+        self.info = Label(value="no session")
+        super().__init__(widgets=[
+            self.image, self.annotator, self.folder, self.threshold, self.start_btn,
+            self.info, self.csv_path, Container(widgets=[self.export_btn, self.import_btn],
+                                                layout="horizontal", labels=False),
+        ])
+        self.log: ClickLog | None = None
+        self.points = None
+        self._image_layer = None
+        self._pending_bad: list[int] = []
+        self.start_btn.changed.connect(self.start)
+        self.export_btn.changed.connect(lambda *_: self.export(self.csv_path.value))
+        self.import_btn.changed.connect(lambda *_: self.import_table(self.csv_path.value))
+        viewer.layers.events.inserted.connect(self.image.reset_choices)
+        viewer.layers.events.removed.connect(self.image.reset_choices)
+
+    # ------------------------------------------------------------- session
+    def log_path(self, layer) -> Path:
+        folder = str(self.folder.value or "").strip()
+        folder = folder if folder not in ("", ".") else None
+        src = getattr(layer.source, "path", None) or layer.metadata.get("source")
+        if folder is None and src is None:
+            folder = str(Path.cwd())
+        return default_log_path(src if folder is None else None, folder, layer.name)
+
+    def start(self, *_: Any):
+        """Bind to the chosen image: restore its click log, start a new session."""
+        layer = layer_by_name(self._viewer, self.image.value)
+        if layer is None:
+            _notify("info", "Spot annotator: open an image first")
+            return None
+        if layer.rgb or layer.ndim not in (2, 3):
+            _notify("warning", f"Spot annotator: '{layer.name}' must be a 2D or 3D grey-level "
+                               f"image (got {layer.ndim}D{' RGB' if layer.rgb else ''})")
+            return None
+        self._image_layer = layer
+        path = self.log_path(layer)
+        table = read_clicks(path) if path.exists() else rows_to_table([])
+        name = spots_layer_name(layer.name)
+        if name in self._viewer.layers:
+            self._viewer.layers.remove(name)
+        pts = self._points_from_table(table, layer.ndim)
+        points = self._viewer.add_points(
+            pts, name=name, ndim=layer.ndim, scale=layer.scale, translate=layer.translate,
+            size=max(3.0, 0.03 * max(layer.data.shape[-2:])), face_color="transparent",
+            border_color="yellow", features=self._features_from_table(table),
+        )
+        points.feature_defaults = {c: (np.nan if c in ("latency_s", "timestamp", "contrast_lo",
+                                                      "contrast_hi", "zoom") else
+                                       0 if c == "slice" else False if c == "first_in_session" else "")
+                                   for c in FEATURE_COLUMNS}
+        self.points = points
+        self.log = ClickLog(path, shape=layer.data.shape, annotator=self.annotator.value,
+                            image=str(getattr(layer.source, "path", None) or layer.name))
+        points.events.data.connect(self._on_data)
+        points.mode = "add"
+        self._viewer.layers.selection.active = points
+        self._update_info()
+        if len(table["z"]):
+            _notify("info", f"Spot annotator: restored {len(table['z'])} clicks from {path}")
+        return points
+
+    @staticmethod
+    def _points_from_table(table, ndim):
+        cols = ("z", "y", "x") if ndim == 3 else ("y", "x")
+        return np.stack([table[c] for c in cols], axis=1).reshape(-1, ndim)
+
+    @staticmethod
+    def _features_from_table(table):
+        import pandas as pd
+
+        if not len(table["z"]):
+            return _empty_features()
+        return pd.DataFrame({c: table[c] for c in FEATURE_COLUMNS})
+
+    # ------------------------------------------------------------- clicks
+    def click(self, coords):
+        """Add a spot at ``coords`` (points-layer data coordinates), like a mouse click."""
+        if self.points is None:
+            raise RuntimeError("start a session first (Start / resume session)")
+        self.points.add(np.asarray(coords, float))
+
+    def _on_data(self, event) -> None:
+        action = str(getattr(event, "action", ""))
+        pts = self.points
+        if action.endswith("ADDED") or action == "added":
+            n = len(pts.data)
+            bad = []
+            for i in sorted(int(j) % n for j in event.data_indices):
+                self._record(i, bad)
+            if bad:
+                pts.selected_data = set(bad)
+                pts.remove_selected()
+            self._update_info()
+        elif action.endswith("REMOVING") or action == "removing":
+            idx = [int(i) for i in event.data_indices if int(i) >= 0]
+            ids = pts.features["click_id"].iloc[idx] if idx else []
+            for cid in ids:
+                if cid:
+                    self.log.delete(cid)
+        elif action.endswith("REMOVED") or action == "removed":
+            self._update_info()
+
+    def _record(self, i: int, bad: list) -> None:
+        pts, img = self.points, self._image_layer
+        world = pts.data_to_world(pts.data[i])
+        coords = np.asarray(img.world_to_data(world), float)
+        try:
+            rec = self.log.click(coords, contrast_limits=tuple(img.contrast_limits),
+                                 zoom=_zoom(self._viewer))
+        except ClickError as exc:
+            bad.append(i)
+            # napari copies the selected point's features into a new point:
+            # blank the id so removing this refused point deletes nothing
+            pts.features.loc[pts.features.index[i], "click_id"] = ""
+            _notify("warning", f"Spot annotator: {exc}")
+            return
+        feats = pts.features
+        for c in FEATURE_COLUMNS:
+            feats.loc[feats.index[i], c] = rec[c]
+
+    def _update_info(self) -> None:
+        if self.points is None:
+            self.info.value = "no session"
+            return
+        lat = self.points.features.get("latency_s")
+        last = f", last latency {lat.iloc[-1]:.1f} s" if lat is not None and len(lat) else ""
+        self.info.value = f"{len(self.points.data)} clicks{last}; log: {self.log.path.name}"
+
+    # ------------------------------------------------------------ tables
+    def table(self) -> dict[str, np.ndarray]:
+        if self.points is None:
+            raise RuntimeError("start a session first")
+        return table_from_layer(self.points)
+
+    def export(self, path) -> Path | None:
+        if self.points is None or not str(path or "").strip() or str(path) == ".":
+            _notify("info", "Spot annotator: start a session and choose a CSV file first")
+            return None
+        out = export_csv(self.table(), path)
+        _notify("info", f"Spot annotator: {len(self.points.data)} clicks written to {out}")
+        return out
+
+    def import_table(self, path):
+        """Load an annotation table (CSV) into the points layer and the log (as clicks of record)."""
+        if self.points is None:
+            _notify("info", "Spot annotator: start a session first")
+            return None
+        try:
+            table = import_csv(path)
+        except (OSError, ValueError) as exc:
+            _notify("error", f"Spot annotator: {exc}")
+            return None
+        # imported rows enter the journal as they are, so a crash keeps them too
+        for i in range(len(table["z"])):
+            self.log.journal.append({"event": "click", **{c: table[c][i] for c in CLICK_COLUMNS}})
+        self.points.events.data.disconnect(self._on_data)
+        try:
+            pts = self._points_from_table(table, self.points.ndim)
+            import pandas as pd
+
+            feats = pd.concat([self.points.features, self._features_from_table(table)], ignore_index=True)
+            self.points.data = np.concatenate([self.points.data, pts])
+            self.points.features = feats
+        finally:
+            self.points.events.data.connect(self._on_data)
+        self._update_info()
+        return table
+
+
+class SpotDetectorWidget(Container):
+    """Train the L-CNN (or a control) from annotated images; detect 3D spots."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from expertloop.engine.spots.lcnn import METHODS
+
+        self._viewer = viewer
+        self.train_images = Select(label="train on", choices=lambda _: self._annotated_images(),
+                                   tooltip="images with a '<image> spots' layer of timed clicks")
+        self.method = ComboBox(label="method", choices=list(METHODS), value="lcnn",
+                               tooltip="lcnn: latency clusters + transfer; cnn: random init; "
+                                       "random: random clusters (controls)")
+        self.transfer = SpinBox(label="transfer layers", min=0, max=3, value=3)
+        self.epochs = SpinBox(label="epochs", min=1, max=200, value=8)
+        self.source_epochs = SpinBox(label="source epochs", min=1, max=500, value=30)
+        self.max_negatives = SpinBox(label="max negatives", min=100, max=10_000_000, value=20000)
+        self.latency_cap = FloatSpinBox(label="latency cap (s)", min=1, max=3600, value=45.0)
+        self.train_btn = PushButton(text="Train")
+        self.model_path = FileEdit(label="model file", mode="w", filter="*.pt", value="")
+        self.save_btn = PushButton(text="Save model")
+        self.load_btn = PushButton(text="Load model")
+        self.image = ComboBox(label="detect in", choices=lambda _: image_layer_choices(viewer))
+        self.predict_btn = PushButton(text="Detect spots")
+        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5)
+        self.colour = CheckBox(text="colour by probability", value=True)
+        self.info = Label(value="no model")
+        self.runner = JobRunner()
+        super().__init__(widgets=[
+            self.train_images, self.method, self.transfer, self.epochs, self.source_epochs,
+            self.max_negatives, self.latency_cap, self.train_btn, self.model_path,
+            Container(widgets=[self.save_btn, self.load_btn], layout="horizontal", labels=False),
+            self.image, self.predict_btn, self.threshold, self.colour, self.info, self.runner,
+        ])
+        self.detector = None
+        self.detection = None
+        self.result_layer = None
+        self.train_btn.changed.connect(self.train)
+        self.save_btn.changed.connect(lambda *_: self.save(self.model_path.value))
+        self.load_btn.changed.connect(lambda *_: self.load(self.model_path.value))
+        self.predict_btn.changed.connect(self.predict)
+        self.threshold.changed.connect(self._show_spots)
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            ev.connect(self.image.reset_choices)
+            ev.connect(self.train_images.reset_choices)
+
+    def _annotated_images(self) -> list[str]:
+        names = image_layer_choices(self._viewer)
+        return [n for n in names if spots_layer_name(n) in self._viewer.layers]
+
+    def config(self):
+        from expertloop.engine.spots.lcnn import SpotConfig
+
+        return SpotConfig(method=self.method.value, transfer_layers=int(self.transfer.value),
+                          target_epochs=int(self.epochs.value), source_epochs=int(self.source_epochs.value),
+                          max_negatives=int(self.max_negatives.value),
+                          latency_threshold=float(self.latency_cap.value))
+
+    # ------------------------------------------------------------ training
+    def train(self, *_: Any):
+        from expertloop.engine.spots.lcnn import prepare_scan, train_spot_detector
+
+        names = list(self.train_images.value or [])
+        if not names:
+            _notify("info", "Spot detector: choose images that have a '<image> spots' layer of clicks")
+            return None
+        cfg = self.config()
+        scans = []
+        for n in names:
+            img = self._viewer.layers[n]
+            table = table_from_layer(self._viewer.layers[spots_layer_name(n)])
+            if len(table["z"]) == 0:
+                _notify("warning", f"Spot detector: '{n}' has no clicks; click spots with the Spot annotator")
+                return None
+            scans.append((n, img.data, table))
+
+        def job():
+            sets = []
+            for k, (n, data, table) in enumerate(scans):
+                from expertloop.engine.jobs import rescale
+
+                sets.append((yield from rescale(prepare_scan(np.asarray(data), table, cfg, name=n),
+                                                k * 100, (k + 1) * 100, (len(scans) + 1) * 100)))
+            from expertloop.engine.jobs import rescale
+
+            return (yield from rescale(train_spot_detector(sets, cfg), len(scans) * 100,
+                                       (len(scans) + 1) * 100, (len(scans) + 1) * 100))
+
+        def done(det):
+            self.detector = det
+            i = det.info
+            self.info.value = (f"trained {i['method']} on {i['n_positive']} spot / {i['n_candidates']} patches"
+                               + (f", {i['n_clusters']} latency clusters" if "n_clusters" in i else "")
+                               + f", transferred {len(i['transferred'])} conv layers")
+            if i.get("cluster_note"):
+                _notify("info", f"Spot detector: {i['cluster_note']}")
+
+        return self.runner.start(job(), description="train spot detector", on_result=done)
+
+    def save(self, path):
+        if self.detector is None:
+            _notify("info", "Spot detector: train or load a model first")
+            return None
+        if not str(path or "").strip() or str(path) == ".":
+            _notify("info", "Spot detector: choose a model file")
+            return None
+        out = self.detector.save(path)
+        _notify("info", f"Spot detector: model saved to {out}")
+        return out
+
+    def load(self, path):
+        from expertloop.engine.persistence import ModelFileError
+        from expertloop.engine.spots.lcnn import SpotDetector
+
+        try:
+            self.detector = SpotDetector.load(path)
+        except (ModelFileError, OSError, ValueError) as exc:
+            _notify("error", f"Spot detector: {exc}")
+            return None
+        self.info.value = f"loaded {self.detector.info.get('method', '?')} model from {Path(path).name}"
+        return self.detector
+
+    # ---------------------------------------------------------- prediction
+    def predict(self, *_: Any):
+        from expertloop.engine.spots.lcnn import detect_spots
+
+        layer = layer_by_name(self._viewer, self.image.value)
+        if layer is None:
+            _notify("info", "Spot detector: open an image first")
+            return None
+        if self.detector is None:
+            _notify("info", "Spot detector: train or load a model first")
+            return None
+        if layer.rgb:
+            _notify("warning", "Spot detector: needs a grey-level image, not RGB")
+            return None
+        self._source = layer
+
+        def done(detection):
+            self.detection = detection
+            self._show_spots()
+
+        return self.runner.start(detect_spots(self.detector, layer.data), description="detect spots",
+                                 on_result=done)
+
+    def _show_spots(self, *_: Any) -> None:
+        if self.detection is None:
+            return
+        layer = self._source
+        s = self.detection.spots(float(self.threshold.value))
+        pts = s["points"] if layer.ndim == 3 else s["points"][:, 1:]
+        feats = {"probability": s["probability"], "n_slices": s["n_slices"], "n_patches": s["n_patches"]}
+        name = f"{layer.name} detected spots"
+        if self.result_layer is None or self.result_layer not in self._viewer.layers:
+            self.result_layer = self._viewer.add_points(
+                pts, ndim=layer.ndim, name=name, features=feats, scale=layer.scale,
+                translate=layer.translate, size=max(3.0, 0.03 * max(layer.data.shape[-2:])),
+                face_color="transparent", border_color="probability" if len(pts) and self.colour.value
+                else "cyan", border_colormap="plasma")
+        else:
+            self.result_layer.data = pts
+            self.result_layer.features = feats
+            if len(pts) and self.colour.value:
+                self.result_layer.border_color = "probability"
+                self.result_layer.border_colormap = "plasma"
+        self.info.value = f"{len(pts)} spots at threshold {self.threshold.value:.2f}"

@@ -1,0 +1,147 @@
+"""Spot annotator and spot detector driven in a real napari viewer."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from expertloop.engine.spots import make_phantom, simulate_expert
+from expertloop.io import read_image
+from expertloop.io.spots_clicks import read_clicks
+from expertloop.widgets.spots import SpotAnnotatorWidget, SpotDetectorWidget
+
+DATA = Path(__file__).parents[1] / "data"
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    vol = read_image(DATA / "colin27_crop.nii.gz")[0].data
+    return make_phantom(vol, 15, seed=1, min_distance=5)
+
+
+def _messages(notes):
+    return [str(n.message) for n in notes]
+
+
+def _annotated_viewer(make_napari_viewer, volume, folder, annotator="expert"):
+    """A viewer with the volume as 'scan' and a started Spot annotator."""
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="scan")
+    w = SpotAnnotatorWidget(viewer)
+    w.folder.value = folder
+    w.annotator.value = annotator
+    w.image.value = "scan"
+    return viewer, w, w.start()
+
+
+def test_annotator_times_clicks_logs_them_and_restores(make_napari_viewer, qtbot, tmp_path, phantom,
+                                                       notifications):
+    viewer, w, points = _annotated_viewer(make_napari_viewer, phantom.volume, tmp_path, "ana")
+    assert points is viewer.layers["scan spots"] and points.mode == "add"
+    (viewer.scene.camera if hasattr(viewer, 'scene') else viewer.camera).zoom = 3.0
+    viewer.layers["scan"].contrast_limits = (0.1, 0.9)
+    # layer.add is what napari's add mode calls on a mouse click
+    for k, c in enumerate([(10, 20, 20), (12, 22, 25), (14, 30, 10)]):
+        if k:
+            time.sleep(0.2)
+        points.add(np.array(c, float))
+    f = points.features
+    assert len(points.data) == 3 and f["first_in_session"].tolist() == [True, False, False]
+    assert (f["latency_s"].iloc[1:] >= 0.2).all() and (f["latency_s"].iloc[1:] < 5).all()
+    assert f["zoom"].tolist() == pytest.approx([3.0] * 3)
+    assert f["contrast_lo"].iloc[0] == pytest.approx(0.1) and f["slice"].tolist() == [10, 12, 14]
+    assert f["annotator"].tolist() == ["ana"] * 3
+    log = tmp_path / "scan.spots.jsonl"
+    assert w.log.path == log and len(read_clicks(log)["z"]) == 3
+    # a click outside the image: refused, removed, said
+    points.add(np.array([10, 500, 20], float))
+    assert len(points.data) == 3 and len(read_clicks(log)["z"]) == 3
+    assert any("outside the image" in m for m in _messages(notifications))
+    # deleting a point writes a tombstone
+    points.selected_data = {1}
+    points.remove_selected()
+    table = read_clicks(log)
+    assert len(table["z"]) == 2 and table["z"].tolist() == [10, 14]
+    # export, then reopen: a new widget restores the layer with its features
+    out = w.export(tmp_path / "t.csv")
+    assert out.read_text().count("\n") == 3
+    viewer.layers.remove("scan spots")
+    w2 = SpotAnnotatorWidget(viewer)
+    w2.folder.value = tmp_path
+    w2.image.value = "scan"
+    restored = w2.start()
+    assert np.allclose(restored.data, [[10, 20, 20], [14, 30, 10]])
+    assert restored.features["latency_s"].tolist() == pytest.approx(table["latency_s"].tolist())
+    assert any("restored 2 clicks" in m for m in _messages(notifications))
+    # import the CSV back in: the rows join the layer and the log
+    w2.import_table(out)
+    assert len(restored.data) == 4 and len(read_clicks(log)["z"]) == 4
+
+
+def test_annotator_refuses_rgb_and_missing_image(make_napari_viewer, notifications, tmp_path):
+    viewer = make_napari_viewer()
+    w = SpotAnnotatorWidget(viewer)
+    assert w.start() is None
+    viewer.add_image(np.zeros((8, 8, 3), np.uint8), rgb=True, name="rgb")
+    w.image.value = "rgb"
+    w.folder.value = tmp_path
+    assert w.start() is None
+    assert any("grey-level" in m for m in _messages(notifications))
+
+
+def test_detector_trains_and_adds_points_with_probability(make_napari_viewer, qtbot, tmp_path, phantom,
+                                                          notifications):
+    viewer, ann, _ = _annotated_viewer(make_napari_viewer, phantom.volume, tmp_path)
+    clicks = simulate_expert(phantom, seed=0)
+    for z, y, x in zip(clicks["z"], clicks["y"], clicks["x"]):
+        ann.click((z, y, x))
+    assert len(viewer.layers["scan spots"].data) == len(clicks["z"])
+    det = SpotDetectorWidget(viewer)
+    # nothing trained yet: predicting says so
+    det.image.value = "scan"
+    assert det.predict() is None
+    assert any("train or load a model first" in m for m in _messages(notifications))
+    det.train_images.reset_choices()
+    det.train_images.value = ["scan"]
+    det.epochs.value, det.source_epochs.value, det.max_negatives.value = 2, 2, 800
+    det.train()
+    qtbot.waitUntil(lambda: not det.runner.running, timeout=120_000)
+    assert det.runner.last_error is None, det.runner.last_error
+    assert det.detector is not None and "latency clusters" in det.info.value
+    det.predict()
+    qtbot.waitUntil(lambda: not det.runner.running, timeout=120_000)
+    assert det.runner.last_error is None, det.runner.last_error
+    layer = viewer.layers["scan detected spots"]
+    assert "probability" in layer.features and "n_slices" in layer.features
+    det.threshold.value = 0.0
+    n_all = len(layer.data)
+    assert n_all > 0 and (layer.features["probability"] >= 0).all()
+    det.threshold.value = 1.0
+    assert len(layer.data) == 0
+    det.threshold.value = 0.5
+    assert 0 <= len(layer.data) <= n_all
+    # save / load through the widget; a corrupt file is reported
+    assert det.save(tmp_path / "m").exists()
+    assert det.load(tmp_path / "m") is not None
+    (tmp_path / "m.pt").write_bytes(b"garbage")
+    assert det.load(tmp_path / "m") is None
+    assert any("corrupt" in m or "checksum" in m for m in _messages(notifications))
+
+
+def test_detector_nan_image_is_reported(make_napari_viewer, qtbot, tmp_path, phantom, notifications):
+    from expertloop.engine.spots import SpotConfig, SpotDetector, build_spotnet
+
+    viewer = make_napari_viewer()
+    vol = phantom.volume.copy()
+    vol[3, 4, 5] = np.nan
+    viewer.add_image(vol, name="nan")
+    det = SpotDetectorWidget(viewer)
+    det.detector = SpotDetector(build_spotnet(2), SpotConfig())
+    det.image.value = "nan"
+    det.predict()
+    qtbot.waitUntil(lambda: not det.runner.running, timeout=60_000)
+    assert det.runner.last_error is not None
+    assert any("NaN" in m for m in _messages(notifications))
