@@ -1,4 +1,4 @@
-"""``expertloop membranes-loop``: simulated-expert rounds, resume, bad inputs."""
+"""``expertloop membranes loop``: simulated-expert rounds, resume, bad inputs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from expertloop.cli import main
 def _args(data_dir, project, rounds, *extra):
     d = data_dir / "membranes"
     return [
-        "membranes-loop", "--project", str(project),
+        "membranes", "loop", "--project", str(project),
         "--source-images", str(d / "isbi_00_image.png"), str(d / "isbi_01_image.png"),
         "--source-truth", str(d / "isbi_00_label.png"), str(d / "isbi_01_label.png"),
         "--source-membrane-value", "0",
@@ -61,6 +61,6 @@ def test_bad_inputs_give_clear_errors(data_dir, tmp_path, capsys):
     args[args.index("--source-images"):args.index("--source-membrane-value") + 2] = []
     assert main(args) == 2
     assert "not found" in capsys.readouterr().err
-    assert main(["membranes-loop", "--project", str(tmp_path / "d"), "--target-images",
+    assert main(["membranes", "loop", "--project", str(tmp_path / "d"), "--target-images",
                  str(d / "nope.png"), "--target-truth", str(d / "nope.png"),
                  "--target-membrane-value", "255"]) == 2

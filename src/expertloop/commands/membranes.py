@@ -1,4 +1,4 @@
-"""``expertloop membranes-loop``: the membrane active-learning loop without a GUI.
+"""``expertloop membranes loop``: the membrane active-learning loop without a GUI.
 
 A *simulated expert* stands in for the person: each round it copies the
 ground truth inside the proposed region (documented as such; for
@@ -13,8 +13,10 @@ import sys
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser(
-        "membranes-loop",
+    group = sub.add_parser("membranes", help="membrane transfer learning with active-learning regions")
+    ms = group.add_subparsers(dest="membranes_command", metavar="ACTION", required=True)
+    p = ms.add_parser(
+        "loop",
         help="membrane transfer + active learning with a simulated expert (copies ground truth)",
         description=(
             "Train a membrane classifier on a source domain (or load one), transfer its first "

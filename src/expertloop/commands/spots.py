@@ -1,13 +1,13 @@
-"""``expertloop spots-*``: spot phantoms, L-CNN training and spot detection.
+"""``expertloop spots ...``: spot phantoms, L-CNN training and spot detection.
 
-* ``spots-phantom VOLUME -o DIR``: plant dark spots into a real 3D volume and
+* ``spots phantom VOLUME -o DIR``: plant dark spots into a real 3D volume and
   let a SIMULATED expert click them (a documented simulation): writes
   ``<name>_phantom.nii.gz``, ``<name>_phantom.clicks.csv`` and the ground truth
   ``<name>_phantom.truth.csv``.
-* ``spots-train IMAGE TABLE [IMAGE TABLE ...] -o MODEL``: train the L-CNN (or
+* ``spots train IMAGE TABLE [IMAGE TABLE ...] -o MODEL``: train the L-CNN (or
   a control, ``--method``) from images and their click tables (CSV written by
   the Spot annotator's *Export CSV*, or a ``.spots.jsonl`` click log).
-* ``spots-detect MODEL IMAGE... -o DIR``: detect 3D spots; writes one CSV per
+* ``spots detect MODEL IMAGE... -o DIR``: detect 3D spots; writes one CSV per
   image (``z, y, x, probability, n_slices, n_patches``).
 """
 
@@ -133,7 +133,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
-    s = sub.add_parser("spots-phantom", help="plant spots into a real volume + a SIMULATED expert's clicks")
+    p = sub.add_parser("spots", help="timed spot annotation and the L-CNN spot detector")
+    ss = p.add_subparsers(dest="spots_command", metavar="ACTION", required=True)
+
+    s = ss.add_parser("phantom", help="plant spots into a real volume + a SIMULATED expert's clicks")
     s.add_argument("volume", help="a 3D NIfTI or TIFF volume")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--spots", type=int, default=150)
@@ -141,7 +144,7 @@ def add_commands(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_phantom)
 
-    s = sub.add_parser("spots-train", help="train the L-CNN spot detector from timed clicks")
+    s = ss.add_parser("train", help="train the L-CNN spot detector from timed clicks")
     s.add_argument("pairs", nargs="+", metavar="IMAGE TABLE", help="image, click table (CSV or .jsonl) pairs")
     s.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
     s.add_argument("--method", default="lcnn", choices=["lcnn", "cnn", "random"])
@@ -154,7 +157,7 @@ def add_commands(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("spots-detect", help="detect 3D spots with a trained spot model")
+    s = ss.add_parser("detect", help="detect 3D spots with a trained spot model")
     s.add_argument("model", help="model path (.pt with its .json)")
     s.add_argument("images", nargs="+")
     s.add_argument("-o", "--output", required=True, help="output folder (one CSV per image)")
