@@ -60,13 +60,19 @@ def _row(*widgets: QWidget) -> QWidget:
     return box
 
 
+# The docks write on the GUI thread (one short transaction per save), so a
+# write never waits long for another process's lock: after this many seconds
+# it fails with "try again" instead of freezing the viewer.
+GUI_LOCK_TIMEOUT = 2.0
+
+
 def _open_store(location: str, create_as: str | None = None) -> Store:
     location = location.strip()
     if not location:
         raise StoreError("type a project folder (or a database URL) first")
     if create_as is not None:
-        return Store.create(location, admin=create_as, lock_timeout=15, on_wait=show_info)
-    return Store.open(location, lock_timeout=15, on_wait=show_info)
+        return Store.create(location, admin=create_as, lock_timeout=GUI_LOCK_TIMEOUT, on_wait=show_info)
+    return Store.open(location, lock_timeout=GUI_LOCK_TIMEOUT, on_wait=show_info)
 
 
 class AnnotationProjectWidget(QWidget):
