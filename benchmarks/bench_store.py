@@ -5,7 +5,8 @@ SQLite (a project folder in a temp dir) and PostgreSQL (``--postgres-url`` or
 ``EXPERTLOOP_TEST_POSTGRES_URL``; ``source .ci/postgres.sh`` starts one):
 
 * bulk writes/s: ``annotate_many`` with 1000 annotations per transaction;
-* single writes/s: one annotation per transaction (what the dock does);
+* single writes/s: ``annotate_many`` with one annotation per transaction (the
+  dock's ``annotate`` also reads the record back, so it is somewhat slower);
 * latency of searches (label, tag + metadata, disagreement), a collection
   report with kappas, and an annotator's progress, each the median of 3 runs.
 

@@ -83,19 +83,9 @@ def cmd_template(args) -> int:
 
 
 def cmd_collection(args) -> int:
-    import glob
-    from pathlib import Path
+    from expertloop.store.core import expand_images
 
-    images: list[str] = []
-    for pattern in args.images or []:
-        if "://" in pattern:
-            images.append(pattern)
-            continue
-        hits = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-        if not hits:
-            print(f"expertloop store: error: no file matches {pattern!r}", file=sys.stderr)
-            return 2
-        images += [str(Path(h).resolve()) for h in hits]
+    images = expand_images(args.images or [])
     with _open(args) as st:
         names = {c.name for c in st.collections(args.as_user)}
         if args.name in names:

@@ -1094,18 +1094,6 @@ class Store:
             return {n: {"done": done.get(n, 0), "todo": total - done.get(n, 0),
                         "total": total} for n in names}
 
-    def annotated_image_ids(self, actor: User | str, collection: str | int,
-                            annotator: str | None = None) -> set[int]:
-        with self._read() as s:
-            me = self._actor(s, actor)
-            coll = self._collection(s, collection)
-            self._require_access(s, me, coll, "read it")
-            who = self._user(s, annotator) if annotator else me
-            if who.id != me.id:
-                self._require_admin(me, "read another annotator's work")
-            return set(s.scalars(select(Annotation.image_id).where(
-                Annotation.collection_id == coll.id, Annotation.annotator_id == who.id)))
-
     def report(self, actor: User | str, collection: str | int) -> dict:
         """Completeness and agreement report of a collection (admins only).
 
@@ -1231,6 +1219,29 @@ def format_report(rep: dict) -> str:
                      "images")
     return "\n".join(lines)
 
+
+
+def expand_images(patterns: Iterable[str]) -> list[str]:
+    """Image URIs from paths, glob patterns and URLs (``scheme://...`` kept as is).
+
+    Local paths become absolute; a glob pattern that matches nothing raises
+    :class:`StoreValidationError`.
+    """
+    import glob
+
+    out: list[str] = []
+    for pattern in patterns:
+        pattern = pattern.strip()
+        if not pattern:
+            continue
+        if "://" in pattern:
+            out.append(pattern)
+            continue
+        hits = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not hits:
+            raise StoreValidationError(f"no file matches {pattern!r}")
+        out += [str(Path(h).resolve()) for h in hits]
+    return out
 
 
 def local_path(uri: str) -> Path | None:

@@ -40,6 +40,7 @@ from expertloop.store import (
     local_path,
     review_source,
 )
+from expertloop.store.core import expand_images
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -278,9 +279,8 @@ class AnnotationProjectWidget(QWidget):
         from expertloop.io import read_image
 
         self._shown_at = time.monotonic()
-        for name in (IMAGE_LAYER,):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
+        if IMAGE_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(IMAGE_LAYER)
         path = local_path(im.uri)
         shape = None
         if im.id in self.missing or path is None:
@@ -574,21 +574,7 @@ class StoreAdminWidget(QWidget):
             self.tpl_type.currentText(), labels))
 
     def _image_list(self) -> list[str]:
-        import glob
-
-        out: list[str] = []
-        for part in self.coll_images.text().split(";"):
-            part = part.strip()
-            if not part:
-                continue
-            if any(c in part for c in "*?["):
-                hits = sorted(glob.glob(part))
-                if not hits:
-                    raise StoreError(f"no file matches {part!r}")
-                out += [str(Path(h).resolve()) for h in hits]
-            else:
-                out.append(part if "://" in part else str(Path(part).resolve()))
-        return out
+        return expand_images(self.coll_images.text().split(";"))
 
     def add_collection(self) -> bool:
         def go():
