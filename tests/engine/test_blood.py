@@ -310,3 +310,17 @@ def test_random_init_warns_when_weights_missing(tmp_path, monkeypatch):
         m = new_blood_model(det_backbone="mobilenet_v2", embedder="resnet18", pretrained="auto",
                             min_size=64, max_size=64, hidden=8)
     assert not m.backbone_pretrained
+
+
+def test_checking_a_sample_twice_keeps_its_intensities():
+    """Regression: checked() used to convert the image, and a second check
+    (train_blood_model then train_detector) re-stretched it, so training saw
+    other contrasts than prediction."""
+    from expertloop.engine.blood.model import BloodSample, to_rgb01
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(60, 200, (40, 50, 3), dtype=np.uint8)
+    s = BloodSample(img, np.array([[5, 5, 20, 20]]), ["cell"], [frozenset()])
+    twice = s.checked().checked()
+    assert twice.image.dtype == np.uint8
+    np.testing.assert_array_equal(to_rgb01(twice.image), to_rgb01(img))

@@ -188,7 +188,13 @@ class BloodSample:
     name: str = ""
 
     def checked(self) -> BloodSample:
-        img = to_rgb01(self.image)
+        """Validated copy: boxes clipped to the image, labels/types filled in.
+
+        The image itself is kept as given (no intensity conversion), so that
+        checking twice changes nothing; consumers convert it once with
+        :func:`to_rgb01`, as prediction does.
+        """
+        img = to_rgb01(self.image)  # validates shape and size (the result is not kept)
         b = as_boxes(self.boxes)
         labels = list(self.labels) if self.labels else ["cell"] * len(b)
         types = list(self.types) if self.types else [frozenset()] * len(b)
@@ -199,7 +205,7 @@ class BloodSample:
             b, keep = clip_boxes(b, img.shape, what=f"boxes of {self.name or 'an image'}")
         labels = [x for x, k in zip(labels, keep) if k]
         types = [frozenset(t) for t, k in zip(types, keep) if k]
-        return BloodSample(img, b, labels, types, self.name)
+        return BloodSample(self.image, b, labels, types, self.name)
 
 
 def train_detector(model: BloodModel, samples: Sequence[BloodSample], *, epochs: int = 10,
@@ -223,6 +229,8 @@ def train_detector(model: BloodModel, samples: Sequence[BloodSample], *, epochs:
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be at least 1")
     rng = seed_everything(seed) if seed is not None else np.random.default_rng()
+    images = [to_rgb01(s.image) for s in samples]  # once, as at prediction
+    model.train_image_size = tuple(int(x) for x in np.max([im.shape[:2] for im in images], axis=0))
     dev = select_device(device)
     det = model.detector.to(dev)
     params = [p for p in det.parameters() if p.requires_grad]
@@ -241,7 +249,7 @@ def train_detector(model: BloodModel, samples: Sequence[BloodSample], *, epochs:
                 imgs, targets = [], []
                 for k in order[start:start + batch_size]:
                     s = samples[k]
-                    img, b = _augment(s.image, s.boxes, rng) if augment else (s.image, s.boxes)
+                    img, b = _augment(images[k], s.boxes, rng) if augment else (images[k], s.boxes)
                     imgs.append(torch.from_numpy(np.moveaxis(img, -1, 0).copy()).to(dev))
                     targets.append({
                         "boxes": torch.as_tensor(b, dtype=torch.float32, device=dev),
@@ -264,7 +272,6 @@ def train_detector(model: BloodModel, samples: Sequence[BloodSample], *, epochs:
                     return losses
     finally:
         det.eval()
-    model.train_image_size = tuple(int(x) for x in np.max([s.image.shape[:2] for s in samples], axis=0))
     return losses
 
 
