@@ -72,7 +72,7 @@ def _config(args):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from expertloop.engine.jobs import rescale, run_job
+    from expertloop.engine.jobs import run_job
     from expertloop.engine.spots.lcnn import prepare_scan, train_spot_detector
     from expertloop.io import ImageReadError, read_image
 
@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             sets.append(run_job(prepare_scan(item.data, table, cfg, name=Path(img_path).name),
                                 on_progress=_progress()))
             print(f"\n{img_path}: {sets[-1].n_positive} spot patches of {len(sets[-1].y)}", file=sys.stderr)
-        det = run_job(rescale(train_spot_detector(sets, cfg, device=args.device), 0, 100, 100),
+        det = run_job(train_spot_detector(sets, cfg, device=args.device),
                       on_progress=_progress())
     except (ImageReadError, OSError, ValueError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)

@@ -98,15 +98,13 @@ class SpotAnnotatorWidget(Container):
         self.annotator = LineEdit(label="annotator", value=user)
         self.folder = FileEdit(label="log folder", mode="d", value="",
                                tooltip="empty: next to the image file")
-        self.threshold = FloatSpinBox(label="latency cap (s)", min=1, max=3600, value=45.0,
-                                      tooltip="longer latencies count as breaks (replaced by the mean)")
         self.start_btn = PushButton(text="Start / resume session")
         self.csv_path = FileEdit(label="table (CSV)", mode="w", filter="*.csv", value="")
         self.export_btn = PushButton(text="Export CSV")
         self.import_btn = PushButton(text="Import CSV")
         self.info = Label(value="no session")
         super().__init__(widgets=[
-            self.image, self.annotator, self.folder, self.threshold, self.start_btn,
+            self.image, self.annotator, self.folder, self.start_btn,
             self.info, self.csv_path, Container(widgets=[self.export_btn, self.import_btn],
                                                 layout="horizontal", labels=False),
         ])
@@ -297,7 +295,9 @@ class SpotDetectorWidget(Container):
         self.load_btn = PushButton(text="Load model")
         self.image = ComboBox(label="detect in", choices=lambda _: image_layer_choices(viewer))
         self.predict_btn = PushButton(text="Detect spots")
-        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5)
+        # tracking=False: re-join spots when the slider is released, not on every tick
+        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5,
+                                     tracking=False)
         self.colour = CheckBox(text="colour by probability", value=True)
         self.info = Label(value="no model")
         self.runner = JobRunner()
@@ -315,6 +315,7 @@ class SpotDetectorWidget(Container):
         self.load_btn.changed.connect(lambda *_: self.load(self.model_path.value))
         self.predict_btn.changed.connect(self.predict)
         self.threshold.changed.connect(self._show_spots)
+        self.colour.changed.connect(self._show_spots)
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(self.image.reset_choices)
             ev.connect(self.train_images.reset_choices)
@@ -438,4 +439,6 @@ class SpotDetectorWidget(Container):
             if len(pts) and self.colour.value:
                 self.result_layer.border_color = "probability"
                 self.result_layer.border_colormap = "plasma"
+            else:
+                self.result_layer.border_color = "cyan"
         self.info.value = f"{len(pts)} spots at threshold {self.threshold.value:.2f}"
