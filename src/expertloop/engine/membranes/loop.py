@@ -262,7 +262,11 @@ class MembraneProject:
     def model(self):
         """The current target network (loaded lazily), or None before transfer."""
         if self._model is None and (self.folder / "models" / "target.json").exists():
+            from expertloop.engine.device import select_device
+
             self._model, _ = _net.load_net(self.folder / "models" / "target")
+            # on the project's device, so a resumed project predicts where it trains
+            self._model.to(select_device(self.config.device))
         return self._model
 
     def source_model(self):
