@@ -362,3 +362,32 @@ def test_logreg_on_cnn_embeddings(crops_dir):
     assert _fit_and_score(clf, col, labels) > 0.5
     with pytest.raises(ValueError, match="unknown classifier"):
         make_classifier("xgboost")
+
+
+def test_project_folder_inside_a_class_folder_layout_is_not_a_class(tmp_path):
+    """Regression: the default project folder (inside the image folder) was
+    taken for a class, so resuming with typed class names failed."""
+    import imageio.v3 as iio
+
+    from expertloop.engine.semiauto.data import PROJECT_FOLDER, load_images
+
+    rng = np.random.default_rng(0)
+    for cls in ("A", "B"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            iio.imwrite(tmp_path / cls / f"{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    iio.imwrite(tmp_path / "u.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    (tmp_path / PROJECT_FOLDER).mkdir()
+    (tmp_path / PROJECT_FOLDER / "state.json").write_text("{}")
+
+    col, labels, names = load_images(tmp_path)
+    assert names == ["A", "B"] and sorted(labels.tolist()) == [-1, 0, 0, 1, 1]
+    col, labels, names = load_images(tmp_path, class_names=["B", "A"])
+    assert names == ["B", "A"] and sorted(labels.tolist()) == [-1, 0, 0, 1, 1]
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    iio.imwrite(flat / "x.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    (flat / PROJECT_FOLDER).mkdir()
+    col, labels, names = load_images(flat, class_names=["a", "b"])
+    assert len(col) == 1 and labels.tolist() == [-1] and names == ["a", "b"]

@@ -86,20 +86,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from expertloop.engine.semiauto.data import load_class_folders, load_folder
+    from expertloop.engine.semiauto.data import load_images
     from expertloop.engine.semiauto.loop import SemiAutoLoop
     from expertloop.engine.semiauto.models import make_classifier
     from expertloop.io.semiauto_storage import FolderQueueStorage
 
-    root = Path(args.folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder")
-    if any(p.is_dir() and p.name != "semiauto_project" and not p.name.startswith(".") for p in root.iterdir()):
-        col = load_class_folders(root)[0]
-    else:
-        col = load_folder(root)
+    col = load_images(args.folder)[0]
     loop = SemiAutoLoop.restore(FolderQueueStorage(args.project), col, make_classifier("logreg-hand"))
     out = loop.export_csv(args.output)
     n = int((loop.labels >= 0).sum())

@@ -36,10 +36,10 @@ from magicgui.widgets import (
 )
 
 from expertloop.engine.semiauto.data import (
+    PROJECT_FOLDER,
     UNLABELLED,
     from_stack,
-    load_class_folders,
-    load_folder,
+    load_images,
     parse_class_names,
     read_labels_csv,
 )
@@ -322,17 +322,12 @@ class SemiAutoWidget(Container):
         names_text = self.class_names.value.strip()
         if folder:
             root = Path(folder)
-            has_class_dirs = any(p.is_dir() and not p.name.startswith(".") and p.name != "semiauto_project"
-                                 for p in root.iterdir())
-            if has_class_dirs:
-                names = parse_class_names(names_text) if names_text else None
-                col, labels, names = load_class_folders(root, class_names=names)
-            else:
-                names = parse_class_names(names_text)
-                col = load_folder(root)
-                labels = np.full(len(col), UNLABELLED)
+            col, labels, names = load_images(
+                root, class_names=parse_class_names(names_text) if names_text else None)
+            if names is None:
+                names = parse_class_names(names_text)  # no class folders: names must be typed
             project = Path(str(self.project.value)) if str(self.project.value) not in ("", ".") \
-                else root / "semiauto_project"
+                else root / PROJECT_FOLDER
         else:
             layer = layer_by_name(self._viewer, self.stack.value)
             if layer is None:

@@ -153,6 +153,31 @@ def load_folder(folder, *, size=None, on_mismatch: str = "resize") -> Collection
     return Collection(stack, names, paths, skipped, resized)
 
 
+PROJECT_FOLDER = "semiauto_project"  # default project folder, inside the image folder
+
+
+def _class_dirs(root: Path, exclude: Sequence[str] = (PROJECT_FOLDER,)) -> list[Path]:
+    return sorted(p for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name not in exclude)
+
+
+def load_images(root, *, class_names: Sequence[str] | None = None, size=None,
+                on_mismatch: str = "resize"):
+    """A folder of images, with or without class sub-folders.
+
+    Returns ``(collection, labels, class_names)``: with sub-folders, as
+    :func:`load_class_folders`; without, all images unlabelled and
+    ``class_names`` as given. The default project folder is never a class.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    if _class_dirs(root):
+        return load_class_folders(root, size=size, on_mismatch=on_mismatch, class_names=class_names)
+    col = load_folder(root, size=size, on_mismatch=on_mismatch)
+    return col, np.full(len(col), UNLABELLED, np.int64), list(class_names) if class_names else None
+
+
 def load_class_folders(root, *, size=None, on_mismatch: str = "resize",
                        class_names: Sequence[str] | None = None):
     """A folder-per-class layout: returns ``(collection, labels, class_names)``.
@@ -165,7 +190,7 @@ def load_class_folders(root, *, size=None, on_mismatch: str = "resize",
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subdirs = _class_dirs(root)
     names_k = list(class_names) if class_names else [d.name for d in subdirs]
     unknown = [d.name for d in subdirs if d.name not in names_k]
     if unknown:
