@@ -254,12 +254,16 @@ def main() -> None:
         bp.encoder.layers[0].mean.fill_(float(allpix.mean()))
         bp.encoder.layers[0].std.fill_(float(allpix.std()))
     cap = 30.0 if args.quick else 180.0
-    state = {"t0": time.perf_counter(), "reached": None, "within_001": None, "best": 0.0, "curve": []}
+    state = {"t0": time.perf_counter(), "val_s": 0.0, "reached": None, "within_001": None,
+             "best": 0.0, "curve": []}
 
     def validate(net):
+        # training time only: the time spent validating is not backprop's
+        tv = time.perf_counter()
         d = test_dice(net, test)
+        state["val_s"] += time.perf_counter() - tv
         state["best"] = max(state["best"], d)
-        el = time.perf_counter() - state["t0"]
+        el = time.perf_counter() - state["t0"] - state["val_s"]
         state["curve"].append((round(el, 1), round(d, 4)))
         if d >= d_flim - 0.01 and state["within_001"] is None:
             state["within_001"] = el
@@ -270,8 +274,9 @@ def main() -> None:
     state["t0"] = time.perf_counter()
     run_job(train_decoder(bp, ims, marks, steps=100000, lr=2.5e-3, train_encoder=True, seed=0,
                           validate=validate, validate_every=10))
-    bp_time = time.perf_counter() - state["t0"]
+    bp_time = time.perf_counter() - state["t0"] - state["val_s"]
     figures["c_speed_ratio"] = {
+        "backprop_validation_seconds_excluded": round(state["val_s"], 1),
         "flim_fit_plus_head_seconds": round(flim_s, 3), "flim_dice": round(d_flim, 4),
         "backprop_reached_flim_dice": state["reached"] is not None,
         "backprop_seconds": round(bp_time, 1), "backprop_best_dice": round(state["best"], 4),
