@@ -76,8 +76,14 @@ def test_annotator_times_clicks_logs_them_and_restores(make_napari_viewer, qtbot
     assert np.allclose(restored.data, [[10, 20, 20], [14, 30, 10]])
     assert restored.features["latency_s"].tolist() == pytest.approx(table["latency_s"].tolist())
     assert any("restored 2 clicks" in m for m in _messages(notifications))
-    # import the CSV back in: the rows join the layer and the log
+    # importing its own export back adds nothing twice (same click ids)
     w2.import_table(out)
+    assert len(restored.data) == 2 and len(read_clicks(log)["z"]) == 2
+    assert any("already here" in m for m in _messages(notifications))
+    # another annotator's table joins the layer and the log, with its own ids
+    other = tmp_path / "other.csv"
+    other.write_text(out.read_text().replace(table["click_id"][0], "bob-1").replace(table["click_id"][1], "bob-2"))
+    w2.import_table(other)
     assert len(restored.data) == 4 and len(read_clicks(log)["z"]) == 4
 
 

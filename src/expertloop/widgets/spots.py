@@ -255,6 +255,18 @@ class SpotAnnotatorWidget(Container):
         except (OSError, ValueError) as exc:
             _notify("error", f"Spot annotator: {exc}")
             return None
+        # a click already in the layer (same id, e.g. re-importing its own export)
+        # is not added twice; rows without an id get a fresh one in this session
+        known = {str(c) for c in self.points.features.get("click_id", []) if str(c)}
+        ids = [str(c) for c in table["click_id"]]
+        keep = np.array([not cid or cid not in known for cid in ids], bool)
+        skipped = int((~keep).sum())
+        table = {c: np.asarray(v)[keep] for c, v in table.items()}
+        table["click_id"] = np.array(
+            [cid or f"{self.log.session_id}-import{k}" for k, cid in enumerate(map(str, table["click_id"]))],
+            object)
+        if skipped:
+            _notify("info", f"Spot annotator: {skipped} clicks of the table are already here (same id): skipped")
         # imported rows enter the journal as they are, so a crash keeps them too
         for i in range(len(table["z"])):
             self.log.journal.append({"event": "click", **{c: table[c][i] for c in CLICK_COLUMNS}})
