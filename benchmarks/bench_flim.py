@@ -25,7 +25,12 @@ whole masks. Figures:
 (c) FLIM encoder fit time for 5 images of 512² (target ≤ 2 s on 2 cores),
     and the speed ratio against backprop training of the same encoder (+ the
     same 1×1 head, on the same markers) until it reaches the FLIM Dice;
-(d) descriptor time for 100 images (256², superpixels included).
+(d) descriptor time for 100 images (256², superpixels included);
+(e) baselines in the same run, trained on the SAME markers: Otsu (global
+    threshold per test image) and a random forest on a filter bank
+    (``expertloop.engine.baselines``, ilastik style), on the nuclei test set
+    and on ISBI EM images 5-9 (foreground: cells; markers simulated from the
+    truth of images 0-4); ratios FLIM Dice / baseline Dice in the JSON.
 
     python benchmarks/bench_flim.py [--quick] [--data DIR]
 """
@@ -111,6 +116,46 @@ def pixel_head(enc, images, marks):
     return run_job(fit_pixel_head(enc, images, marks))
 
 
+def baselines_side_by_side(name, train_imgs, train_marks, test, methods: dict) -> dict:
+    """FLIM vs Otsu and the random-forest filter bank trained on the SAME markers.
+
+    ``test``: (image, foreground mask) pairs; ``methods``: name -> image -> mask.
+    Two scores: the mean per-image Dice (the benchmark's usual one; an image
+    without objects scores 1 only if nothing is predicted) and one Dice over
+    all test pixels pooled. Otsu per image and Otsu with one threshold for the
+    whole test stack. Prints side by side; returns the figures with the ratios.
+    """
+    from skimage.filters import threshold_otsu
+
+    from expertloop.engine.baselines import RandomForestPixelClassifier, otsu_segment
+    from expertloop.engine.metrics import dice
+
+    t = time.perf_counter()
+    rf = RandomForestPixelClassifier(n_estimators=50).fit(train_imgs, train_marks)
+    rf_s = time.perf_counter() - t
+    stack_t = threshold_otsu(np.concatenate([img.ravel() for img, _ in test]))
+    preds = {"otsu_per_image": otsu_segment, "otsu_one_threshold_for_the_stack": lambda im: im > stack_t,
+             "random_forest_filter_bank": lambda im: rf.predict(im) == 2, **methods}
+    truth_all = np.concatenate([fg.ravel() for _, fg in test])
+    out = {"marked_images": len(train_imgs), "test_images": len(test), "random_forest_fit_seconds": round(rf_s, 2)}
+    log(f"(e) {name}: {len(test)} test images, markers on {len(train_imgs)} images; Dice mean per image | pooled")
+    for k, fn in preds.items():
+        masks = [fn(img) for img, _ in test]
+        out[k] = {"dice_mean": round(float(np.mean([dice(m, fg) for m, (_, fg) in zip(masks, test)])), 4),
+                  "dice_pooled": round(float(dice(np.concatenate([m.ravel() for m in masks]), truth_all)), 4)}
+        log(f"    {k:40s} {out[k]['dice_mean']:.3f} | {out[k]['dice_pooled']:.3f}")
+    for k in methods:
+        for base, short in (("otsu_per_image", "otsu"), ("otsu_one_threshold_for_the_stack", "otsu_stack"),
+                            ("random_forest_filter_bank", "rf")):
+            for score in ("dice_mean", "dice_pooled"):
+                out[f"ratio_{k}_over_{short}_{score}"] = round(out[k][score] / max(out[base][score], 1e-9), 3)
+        log(f"    ratios {k}: / Otsu {out[f'ratio_{k}_over_otsu_dice_mean']} | "
+            f"{out[f'ratio_{k}_over_otsu_dice_pooled']}, / Otsu stack {out[f'ratio_{k}_over_otsu_stack_dice_mean']}"
+            f" | {out[f'ratio_{k}_over_otsu_stack_dice_pooled']}, / RF {out[f'ratio_{k}_over_rf_dice_mean']} | "
+            f"{out[f'ratio_{k}_over_rf_dice_pooled']}")
+    return out
+
+
 def first_with_objects(pool, rng):
     cands = [i for i, (_, gt) in enumerate(pool) if (gt > 0).mean() > 0.05]
     return int(rng.choice(cands))
@@ -192,8 +237,19 @@ def main() -> None:
             "runs": v} for k, v in results.items()}
     figures["b_selection"]["loop_seconds_mean"] = round(float(np.mean([r[2] for r in rec_runs])), 2)
 
+    # ---------------------------------------------------------------- (e) baselines, nuclei
+    from expertloop.engine.flim import predict
+
+    flim_a = results["random"][0]  # the same 5 marked images for FLIM and the random forest
+    e_ims, e_marks = [imgs[i] for i in flim_a["images"]], [annotate(i) for i in flim_a["images"]]
+    e_enc, _ = fit_flim(e_ims, e_marks)  # deterministic: the networks scored in (b) for this draw
+    e_head, e_unet = pixel_head(e_enc, e_ims, e_marks), flim_unet(e_enc, pool, steps)
+    figures["e_baselines_nuclei"] = baselines_side_by_side(
+        "nuclei", e_ims, e_marks, [(img, gt > 0) for img, gt in test],
+        {"flim_pixel_head": lambda im: predict(e_head, im)[0] == 2,
+         "flim_unet_decoder": lambda im: predict(e_unet, im)[0] == 2})
+
     # ---------------------------------------------------------------- (a) FLIM vs backprop
-    flim_a = results["random"][0]
     t = time.perf_counter()
     base = build_network(random_encoder_like(SPEC, 1, [16, 16], seed=0), [1, 2], "unet", width=16)
     with torch.no_grad():  # same input normalisation as a data z-score (the FLIM encoder gets it from markers)
@@ -239,6 +295,13 @@ def main() -> None:
                              "filters_per_layer": rep_em.filters_per_layer}
     log(f"(c) FLIM fit, 5 EM images 512² ({n_mark} marked pixels, 2 layers): median "
         f"{np.median(fit_times):.2f} s (target <= 2 s)")
+
+    # (e) EM membranes: foreground = cells (label > 127), markers on images 0-4, test on 5-9
+    em_test = [(iio.imread(em_dir / "image" / f"{i}.png").astype(np.float32),
+                iio.imread(em_dir / "label" / f"{i}.png") > 127) for i in range(5, 10 if not args.quick else 7)]
+    em_head = pixel_head(enc_em, em_imgs, em_marks)
+    figures["e_baselines_em"] = baselines_side_by_side("EM membranes (ISBI 2012)", em_imgs, em_marks, em_test,
+                                                       {"flim_pixel_head": lambda im: predict(em_head, im)[0] == 2})
 
     # speed ratio on nuclei: FLIM encoder + pixel head vs backprop of the same encoder + head, same markers
     chosen = results["random"][0]["images"]
