@@ -14,6 +14,12 @@
     expertloop store export PROJECT scans --format csv|coco|masks -o OUT --as ada
     expertloop store import PROJECT scans FILE --format csv|coco|masks --as ada
     expertloop store upgrade PROJECT
+    expertloop store passwd PROJECT bob [--as ada] [--password-stdin]
+    expertloop store token PROJECT --as bob [--name script] [--days 30] [--revoke ID]
+
+``passwd`` without ``--as`` sets a user's own password (whoever can write the
+project's database can do that anyway); with ``--as ADMIN`` it sets an initial
+password that the user must change at first login.
 
 PROJECT is a project folder, a SQLite file or a database URL
 (``postgresql+psycopg://user@host/db``).
@@ -72,6 +78,45 @@ def cmd_user(args) -> int:
     with _open(args) as st:
         st.add_user(args.as_user, args.name, args.role, _split(args.expertise))
     print(f"added {args.role} {args.name}")
+    return 0
+
+
+def _read_password(args) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass(f"new password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("expertloop store: error: the passwords differ")
+    return first
+
+
+def cmd_passwd(args) -> int:
+    from expertloop.store import auth
+
+    password = _read_password(args)
+    with _open(args) as st:
+        auth.set_password(st, args.as_user, args.name, password)
+    kind = "initial password (to be changed at first login)" if args.as_user else "password"
+    print(f"set the {kind} of {args.name}")
+    return 0
+
+
+def cmd_token(args) -> int:
+    from datetime import timedelta
+
+    from expertloop.store import auth
+
+    with _open(args) as st:
+        if args.revoke is not None:
+            auth.revoke_token(st, args.as_user, args.revoke)
+            print(f"revoked token {args.revoke}")
+            return 0
+        days = timedelta(days=args.days) if args.days else None
+        print(auth.create_token(st, args.as_user, args.user, name=args.name or "",
+                                expires_in=days))
+    print("keep this token secret: it is shown only once", file=sys.stderr)
     return 0
 
 
@@ -212,6 +257,16 @@ def add_commands(sub) -> None:
     c.add_argument("name")
     c.add_argument("--role", choices=ROLES, default="annotator")
     c.add_argument("--expertise", help="comma-separated tags")
+    c = cmd("passwd", cmd_passwd, "set a password (your own, or an initial one as admin)",
+            as_required=False)
+    c.add_argument("name", help="whose password")
+    c.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of standard input")
+    c = cmd("token", cmd_token, "create or revoke an API token for scripts")
+    c.add_argument("--user", help="for another user (admins)")
+    c.add_argument("--name", help="what the token is for")
+    c.add_argument("--days", type=float, help="expire after this many days")
+    c.add_argument("--revoke", type=int, metavar="ID", help="revoke token ID instead")
     c = cmd("template", cmd_template, "add a task template (admins)")
     c.add_argument("name")
     c.add_argument("--type", choices=TASK_TYPES, required=True)
