@@ -58,7 +58,7 @@ def read_layers(path: str | list[str]) -> list[tuple]:
     layers: list[tuple] = []
     for p in paths:
         try:
-            items = read_image(p)
+            items = read_image(p, lazy=True)
         except ImageReadError as exc:
             _notify_error(f"napari-expertloop could not open {Path(p).name}: {exc}")
             continue

@@ -89,8 +89,13 @@ def _check_file(path: Path) -> None:
         raise ImageReadError(f"{path.name}: the file is empty (0 bytes)")
 
 
-def read_image(path: str | os.PathLike) -> list[ImageData]:
-    """Read any supported image file (dispatch on the file name)."""
+def read_image(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
+    """Read any supported image file (dispatch on the file name).
+
+    ``lazy=True`` (the napari reader) returns TIFF data as dask arrays read
+    through tifffile's zarr store, one chunk per plane or tile, and a pyramid
+    as a list of levels (napari multiscale). Other formats ignore it.
+    """
     path = Path(path)
     kind = file_kind(path)
     if kind is None:
@@ -98,7 +103,9 @@ def read_image(path: str | os.PathLike) -> list[ImageData]:
             f"{path.name}: unsupported file type; expertloop reads "
             + ", ".join(SUPPORTED_SUFFIXES)
         )
-    return {"nifti": read_nifti, "tiff": read_tiff, "plain": read_plain}[kind](path)
+    if kind == "tiff":
+        return read_tiff(path, lazy=lazy)
+    return {"nifti": read_nifti, "plain": read_plain}[kind](path)
 
 
 # ---------------------------------------------------------------- NIfTI
@@ -164,15 +171,37 @@ def read_nifti(path: str | os.PathLike) -> list[ImageData]:
 
 
 # ----------------------------------------------------------------- TIFF
+#: OME length units -> factor to micrometres
+OME_UNIT_TO_UM = {
+    "pm": 1e-6, "Å": 1e-4, "nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3,
+    "cm": 1e4, "m": 1e6,
+}  # fmt: skip
+
+
+def _ome_scale(ome_xml: str) -> tuple[dict[str, float], dict[str, str]]:
+    """OME PhysicalSize{X,Y,Z} in µm and the source unit of each axis."""
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", ome_xml)
+    head = pixels.group(0) if pixels else ome_xml
+    for ax in "XYZ":
+        m = re.search(rf'PhysicalSize{ax}="([0-9.eE+-]+)"', head)
+        if not m:
+            continue
+        u = re.search(rf'PhysicalSize{ax}Unit="([^"]+)"', head)
+        unit = u.group(1) if u else "µm"  # the OME default
+        if unit not in OME_UNIT_TO_UM:
+            raise ImageReadError(f"OME PhysicalSize{ax}Unit {unit!r} is not a length unit")
+        scale[ax] = float(m.group(1)) * OME_UNIT_TO_UM[unit]
+        units[ax] = unit
+    return scale, units
+
+
 def _tiff_scale(tif) -> dict[str, float]:
-    """Physical pixel size per axis letter, from OME or ImageJ metadata."""
+    """Physical pixel size per axis letter, from OME (in µm) or ImageJ metadata."""
     scale: dict[str, float] = {}
     if tif.is_ome and tif.ome_metadata:
-        for ax in "XYZ":
-            m = re.search(rf'PhysicalSize{ax}="([0-9.eE+-]+)"', tif.ome_metadata)
-            if m:
-                scale[ax] = float(m.group(1))
-        return scale
+        return _ome_scale(tif.ome_metadata)[0]
     page = tif.pages.first
     # ImageJ metadata, or the JSON description of a plain tifffile TIFF
     ij = tif.imagej_metadata or (tif.shaped_metadata or [{}])[0] or {}
@@ -187,17 +216,37 @@ def _tiff_scale(tif) -> dict[str, float]:
     return scale
 
 
-def read_tiff(path: str | os.PathLike) -> list[ImageData]:
+def _lazy_levels(series) -> list:
+    """Dask arrays of every pyramid level, read through tifffile's zarr store."""
+    import dask.array as da
+    import zarr
+
+    return [
+        da.from_zarr(zarr.open_array(series.aszarr(level=i), mode="r"))
+        for i in range(len(series.levels))
+    ]
+
+
+def read_tiff(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
+    """TIFF/OME-TIFF; ``lazy`` gives dask arrays (a list of them for a pyramid).
+
+    OME physical sizes are converted to micrometres; the source units are in
+    ``metadata["ome_units"]``.
+    """
     import tifffile
 
     path = Path(path)
     _check_file(path)
+    ome_units: dict[str, str] = {}
     try:
         with tifffile.TiffFile(str(path)) as tif:
             series = tif.series[0]
             axes = series.axes
-            data = series.asarray()
+            levels = _lazy_levels(series) if lazy else None
+            data = levels[0] if lazy else series.asarray()
             scale_by_axis = _tiff_scale(tif)
+            if tif.is_ome and tif.ome_metadata:
+                ome_units = _ome_scale(tif.ome_metadata)[1]
     except tifffile.TiffFileError as exc:
         raise ImageReadError(f"{path.name}: not a valid TIFF file ({exc})") from exc
     except (EOFError, OSError, ValueError, IndexError, zlib.error) as exc:
@@ -226,13 +275,24 @@ def read_tiff(path: str | os.PathLike) -> list[ImageData]:
         "scale": scale,
         "metadata": {"source": str(path), "format": "tiff", "axes": axes},
     }
+    if ome_units:
+        meta["metadata"]["units"] = "µm"
+        meta["metadata"]["ome_units"] = ome_units  # converted from these
     if rgb:
         meta["rgb"] = True
-    if channel_axis is not None and data.shape[channel_axis] > 1:
+    shape = data.shape  # of level 0 when data becomes a pyramid below
+    if levels is not None and len(levels) > 1 and data.ndim == len(axes):
+        data = levels  # napari multiscale; scale is level 0's, napari infers the rest
+        meta["multiscale"] = True
+        meta["metadata"]["level_shapes"] = [tuple(lv.shape) for lv in levels]
+    if channel_axis is not None and shape[channel_axis] > 1:
         meta["channel_axis"] = channel_axis
-        meta["name"] = [f"{_stem(path)} [ch{i}]" for i in range(data.shape[channel_axis])]
+        meta["name"] = [f"{_stem(path)} [ch{i}]" for i in range(shape[channel_axis])]
     elif channel_axis is not None:
-        data = np.take(data, 0, axis=channel_axis)
+        if isinstance(data, list):
+            data = [lv[(slice(None),) * channel_axis + (0,)] for lv in data]
+        else:
+            data = data[(slice(None),) * channel_axis + (0,)]
     return [ImageData(data, meta, "image")]
 
 
