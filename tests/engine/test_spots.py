@@ -245,3 +245,23 @@ def test_evaluation_scenarios_table_and_roc(phantom, tmp_path):
     assert "T1->2" in ev.table() and "mean" in ev.table()
     ev.plot_roc(tmp_path / "roc.png")
     assert (tmp_path / "roc.png").stat().st_size > 1000
+
+
+def test_point_detection_scores_rank_and_match_each_spot_once():
+    from expertloop.engine.spots.evaluate import match_points, point_detection_scores
+
+    centers = np.array([[10.0, 10, 10], [30, 30, 30]])
+    radii = np.full((2, 3), 2.0)
+    # ranked: a hit, a duplicate of the same spot, a miss far away, the second spot
+    pts = np.array([[10, 11, 10], [11, 10, 10], [50, 50, 50], [30, 30, 32]])
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    assert match_points(pts, scores, centers, radii).tolist() == [True, False, False, True]
+    s = point_detection_scores(pts, scores, centers, radii)
+    assert s["n_spots"] == 2 and s["n_detections"] == 4
+    # precision 1 at recall .5, then 2/4 at recall 1 -> AP = .5 * 1 + .5 * .5
+    assert abs(s["ap"] - 0.75) < 1e-9
+    # best F1: first detection only (2*1*.5/1.5 = .667) vs all four (2*.5*1/1.5 = .667) -> first reached
+    assert abs(s["best_f1"] - 2 / 3) < 1e-9 and s["best_f1_threshold"] == 0.9
+    perfect = point_detection_scores(centers, [1.0, 0.5], centers, radii)
+    assert perfect["ap"] == 1.0 and perfect["best_f1"] == 1.0
+    assert point_detection_scores(np.zeros((0, 3)), [], centers, radii)["ap"] == 0.0

@@ -155,3 +155,55 @@ def evaluate_scenarios(
             k += 1
             yield Progress(k * 100, total * 100, f"{name} {v}: AUC {auc:.4f}")
     return ev
+
+
+def match_points(points, scores, centers, radii, *, tol: float = 1.0) -> np.ndarray:
+    """True-positive flags of ranked detections against planted spots.
+
+    Detections are taken by decreasing score; each one is a hit when it lies
+    inside the still-unmatched spot's ellipsoid (``radii + tol`` per axis) that
+    is nearest in normalised distance. Each spot is matched at most once.
+    """
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(points, float).reshape(-1, 3)
+    c = np.asarray(centers, float).reshape(-1, 3)
+    r = np.asarray(radii, float).reshape(-1, 3) + float(tol)
+    tp = np.zeros(len(pts), bool)
+    if not len(pts) or not len(c):
+        return tp
+    used = np.zeros(len(c), bool)
+    tree = cKDTree(c)
+    reach = float(r.max())
+    for i in np.argsort(-np.asarray(scores, float), kind="stable"):
+        near = [j for j in tree.query_ball_point(pts[i], reach) if not used[j]]
+        if not near:
+            continue
+        d = np.sqrt((((pts[i] - c[near]) / r[near]) ** 2).sum(axis=1))
+        k = int(np.argmin(d))
+        if d[k] <= 1.0:
+            used[near[k]] = True
+            tp[i] = True
+    return tp
+
+
+def point_detection_scores(points, scores, centers, radii, *, tol: float = 1.0) -> dict[str, float]:
+    """AP (all-point) and best F1 (with its score threshold) of ranked 3D detections
+    against ALL planted spots (not only the clicked ones)."""
+    from expertloop.engine.blood.metrics import average_precision
+
+    scores = np.asarray(scores, float)
+    tp = match_points(points, scores, centers, radii, tol=tol)
+    n_gt = len(np.asarray(centers).reshape(-1, 3))
+    order = np.argsort(-scores, kind="stable")
+    ctp = np.cumsum(tp[order])
+    prec = ctp / np.arange(1, len(order) + 1)
+    rec = ctp / max(n_gt, 1)
+    f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
+    best = int(np.argmax(f1)) if len(f1) else 0
+    return {"ap": average_precision(scores, tp, n_gt) if len(tp) else 0.0,
+            "best_f1": float(f1[best]) if len(f1) else 0.0,
+            "best_f1_threshold": float(scores[order][best]) if len(f1) else float("nan"),
+            "best_f1_precision": float(prec[best]) if len(f1) else 0.0,
+            "best_f1_recall": float(rec[best]) if len(f1) else 0.0,
+            "n_detections": int(len(tp)), "n_spots": int(n_gt)}
