@@ -48,7 +48,10 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, meta: Mapping[str, Any
 
 
 def write_nifti(path: str | os.PathLike, data: np.ndarray, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write a 3D/4D array in napari order as NIfTI.
+    """Write a 2D, 3D or 4D array in napari order as NIfTI.
+
+    A 2D array (Y, X) is written as a single-slice volume, so 2D labels drawn
+    on a TIFF/PNG can be saved as NIfTI too; it reads back as (1, Y, X).
 
     If the layer came from :func:`expertloop.io.readers.read_nifti` (its
     metadata holds ``canonical_affine``), the array is mapped back to that
@@ -59,8 +62,12 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, meta: Mapping[str, An
 
     meta = dict(meta or {})
     data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[np.newaxis]
+        if meta.get("scale") is not None:
+            meta["scale"] = [1.0, *list(meta["scale"])[-2:]]
     if data.ndim not in (3, 4):
-        raise ValueError(f"NIfTI needs a 3D or 4D array, got shape {data.shape}")
+        raise ValueError(f"NIfTI needs a 2D, 3D or 4D array, got shape {data.shape}")
     if data.dtype == bool:
         data = data.astype(np.uint8)
     if data.dtype == np.int64:
