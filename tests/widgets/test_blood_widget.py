@@ -152,3 +152,52 @@ def test_train_from_shapes_and_labels(make_napari_viewer, qtbot, model_file, not
     w.annotations.value = "empty"
     w.train()
     assert any("is empty" in str(n.message) for n in notifications)
+
+
+def test_named_thresholds_shared_by_widget_image_folder_and_cli(make_napari_viewer, qtbot, model_file, tmp_path):
+    """A model saved with non-default thresholds: the widget's sliders show
+    them, and the widget image path, its folder batch and ``expertloop blood
+    predict`` keep the same regions and write the same table."""
+    from skimage.io import imsave
+
+    from expertloop.cli import main
+    from expertloop.engine.blood.model import BloodModel
+
+    path, img = model_file
+    m = load_blood_model(path)
+    dflt = BloodModel.__dataclass_fields__
+    m.set_thresholds(candidate_floor=0.0, score_threshold=0.02, type_threshold=0.3)
+    assert all(m.thresholds()[k] != dflt[k].default for k in m.thresholds())
+    mpath = save_blood_model(tmp_path / "thr", m)
+    assert load_blood_model(mpath).thresholds() == m.thresholds()
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="smear", rgb=True)
+    w = _widget(viewer, qtbot)
+    w.model_file.value = mpath
+    w.load()
+    _wait(qtbot, w)
+    assert (w.score.value, w.type_thr.value) == pytest.approx((0.02, 0.3))
+    w.detect()
+    _wait(qtbot, w)
+    ref = run_job(predict_image(load_blood_model(mpath), img))  # the model's candidate_floor
+    np.testing.assert_allclose(w.result.boxes, ref.boxes, atol=1e-4)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    imsave(folder / "a.png", img)
+    w.folder.value = folder
+    w.export_file.value = tmp_path / "widget_out" / "x"
+    w.detect_folder()
+    _wait(qtbot, w)
+    assert main(["blood", "predict", str(folder), "-m", str(mpath), "-o", str(tmp_path / "cli_out"),
+                 "--format", "csv"]) == 0
+    widget_rows = (tmp_path / "widget_out" / "regions.csv").read_text()
+    assert widget_rows == (tmp_path / "cli_out" / "regions.csv").read_text()
+    assert len(widget_rows.strip().splitlines()) - 1 == int((ref.scores >= 0.02).sum())
+    # the CLI applies an override; a slider change writes back to the model and is saved
+    assert main(["blood", "predict", str(folder), "-m", str(mpath), "-o", str(tmp_path / "cli_hi"),
+                 "--format", "csv", "--score-threshold", "1.0"]) == 0
+    assert len((tmp_path / "cli_hi" / "regions.csv").read_text().strip().splitlines()) == 1
+    w.type_thr.value = 0.7
+    w.save_file.value = tmp_path / "saved"
+    saved = w.save()
+    assert load_blood_model(saved).type_threshold == pytest.approx(0.7)

@@ -46,6 +46,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
 
     model = load_blood_model(args.model, device=args.device)
+    model.set_thresholds(candidate_floor=args.candidate_floor, score_threshold=args.score_threshold,
+                         type_threshold=args.type_threshold)
+    thr, tthr = model.score_threshold, model.type_threshold
     files = _image_files(args.inputs)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,8 +65,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 data = data.reshape((-1,) + data.shape[-(3 if rgb else 2):])[0]
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                res = run_job(predict_image(model, data, score_threshold=min(0.05, args.score_threshold),
-                                            name=f.name, device=args.device), on_progress=show)
+                res = run_job(predict_image(model, data, name=f.name, device=args.device), on_progress=show)
             print(file=sys.stderr)
             for w in caught:
                 print(f"  warning: {w.message}", file=sys.stderr)
@@ -71,16 +73,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"  skipped: {exc}", file=sys.stderr)
             failures += 1
             continue
-        s = res.summary(args.score_threshold, args.type_threshold)
+        s = res.summary(thr, tthr)
         print(f"  {s['regions']} regions, {s['abnormal_regions']} abnormal; "
               + ", ".join(f"{t} {n}" for t, n in s["per_type"].items() if n), file=sys.stderr)
         results.append(res)
     if "csv" in args.format:
-        p = write_csv(out / "regions.csv", results_to_rows(results, args.score_threshold, args.type_threshold))
+        p = write_csv(out / "regions.csv", results_to_rows(results, thr, tthr))
         print(f"wrote {p}", file=sys.stderr)
     if "coco" in args.format:
         p = write_coco(out / "regions_coco.json",
-                       results_to_annotations(results, args.score_threshold, args.type_threshold),
+                       results_to_annotations(results, thr, tthr),
                        categories=model.det_classes)
         print(f"wrote {p}", file=sys.stderr)
     return 1 if failures else 0
@@ -140,8 +142,9 @@ def add_commands(sub) -> None:
     s.add_argument("-m", "--model", required=True, help="model file (.pt with its .json)")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--format", nargs="+", choices=["csv", "coco"], default=["csv", "coco"])
-    s.add_argument("--score-threshold", type=float, default=0.5)
-    s.add_argument("--type-threshold", type=float, default=0.5)
+    for name in ("candidate_floor", "score_threshold", "type_threshold"):
+        s.add_argument("--" + name.replace("_", "-"), type=float, default=None,
+                       help=f"override the model's {name} (default: the value saved in the model)")
     s.add_argument("--device", default=None)
     s.set_defaults(func=cmd_predict)
 

@@ -90,8 +90,13 @@ class BloodWidget(Container):
         # detection
         self.image = ComboBox(label="image", choices=lambda _: image_layer_choices(viewer))
         self.detect_btn = PushButton(text="Detect cells")
-        self.score = FloatSlider(label="score threshold", min=0.0, max=1.0, step=0.001, value=0.5)
-        self.type_thr = FloatSlider(label="type threshold", min=0.0, max=1.0, step=0.001, value=0.5)
+        from expertloop.engine.blood.model import BloodModel
+
+        dflt = BloodModel.__dataclass_fields__
+        self.score = FloatSlider(label="score threshold", min=0.0, max=1.0, step=0.001,
+                                 value=dflt["score_threshold"].default)
+        self.type_thr = FloatSlider(label="type threshold", min=0.0, max=1.0, step=0.001,
+                                    value=dflt["type_threshold"].default)
         self.summary = Label(value="no detection yet")
         self.table = Table(value={"region": []})
         # training
@@ -158,6 +163,7 @@ class BloodWidget(Container):
 
         def done(model):
             self.model = model
+            self.score.value, self.type_thr.value = model.score_threshold, model.type_threshold
             self._info(f"loaded {path.name}: types {', '.join(model.type_names)}")
 
         return self.runner.start(job(), description="loading blood model", on_result=done)
@@ -189,7 +195,7 @@ class BloodWidget(Container):
             return None
         plane = _plane(layer, self._viewer)
         self._source = layer
-        job = predict_image(self.model, plane, score_threshold=0.01, name=layer.name)
+        job = predict_image(self.model, plane, name=layer.name)
         return self.runner.start(job, description="detecting blood cells", on_result=self._show)
 
     def _show(self, result) -> None:
@@ -207,7 +213,11 @@ class BloodWidget(Container):
         self.refresh()
 
     def refresh(self, *_) -> None:
-        """Apply the thresholds to the overlay, the table and the summary."""
+        """Apply the thresholds to the overlay, the table and the summary (and
+        to the model, so they are saved with it and used by the folder batch)."""
+        if self.model is not None:
+            self.model.set_thresholds(score_threshold=float(self.score.value),
+                                      type_threshold=float(self.type_thr.value))
         res = self.result
         if res is None or self.layer is None or self.layer not in self._viewer.layers:
             return
@@ -303,6 +313,7 @@ class BloodWidget(Container):
 
         def done(out):
             self.model, hist = out
+            self.refresh()
             det = hist["detector"]
             msg = f"trained: detector {len(det)} iteration{'' if len(det) == 1 else 's'}" + (f" (loss {det[0]:.3f} -> {det[-1]:.3f})" if det else "")
             if hist["heads"]:
@@ -371,7 +382,9 @@ class BloodWidget(Container):
         if not target.name:
             self._info("choose where to export (export to)")
             return None
-        thr, tthr, model = float(self.score.value), float(self.type_thr.value), self.model
+        self.refresh()  # the sliders' values are the model's thresholds
+        model = self.model
+        thr, tthr = model.score_threshold, model.type_threshold
         loaders = [lambda f=f: read_image(f)[0].data for f in files]
 
         def job():

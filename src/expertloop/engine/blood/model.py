@@ -556,6 +556,10 @@ class AbnormalClassifier:
 
 
 # ------------------------------------------------------------ the bundle
+#: the named thresholds a :class:`BloodModel` carries, used by every detection path
+THRESHOLDS = ("candidate_floor", "score_threshold", "type_threshold")
+
+
 @dataclass
 class BloodModel:
     """Everything the workflow needs, saved and loaded as one bundle."""
@@ -577,8 +581,27 @@ class BloodModel:
     embedder_pretrained: bool = False
     train_image_size: tuple | None = None
     trained_types: list[str] = field(default_factory=list)
+    #: a type is shown/exported for a region when its probability reaches this
     type_threshold: float = 0.5
+    #: a region is shown/exported when its detection score reaches this
     score_threshold: float = 0.5
+    #: the detector keeps regions down to this score (so the shown threshold can be lowered without re-running)
+    candidate_floor: float = 0.05
+
+    def thresholds(self) -> dict[str, float]:
+        """The three named thresholds in force (saved with the model)."""
+        return {k: float(getattr(self, k)) for k in THRESHOLDS}
+
+    def set_thresholds(self, **values) -> None:
+        """Set some of :data:`THRESHOLDS` (each in [0, 1]); ``None`` values are skipped."""
+        for k, v in values.items():
+            if k not in THRESHOLDS:
+                raise ValueError(f"unknown threshold {k!r}; choose among {THRESHOLDS}")
+            if v is None:
+                continue
+            if not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"{k} must be within [0, 1], got {v}")
+            setattr(self, k, float(v))
 
     @property
     def max_regions(self) -> int:
@@ -647,7 +670,7 @@ def save_blood_model(path, model: BloodModel):
         "frozen_bn": model.frozen_bn, "backbone_pretrained": model.backbone_pretrained,
         "embedder_pretrained": model.embedder_pretrained, "trained_types": model.trained_types,
         "hidden": int(model.heads.heads[0][0].out_features),
-        "max_regions": model.max_regions, "type_threshold": model.type_threshold, "score_threshold": model.score_threshold,
+        "max_regions": model.max_regions, **model.thresholds(),
     }
     return save_model(path, state, workflow=WORKFLOW, class_names=model.type_names, input_spec=spec, extra=extra)
 
@@ -678,9 +701,9 @@ def load_blood_model(path, device=None) -> BloodModel:
         int(spec["patch_size"]), int(spec["min_size"]), int(spec["max_size"]), bool(ex["frozen_bn"]),
         bool(ex["backbone_pretrained"]), bool(ex["embedder_pretrained"]),
         tuple(spec["train_image_size"]) if spec.get("train_image_size") else None,
-        list(ex.get("trained_types", [])), float(ex.get("type_threshold", 0.5)),
-        float(ex.get("score_threshold", 0.5)),
+        list(ex.get("trained_types", [])),
     )
+    m.set_thresholds(**{k: ex[k] for k in THRESHOLDS if k in ex})
     if device is not None:
         dev = select_device(device)
         for mod in (m.detector, m.embedder, m.heads):

@@ -84,12 +84,26 @@ def classify_regions(model: BloodModel, image, boxes) -> Job[tuple[np.ndarray, n
     return probs, model.abnormal_scores(probs)
 
 
-def predict_image(model: BloodModel, image, *, score_threshold: float = 0.05, name: str = "",
+def predict_image(model: BloodModel, image, *, score_threshold: float | None = None, name: str = "",
                   device=None) -> Job[BloodResult]:
-    """Job: detect regions (kept down to ``score_threshold``, so a display
-    threshold can be raised later without re-running) and classify each."""
+    """Job: detect regions and classify each.
+
+    Parameters
+    ----------
+    model : BloodModel
+    image : array
+    score_threshold : float, optional
+        Keep regions down to this detector score; by default the model's
+        ``candidate_floor`` (low, so the shown ``score_threshold`` can be raised
+        or lowered later without re-running).
+
+    Returns
+    -------
+    BloodResult
+    """
     img = np.asarray(image)
-    det = yield from rescale(detect(model, img, score_threshold=score_threshold, device=device), 0, 60, 100)
+    floor = model.candidate_floor if score_threshold is None else float(score_threshold)
+    det = yield from rescale(detect(model, img, score_threshold=floor, device=device), 0, 60, 100)
     probs, abn = yield from rescale(classify_regions(model, img, det["boxes"]), 60, 100, 100)
     yield Progress(100, 100, f"{len(det['boxes'])} regions")
     return BloodResult(det["boxes"], det["scores"], det["labels"], probs, abn, list(model.type_names),
@@ -97,7 +111,7 @@ def predict_image(model: BloodModel, image, *, score_threshold: float = 0.05, na
 
 
 def predict_images(model: BloodModel, images: Sequence, *, names: Sequence[str] | None = None,
-                   score_threshold: float = 0.05, device=None) -> Job[list[BloodResult]]:
+                   score_threshold: float | None = None, device=None) -> Job[list[BloodResult]]:
     """Job: :func:`predict_image` over several images (a stack or a folder's files).
 
     ``images`` may hold arrays or callables returning one (read lazily)."""
