@@ -9,7 +9,11 @@ sections 08–09:
 2. fine-tuned transfer (no new labels per round),
 3. fine-tuned + k active-learning rounds, simulated expert (copies ground
    truth inside the region chosen by the paper's objective),
-4. fine-tuned + k rounds of RANDOM contiguous regions of the same size.
+4. fine-tuned + k rounds of RANDOM contiguous regions of the same size;
+
+baseline, same run: a random forest on a filter bank (ilastik / Convpaint
+style, ``expertloop.engine.baselines``) trained on the SAME labelled target
+pixels as arms 3 and 4 at each round, same F-score, ratios in the JSON.
 
 Also: dense inference speed (per-window vs FCN, 512² image, default
 architecture), and the region-search time on a 1024² section.
@@ -52,6 +56,7 @@ def main() -> None:
 
     import imageio.v3 as iio
 
+    from expertloop.engine.baselines import RandomForestPixelClassifier
     from expertloop.engine.jobs import run_job
     from expertloop.engine.membranes import (
         LoopConfig,
@@ -59,6 +64,7 @@ def main() -> None:
         NetConfig,
         abundance,
         build_net,
+        f_score,
         membrane_labels,
         predict_dense,
         predict_windows,
@@ -112,7 +118,14 @@ def main() -> None:
 
     arms = {"frozen": ("frozen", "none"), "fine_tuned": ("fine-tuned", "none"),
             "active": ("fine-tuned", "objective"), "random": ("fine-tuned", "random")}
-    curves, times, regions = {}, {}, {}
+    curves, times, regions, rf_curves = {}, {}, {}, {}
+
+    def rf_f1(labels) -> float:
+        """Baseline: random forest on a filter bank (ilastik / Convpaint) trained on the SAME labelled
+        target pixels as the network at this round, scored by the same F-score on the same sections."""
+        rf = RandomForestPixelClassifier(n_estimators=50).fit(pool, labels)
+        col = int(np.flatnonzero(rf.classes_ == 1)[0])  # 1 = membrane
+        return round(f_score([rf.predict_proba(v)[..., col] for v in val], val_truth)["f1"], 4)
     for arm, (mode, strategy) in arms.items():
         t0 = time.perf_counter()
         c = LoopConfig(**cfg, mode=mode, strategy="random" if strategy == "random" else "objective")
@@ -121,6 +134,9 @@ def main() -> None:
         p.set_source_model(source)
         run_job(p.transfer())
         areas = []
+        rf_curve = [] if strategy != "none" else None
+        if rf_curve is not None:
+            rf_curve.append(rf_f1(p.target_labels))
         for _ in range(rounds):
             if strategy != "none":
                 reg = run_job(p.propose(strategy=strategy))["region"]
@@ -128,16 +144,27 @@ def main() -> None:
                 p.accept(simulated_expert(p.target_labels[reg.image], pool_truth[reg.image],
                                           reg.mask(pool[reg.image].shape)))
             run_job(p.retrain())
+            if rf_curve is not None:
+                rf_curve.append(rf_f1(p.target_labels))
+        if rf_curve is not None:
+            rf_curves[arm] = rf_curve
         curves[arm] = [round(s["f1"], 4) for s in p.scores]
         times[arm] = time.perf_counter() - t0
         regions[arm] = areas
         print(f"{arm:>10}: F-score per round {curves[arm]}  ({times[arm]:.0f} s"
               + (f", region areas {areas} px" if areas else "") + ")", flush=True)
+        if rf_curve is not None:
+            print(f"{'':>10}  random forest on the same labelled pixels: {rf_curve}; network - RF "
+                  f"{[round(a - b, 4) for a, b in zip(curves[arm], rf_curve)]}", flush=True)
     # the random control gets regions of the same number of windows; when the
     # free area around a random seed is smaller it can be smaller: report it
     final = {k: v[-1] for k, v in curves.items()}
     gain = (final["active"] - final["fine_tuned"]) / max(final["fine_tuned"], 1e-9)
     gain_vs_random = final["active"] - final["random"]
+    rf_final = {k: v[-1] for k, v in rf_curves.items()}
+    print(f"random forest baseline, final F-score on the active arm's labels {rf_final['active']:.3f}: "
+          f"active network - RF {final['active'] - rf_final['active']:+.3f} (target >= +0.03), ratio "
+          f"{final['active'] / max(rf_final['active'], 1e-9):.3f}")
     print(f"final F-score: frozen {final['frozen']:.3f}, fine-tuned {final['fine_tuned']:.3f}, "
           f"active {final['active']:.3f}, random regions {final['random']:.3f}; active vs fine-tuned "
           f"{100 * gain:+.1f}% (paper: +16%), active − random {gain_vs_random:+.3f}")
@@ -182,7 +209,10 @@ def main() -> None:
         "benchmark": "membranes", "quick": q, "window": window, "channels": list(cfg["channels"]),
         "rounds": rounds, "f_score_per_round": curves, "final_f_score": final,
         "active_vs_finetuned_relative_gain": round(gain, 4), "active_minus_random": round(gain_vs_random, 4),
-        "region_areas_px": regions, "source_training_s": round(t_source, 1),
+        "region_areas_px": regions,
+        "rf_baseline_f_score_per_round": rf_curves, "rf_baseline_final_f_score": rf_final,
+        "active_minus_rf": round(final["active"] - rf_final["active"], 4),
+        "ratio_active_over_rf": round(final["active"] / max(rf_final["active"], 1e-9), 4), "source_training_s": round(t_source, 1),
         "arm_seconds": {k: round(v, 1) for k, v in times.items()},
         "fcn_512_s": round(t_fcn, 3), "per_window_512_s_extrapolated": round(t_per_window, 1),
         "per_window_over_fcn": round(ratio, 1), "region_search_1024_s": round(t_search, 4),
