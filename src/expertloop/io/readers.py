@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from expertloop.io._safety import DeclaredSizeError, check_declared_size
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
@@ -128,9 +131,15 @@ def read_nifti(path: str | os.PathLike) -> list[ImageData]:
     _check_file(path)
     try:
         img = nib.load(str(path))
+        gz = path.name.lower().endswith(".gz")
+        check_declared_size(img.shape, img.get_data_dtype(), path,
+                            compression="deflate" if gz else None,
+                            offset=0 if gz else int(img.header.get("vox_offset", 0)))
         canon = nib.as_closest_canonical(img)
         data = np.asanyarray(canon.dataobj)
-    except (EOFError, zlib.error, OSError) as exc:
+    except DeclaredSizeError as exc:
+        raise ImageReadError(str(exc)) from exc
+    except (EOFError, zlib.error, OSError, struct.error, MemoryError) as exc:
         raise ImageReadError(
             f"{path.name}: the NIfTI file is truncated or corrupt ({type(exc).__name__}: {exc})"
         ) from exc
@@ -227,6 +236,16 @@ def _lazy_levels(series) -> list:
     ]
 
 
+def _tiff_compression(series) -> str | None:
+    """None for raw pixel data, "deflate" for zlib, else the codec name."""
+    codes = {int(getattr(p, "compression", 1)) for p in series.pages if p is not None}
+    if codes <= {1}:
+        return None
+    if codes <= {8, 32946}:
+        return "deflate"
+    return "compressed"
+
+
 def read_tiff(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
     """TIFF/OME-TIFF; ``lazy`` gives dask arrays (a list of them for a pyramid).
 
@@ -242,6 +261,8 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
         with tifffile.TiffFile(str(path)) as tif:
             series = tif.series[0]
             axes = series.axes
+            check_declared_size(series.shape, series.dtype, path,
+                                compression=_tiff_compression(series), in_memory=not lazy)
             levels = _lazy_levels(series) if lazy else None
             data = levels[0] if lazy else series.asarray()
             scale_by_axis = _tiff_scale(tif)
@@ -249,7 +270,10 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
                 ome_units = _ome_scale(tif.ome_metadata)[1]
     except tifffile.TiffFileError as exc:
         raise ImageReadError(f"{path.name}: not a valid TIFF file ({exc})") from exc
-    except (EOFError, OSError, ValueError, IndexError, zlib.error) as exc:
+    except DeclaredSizeError as exc:
+        raise ImageReadError(str(exc)) from exc
+    except (EOFError, OSError, ValueError, IndexError, zlib.error, struct.error,
+            MemoryError) as exc:
         raise ImageReadError(
             f"{path.name}: the TIFF file is truncated or corrupt ({type(exc).__name__}: {exc})"
         ) from exc

@@ -1,0 +1,81 @@
+"""Checks on what a file *declares* before anything is allocated for it.
+
+A crafted header (a TIFF claiming 100000 x 100000 pixels, a NIfTI claiming
+30000^3 voxels, a half-truncated file) must give one clear message, not a
+``MemoryError`` or ``struct.error`` deep inside a decoder. Readers call
+:func:`check_declared_size` with the shape and dtype from the header.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+# deflate cannot expand data by more than ~1032:1; allow some header slack
+MAX_DEFLATE_RATIO = 1100
+
+
+class DeclaredSizeError(ValueError):
+    """The file declares more data than it holds or than memory can take."""
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process right now."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**62  # no way to tell: only the file-size checks apply
+
+
+def _fmt(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def check_declared_size(shape, dtype, path: str | os.PathLike, *,
+                        compression: str | None = None, offset: int = 0,
+                        in_memory: bool = True) -> int:
+    """Refuse a header whose data cannot be in the file or cannot fit in memory.
+
+    ``compression``: None (raw data: the file must hold every byte after
+    ``offset``), ``"deflate"`` (zlib/gzip: at most ~1100 times the file size)
+    or any other name (only the memory check applies). Returns the number of
+    bytes the data will take. ``in_memory=False`` (lazy, chunked reading)
+    skips the memory check. Raises :class:`DeclaredSizeError`.
+    """
+    path = Path(path)
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise DeclaredSizeError(f"{path.name}: the header declares a negative size {tuple(dims)}")
+    nbytes = math.prod(dims) * np.dtype(dtype).itemsize
+    size = path.stat().st_size
+    shape_txt = " x ".join(map(str, dims))
+    if compression is None and nbytes + offset > size:
+        raise DeclaredSizeError(
+            f"{path.name}: the header declares {shape_txt} {np.dtype(dtype)} "
+            f"({_fmt(nbytes)}) but the file holds only {_fmt(size)}; it is truncated "
+            "or corrupt")
+    if compression == "deflate" and nbytes > MAX_DEFLATE_RATIO * size:
+        raise DeclaredSizeError(
+            f"{path.name}: the header declares {shape_txt} {np.dtype(dtype)} "
+            f"({_fmt(nbytes)}), more than a {_fmt(size)} compressed file can hold; "
+            "it is corrupt")
+    free = available_memory()
+    if in_memory and nbytes > free:
+        raise DeclaredSizeError(
+            f"{path.name}: the image is {shape_txt} {np.dtype(dtype)} ({_fmt(nbytes)}), "
+            f"more than the {_fmt(free)} of memory available")
+    return nbytes

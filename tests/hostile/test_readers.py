@@ -1,0 +1,94 @@
+"""Hostile image files: crafted headers and truncated data give one clear
+ImageReadError before anything large is allocated (issue 18, defect 9)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import tifffile
+
+from expertloop.io import ImageReadError, read_image
+from expertloop.io._safety import DeclaredSizeError, check_declared_size
+
+
+def _tiff_claiming(path, width, height):
+    """A minimal little-endian TIFF whose header declares width x height uint8
+    pixels in one strip, followed by only 100 bytes of data."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+            (273, 4, 0), (277, 3, 1), (278, 4, height), (279, 4, 100)]
+    ifd_at = 8
+    data_at = ifd_at + 2 + 12 * len(tags) + 4
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_at))
+    out += struct.pack("<H", len(tags))
+    for tag, typ, val in tags:
+        val = data_at if tag == 273 else val
+        fmt = "<HHIHH" if typ == 3 else "<HHII"
+        out += struct.pack(fmt, tag, typ, 1, val, 0) if typ == 3 else struct.pack(fmt, tag, typ, 1, val)
+    out += struct.pack("<I", 0)
+    out += bytes(100)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def test_tiff_header_claiming_100000_squared_is_refused(tmp_path):
+    p = _tiff_claiming(tmp_path / "huge.tif", 100_000, 100_000)
+    with pytest.raises(ImageReadError, match="declares 100000 x 100000") as info:
+        read_image(p)
+    assert "truncated" in str(info.value)
+
+
+def test_half_truncated_tiff_is_one_clear_error(tmp_path):
+    p = tmp_path / "half.tif"
+    tifffile.imwrite(p, np.arange(256 * 256, dtype=np.uint16).reshape(256, 256))
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ImageReadError, match="half.tif"):
+        read_image(p)
+
+
+def test_nifti_header_claiming_30000_cubed_is_refused(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_data_shape((30000, 30000, 30000))
+    hdr.set_qform(np.eye(4), code=1)
+    p = tmp_path / "huge.nii"
+    with open(p, "wb") as f:
+        hdr.write_to(f)
+        f.write(bytes(4 + 1000))
+    with pytest.raises(ImageReadError, match="declares 30000 x 30000 x 30000"):
+        read_image(p)
+
+
+def test_gzip_nifti_claiming_more_than_deflate_can_hold_is_refused(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    img = nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4))
+    img.header.set_data_shape((30000, 30000, 30000))
+    p = tmp_path / "huge.nii.gz"
+    hdr_bytes = img.header.binaryblock + bytes(4) + bytes(64)
+    import gzip
+    p.write_bytes(gzip.compress(hdr_bytes))
+    with pytest.raises(ImageReadError, match="compressed file can hold"):
+        read_image(p)
+
+
+def test_check_declared_size_memory_limit(tmp_path, monkeypatch):
+    p = tmp_path / "x.bin"
+    p.write_bytes(bytes(10_000))
+    assert check_declared_size((100, 100), np.uint8, p) == 10_000
+    monkeypatch.setattr("expertloop.io._safety.available_memory", lambda: 5_000)
+    with pytest.raises(DeclaredSizeError, match="memory available"):
+        check_declared_size((100, 100), np.uint8, p)
+    with pytest.raises(DeclaredSizeError, match="negative"):
+        check_declared_size((-1, 100), np.uint8, p)
+
+
+def test_ordinary_files_still_read(tmp_path):
+    a = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48)
+    tifffile.imwrite(tmp_path / "ok.tif", a)
+    tifffile.imwrite(tmp_path / "okz.tif", a, compression="zlib")
+    for name in ("ok.tif", "okz.tif"):
+        (layer,) = read_image(tmp_path / name)
+        np.testing.assert_array_equal(layer.data, a)
