@@ -74,3 +74,12 @@ def test_train_from_voc_folder(tmp_path, data_dir):
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["workflow"] == "blood" and meta["class_names"] == ["RBC", "WBC"]
     assert meta["extra"]["det_classes"] == ["RBC", "WBC"]
+    # regression (issue 19): a bundle with an abnormal classifier reloads and detects
+    from expertloop.engine.blood import load_blood_model
+    m = load_blood_model(out)
+    assert m.abnormal is not None and m.abnormal.a["init"].shape == ()
+    assert m.abnormal.predict_proba(np.full((2, len(m.type_names)), 0.5)).shape == (2,)
+    rc = main(["blood", "predict", str(root / "JPEGImages"), "-m", str(out), "-o", str(tmp_path / "pred"),
+               "--score-threshold", "0"])
+    assert rc == 0
+    assert (tmp_path / "pred" / "regions.csv").exists()

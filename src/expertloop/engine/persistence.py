@@ -85,7 +85,8 @@ def _to_state(obj: Any, torch) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
             raise TypeError("object arrays cannot be saved safely")
-        return torch.from_numpy(np.ascontiguousarray(obj))
+        # np.ascontiguousarray turns a 0-d array into shape (1,): keep the shape
+        return torch.from_numpy(np.ascontiguousarray(obj).reshape(obj.shape))
     if isinstance(obj, Mapping):
         return {str(k): _to_state(v, torch) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

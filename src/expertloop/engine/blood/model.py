@@ -496,6 +496,9 @@ class AbnormalClassifier:
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.a = {k: np.asarray(v) for k, v in arrays.items()}
+        for k in ("init", "learning_rate"):  # scalars (bundles saved before the fix hold them as (1,))
+            if k in self.a:
+                self.a[k] = self.a[k].reshape(())
 
     @classmethod
     def fit(cls, probs, y, *, n_estimators: int = 100, max_depth: int = 3, learning_rate: float = 0.1,
