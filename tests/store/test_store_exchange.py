@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -116,7 +117,7 @@ def test_tiff_mask_round_trip(project, tmp_path, monkeypatch):
     with pytest.raises(StoreValidationError, match="integer label image"):
         project.save_mask("bob", "masks", "/data/m1.tif", m1.astype(float))
     files = export_masks(project, "ada", "masks", tmp_path / "out")
-    assert sorted(f.name for f in files) == ["m1__bob.tif", "m2__bob.tif"]
+    assert sorted(re.sub(r"__i\d+__", "__", f.name) for f in files) == ["m1__bob.tif", "m2__bob.tif"]
     project.add_collection("ada", "masks2", "seg", images=["/data/m1.tif", "/data/m2.tif"])
     project.assign("ada", "masks2", "bob")
     assert import_masks(project, "bob", "masks2", tmp_path / "out") == 2

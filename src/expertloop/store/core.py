@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import random
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -183,6 +184,12 @@ def _is_lock_error(exc: BaseException) -> bool:
         return True
     code = getattr(getattr(exc, "orig", None), "sqlstate", None)
     return code in ("40001", "40P01", "55P03")  # serialization, deadlock, lock n/a
+
+
+def _refuse_mask_ref(items: Iterable[Mapping[str, Any]]) -> None:
+    if any(it.get("mask_ref") is not None for it in items):
+        raise StoreValidationError("mask_ref is set by the store only; save a mask "
+                                   "with save_mask")
 
 
 def _pairs(result) -> dict:
@@ -767,10 +774,18 @@ class Store:
 
         ``image`` is the image id or URI. Labels are checked against the
         template's label set. Only admins may write for another ``annotator``.
+        ``mask_ref`` is set by the store only (:meth:`save_mask`); passing one
+        is refused, so no annotator can point a reader at another file.
         """
-        self.annotate_many(actor, collection, [dict(
+        _refuse_mask_ref([dict(mask_ref=mask_ref)])
+        return self._annotate(actor, collection, dict(
             image=image, value=value, label=label, source=source, time_spent=time_spent,
-            annotator=annotator, mask_ref=mask_ref)])
+            annotator=annotator))
+
+    def _annotate(self, actor: User | str, collection: str | int,
+                  item: dict) -> AnnotationRecord:
+        self._annotate_many(actor, collection, [item])
+        image, annotator = item["image"], item.get("annotator")
         with self._read() as s:
             coll = self._collection(s, collection)
             img = self._image(s, coll, image)
@@ -785,9 +800,15 @@ class Store:
         """Save many annotations in ONE transaction (all or nothing).
 
         Each item: ``image`` (id or URI) and ``label`` and/or ``value``;
-        optional ``source``, ``time_spent``, ``annotator``, ``mask_ref``.
+        optional ``source``, ``time_spent``, ``annotator`` (``mask_ref`` is
+        refused: the store sets it in :meth:`save_mask`).
         """
         items = list(items)
+        _refuse_mask_ref(items)
+        return self._annotate_many(actor, collection, items)
+
+    def _annotate_many(self, actor: User | str, collection: str | int,
+                       items: list[Mapping[str, Any]]) -> int:
 
         def write(s: Session) -> int:
             me = self._actor(s, actor)
@@ -882,18 +903,50 @@ class Store:
             coll = self._collection(s, collection)
             self._require_access(s, me, coll, "annotate it")
             img = self._image(s, coll, image)
-        rel = Path("masks") / f"c{coll.id}" / f"i{img.id}_u{me.id}.tif"
-        target = self.files_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp.tif")
-        write_tiff(tmp, mask.astype(np.uint16 if mask.max() < 65536 else np.uint32))
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        os.replace(tmp, target)
-        names = {str(int(k)): str(v) for k, v in (label_names or {}).items()}
-        return self.annotate(actor, collection, img.id,
-                             {"mask": rel.as_posix(), "sha256": digest,
-                              "shape": list(mask.shape), "label_names": names},
-                             source=source, time_spent=time_spent, mask_ref=rel.as_posix())
+            old = s.scalar(select(Annotation.mask_ref).where(
+                Annotation.collection_id == coll.id, Annotation.image_id == img.id,
+                Annotation.annotator_id == me.id))
+        folder = self.files_dir / "masks" / f"c{coll.id}"
+        folder.mkdir(parents=True, exist_ok=True)
+        # write under a new name, record it, and only then drop the old file:
+        # a refused or failed save leaves the saved mask and its record intact
+        fd, tmp_name = tempfile.mkstemp(prefix=f".i{img.id}_u{me.id}_", suffix=".tif",
+                                        dir=folder)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        target, fresh = None, False
+        try:
+            write_tiff(tmp, mask.astype(np.uint16 if mask.max() < 65536 else np.uint32))
+            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+            rel = Path("masks") / f"c{coll.id}" / f"i{img.id}_u{me.id}_{digest[:16]}.tif"
+            target = self.files_dir / rel
+            fresh = not target.exists()
+            os.replace(tmp, target)
+            names = {str(int(k)): str(v) for k, v in (label_names or {}).items()}
+            rec = self._annotate(actor, collection, dict(
+                image=img.id, value={"mask": rel.as_posix(), "sha256": digest,
+                                     "shape": list(mask.shape), "label_names": names},
+                source=source, time_spent=time_spent, mask_ref=rel.as_posix()))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            if target is not None and fresh and old != rel.as_posix():
+                target.unlink(missing_ok=True)
+            raise
+        if old and old != rel.as_posix():
+            try:
+                self._mask_path(old).unlink(missing_ok=True)
+            except (StoreError, OSError):
+                pass  # an old file outside the masks folder is never touched
+        return rec
+
+    def _mask_path(self, mask_ref: str) -> Path:
+        """The file of a mask reference; refused unless inside ``files_dir/masks``."""
+        root = (self.files_dir / "masks").resolve()
+        path = (self.files_dir / mask_ref).resolve()
+        if Path(mask_ref).is_absolute() or not path.is_relative_to(root):
+            raise StoreError(f"mask reference {mask_ref!r} points outside the store's "
+                             "masks folder; refusing to read it")
+        return path
 
     def load_mask(self, record: AnnotationRecord):
         """The label image of a mask annotation (checks its checksum)."""
@@ -901,7 +954,7 @@ class Store:
 
         if not record.mask_ref:
             raise StoreValidationError("this annotation has no mask")
-        path = self.files_dir / record.mask_ref
+        path = self._mask_path(record.mask_ref)
         if not path.exists():
             raise StoreError(f"mask file {path} is missing")
         if hashlib.sha256(path.read_bytes()).hexdigest() != record.value.get("sha256"):

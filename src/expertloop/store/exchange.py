@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -168,24 +169,52 @@ def import_coco(store: Store, actor: str, collection: str, path: str | os.PathLi
 
 
 # ------------------------------------------------------------------ TIFF masks
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _safe_part(text: str) -> str:
+    """A file-name part with no separators, dots-only names or other surprises."""
+    part = _SAFE.sub("_", text).strip("._") or "_"
+    return part[:80]
+
+
+def _inside(folder: Path, name: str | os.PathLike) -> Path:
+    """``folder / name`` resolved; refused unless it stays inside ``folder``."""
+    root = folder.resolve()
+    if Path(name).is_absolute():
+        raise StoreValidationError(f"{name!s}: absolute paths are refused; files must "
+                                   f"be inside {folder}")
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise StoreValidationError(f"{name!s} points outside {folder}; refused")
+    return path
+
+
 def export_masks(store: Store, actor: str, collection: str,
                  folder: str | os.PathLike) -> list[Path]:
-    """Write each mask annotation as a TIFF label image, plus ``masks.csv`` (the index)."""
+    """Write each mask annotation as a TIFF label image, plus ``masks.csv`` (the index).
+
+    File names are ``{image stem}__i{image id}__{annotator}.tif`` with every
+    user-controlled part sanitised, so two images with the same file name in
+    different folders never collide and no name can leave ``folder``.
+    """
     from expertloop.io import write_tiff
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    with open(folder / "masks.csv", "w", newline="", encoding="utf-8") as f:
+    with open(_inside(folder, "masks.csv"), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["uri", "annotator", "file", "label_names", "source"])
         for rec in store.annotations(actor, collection):
             if not rec.mask_ref:
                 continue
             mask = store.load_mask(rec)
-            name = f"{Path(rec.uri).stem}__{rec.annotator}.tif"
-            write_tiff(folder / name, mask)
-            written.append(folder / name)
+            name = (f"{_safe_part(Path(rec.uri).stem)}__i{rec.image_id}__"
+                    f"{_safe_part(rec.annotator)}.tif")
+            target = _inside(folder, name)
+            write_tiff(target, mask)
+            written.append(target)
             w.writerow([rec.uri, rec.annotator, name,
                         json.dumps(rec.value.get("label_names", {})), rec.source])
     return written
@@ -197,6 +226,8 @@ def import_masks(store: Store, actor: str, collection: str,
 
     Masks of other annotators than ``actor`` are skipped unless the actor is
     the same user (masks are always saved as the actor's own annotation).
+    Every ``file`` must lie inside ``folder`` (no absolute paths, no ``..``);
+    all rows are checked and read before the first mask is saved.
     """
     import tifffile
 
@@ -204,14 +235,25 @@ def import_masks(store: Store, actor: str, collection: str,
     index = folder / "masks.csv"
     if not index.exists():
         raise FileNotFoundError(f"no masks.csv in {folder}")
-    n = 0
-    with open(index, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if row["annotator"] != actor:
+    todo = []
+    with open(index, newline="", encoding="utf-8-sig") as f:
+        for i, row in enumerate(csv.DictReader(f), start=2):
+            if row.get("annotator") != actor:
                 continue
-            mask = tifffile.imread(folder / row["file"])
-            names = {int(k): v for k, v in json.loads(row["label_names"] or "{}").items()}
-            store.save_mask(actor, collection, row["uri"], mask, label_names=names,
-                            source=row.get("source") or "manual")
-            n += 1
-    return n
+            try:
+                path = _inside(folder, row.get("file") or "")
+            except StoreValidationError as exc:
+                raise StoreValidationError(f"masks.csv, line {i}: {exc}") from exc
+            if not path.is_file():
+                raise StoreValidationError(f"masks.csv, line {i}: no file {row['file']!r}")
+            try:
+                names = {int(k): v for k, v in
+                         json.loads(row.get("label_names") or "{}").items()}
+            except (ValueError, AttributeError) as exc:
+                raise StoreValidationError(
+                    f"masks.csv, line {i}: label_names is not a JSON object") from exc
+            todo.append((row["uri"], path, names, row.get("source") or "manual"))
+    masks = [tifffile.imread(path) for _, path, _, _ in todo]
+    for (uri, _, names, source), mask in zip(todo, masks):
+        store.save_mask(actor, collection, uri, mask, label_names=names, source=source)
+    return len(todo)
