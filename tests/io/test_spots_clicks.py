@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import expertloop
+from expertloop.io.napari_hooks import sample_path
 from expertloop.io.spots_clicks import (
     CLICK_COLUMNS,
     ClickError,
@@ -21,6 +23,7 @@ from expertloop.io.spots_clicks import (
     export_csv,
     import_csv,
     read_clicks,
+    user_log_folder,
 )
 
 
@@ -112,11 +115,20 @@ def test_csv_roundtrip_and_bad_tables(tmp_path):
         import_csv(tmp_path / "nope.csv")
 
 
-def test_default_log_path(tmp_path):
+def test_default_log_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert default_log_path(tmp_path / "scan1.nii.gz") == tmp_path / "scan1.spots.jsonl"
     assert default_log_path(None, tmp_path, "img") == tmp_path / "img.spots.jsonl"
-    with pytest.raises(ValueError, match="folder"):
-        default_log_path(None)
+    users = tmp_path / "xdg" / "napari-expertloop" / "spot-logs"
+    assert user_log_folder() == users
+    assert default_log_path(None, name="img") == users / "img.spots.jsonl"
+    # a sample shipped inside the installed package logs to the user folder, not the package
+    package = Path(expertloop.__file__).resolve().parent
+    sample = sample_path("colin27_t1_brain.nii.gz")
+    assert sample.resolve().is_relative_to(package)
+    log = default_log_path(sample, name="colin27_t1_brain")
+    assert log == users / "colin27_t1_brain.spots.jsonl"
+    assert not log.resolve().is_relative_to(package)
 
 
 def test_clicks_survive_sigkill(tmp_path):

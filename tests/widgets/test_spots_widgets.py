@@ -151,3 +151,28 @@ def test_detector_nan_image_is_reported(make_napari_viewer, qtbot, tmp_path, pha
     qtbot.waitUntil(lambda: not det.runner.running, timeout=60_000)
     assert det.runner.last_error is not None
     assert any("NaN" in m for m in _messages(notifications))
+
+
+def test_annotator_on_the_sample_logs_to_the_user_data_folder(make_napari_viewer, qtbot, tmp_path,
+                                                               monkeypatch, notifications):
+    """With the shipped sample and no log folder, the log goes to the user data folder
+    (not inside the installed package) and the user is told where."""
+    import expertloop
+    from expertloop.io.napari_hooks import sample_mri
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    viewer = make_napari_viewer()
+    data, kwargs, _ = sample_mri()[0]
+    viewer.add_image(data, **kwargs)
+    w = SpotAnnotatorWidget(viewer)
+    w.image.value = kwargs["name"]
+    points = w.start()
+    assert points is not None
+    path = w.log.path.resolve()
+    package = Path(expertloop.__file__).resolve().parent
+    assert not path.is_relative_to(package)
+    assert path == (tmp_path / "xdg" / "napari-expertloop" / "spot-logs"
+                    / "colin27_t1_brain.spots.jsonl").resolve()
+    assert path.exists() and not list(package.rglob("*.spots.jsonl"))
+    assert any(str(w.log.path) in m for m in _messages(notifications))
+    assert str(w.log.path) in w.info.tooltip

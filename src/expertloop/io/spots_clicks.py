@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import platformdirs
 
 from expertloop.io.journal import Journal, read_journal
 
@@ -69,14 +70,27 @@ class ClickError(ValueError):
     """A click that cannot be recorded (outside the image, bad coordinates)."""
 
 
+def user_log_folder() -> Path:
+    """The per-user folder for click logs of images that have no writable
+    home of their own (``<user data dir>/napari-expertloop/spot-logs``)."""
+    return Path(platformdirs.user_data_dir("napari-expertloop")) / "spot-logs"
+
+
+def _inside_package(path: str | os.PathLike) -> bool:
+    package = Path(__file__).resolve().parents[1]
+    return Path(path).resolve().is_relative_to(package)
+
+
 def default_log_path(image_path: str | os.PathLike | None, folder: str | os.PathLike | None = None,
                      name: str = "image") -> Path:
-    """Where the click log of an image goes: ``<image>.spots.jsonl`` next to
-    the image file, or ``<folder>/<name>.spots.jsonl``."""
+    """Where the click log of an image goes: ``<folder>/<name>.spots.jsonl``
+    if a folder is given, else ``<image>.spots.jsonl`` next to the image file;
+    an image without a file, or one shipped inside the installed package (the
+    samples), logs to :func:`user_log_folder` instead."""
     if folder is not None:
         return Path(folder) / f"{name}.spots.jsonl"
-    if image_path is None:
-        raise ValueError("the image has no file: choose a folder for the click log")
+    if image_path is None or _inside_package(image_path):
+        return user_log_folder() / f"{name}.spots.jsonl"
     p = Path(image_path)
     stem = p.name
     for suf in (".nii.gz", ".nii", ".tiff", ".tif", ".png", ".jpg", ".jpeg"):

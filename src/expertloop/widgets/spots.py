@@ -123,8 +123,6 @@ class SpotAnnotatorWidget(Container):
         folder = str(self.folder.value or "").strip()
         folder = folder if folder not in ("", ".") else None
         src = getattr(layer.source, "path", None) or layer.metadata.get("source")
-        if folder is None and src is None:
-            folder = str(Path.cwd())
         return default_log_path(src if folder is None else None, folder, layer.name)
 
     def start(self, *_: Any):
@@ -162,6 +160,8 @@ class SpotAnnotatorWidget(Container):
         self._update_info()
         if len(table["z"]):
             _notify("info", f"Spot annotator: restored {len(table['z'])} clicks from {path}")
+        else:
+            _notify("info", f"Spot annotator: clicks of '{layer.name}' are logged to {path}")
         return points
 
     @staticmethod
@@ -230,6 +230,7 @@ class SpotAnnotatorWidget(Container):
         lat = self.points.features.get("latency_s")
         last = f", last latency {lat.iloc[-1]:.1f} s" if lat is not None and len(lat) else ""
         self.info.value = f"{len(self.points.data)} clicks{last}; log: {self.log.path.name}"
+        self.info.tooltip = f"click log: {self.log.path}"
 
     # ------------------------------------------------------------ tables
     def table(self) -> dict[str, np.ndarray]:
