@@ -29,7 +29,7 @@ from magicgui.widgets import (
 )
 
 from expertloop.engine.blood.regions import PAPER_ABNORMAL, PAPER_TYPES
-from expertloop.widgets._common import image_layer_choices, layer_by_name
+from expertloop.widgets._common import image_layer_choices, layer_array, layer_by_name
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def _annotation_choices(viewer) -> list[str]:
 
 def _plane(layer, viewer) -> np.ndarray:
     """The 2D (grey or RGB) plane of ``layer`` shown now."""
-    data = layer.data
+    data = layer_array(layer)[0]
     nd = data.ndim - (1 if getattr(layer, "rgb", False) else 0)
     if nd > 2:
         step = viewer.dims.current_step[-nd:-2] if viewer.dims.ndim >= nd else (0,) * (nd - 2)

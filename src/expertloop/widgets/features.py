@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 
 from expertloop.engine.features import available_backbones, feature_pca
-from expertloop.widgets._common import image_layer_choices, layer_by_name
+from expertloop.widgets._common import image_layer_choices, layer_array, layer_by_name
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -45,15 +44,14 @@ class FeaturesWidget(Container):
             return None
         # pass the layer's data as is: the job converts it (e.g. a lazy dask
         # array is read) in the worker thread, not here on the GUI thread
+        data, base_scale, base_translate = layer_array(layer)  # level 0 of a multiscale layer
         job = feature_pca(
-            layer.data,
+            data,
             self.backbone.value,
             pretrained="auto" if self.pretrained.value else False,
             tile=self.tile.value,
             rgb=layer.rgb,
         )
-        base_scale = np.asarray(layer.scale, float)
-        base_translate = np.asarray(layer.translate, float)
 
         def show(result):
             rgb, stride = result

@@ -24,7 +24,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from expertloop.widgets._common import image_layer_choices, layer_by_name
+from expertloop.widgets._common import image_layer_choices, layer_array, layer_by_name
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def _spec_from(layers: int, kernel: int, filters: int, stride: int, ndim: int, p
 
 def _images_and_markers(data, markers, stack: bool):
     """Split a layer into (images, markers, indices); a stack gives one image per plane."""
-    img = np.asarray(data)
+    img = data  # may be lazy (dask): the jobs read it in the worker thread
     mk = np.asarray(markers)
     if mk.shape != img.shape:
         raise ValueError(f"markers of shape {mk.shape} do not match the image of shape {img.shape}")
@@ -99,7 +99,7 @@ class _Base(Container):
             _info("FLIM: convert the RGB image to greyscale (or one channel) first")
             return None
         try:
-            imgs, mks, _ = _images_and_markers(layer.data, mlayer.data, stack)
+            imgs, mks, _ = _images_and_markers(layer_array(layer)[0], layer_array(mlayer)[0], stack)
         except ValueError as exc:
             _info(f"FLIM: {exc}")
             return None
@@ -128,9 +128,10 @@ class _Base(Container):
         layer = self._image_layer()
         if layer is None:
             return None
-        shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
+        data, scale, translate = layer_array(layer)
+        shape = data.shape[:-1] if layer.rgb else data.shape
         lab = self._viewer.add_labels(np.zeros(shape, np.uint8), name=f"{layer.name} markers",
-                                      scale=layer.scale[-len(shape):], translate=layer.translate[-len(shape):])
+                                      scale=scale[-len(shape):], translate=translate[-len(shape):])
         lab.brush_size = 3
         lab.selected_label = 2
         lab.mode = "paint"
@@ -245,7 +246,7 @@ class FlimEncoderWidget(_Base):
         enc, kind, steps = self.encoder, self.decoder.value, self.steps.value
         if self.train_labels.value not in (None, MARKERS_CHOICE):
             # dense labels (e.g. ground truth of more images) instead of the markers
-            lab = np.asarray(self._viewer.layers[self.train_labels.value].data)
+            lab = layer_array(self._viewer.layers[self.train_labels.value])[0]
             planes = list(lab) if self.stack.value else [lab]
             if len(planes) != len(imgs) or any(p.shape != i.shape for p, i in zip(planes, imgs)):
                 _info(f"FLIM: decoder labels of shape {lab.shape} do not match the images")
@@ -275,7 +276,7 @@ class FlimEncoderWidget(_Base):
         layer = self._image_layer()
         if layer is None:
             return None
-        data = np.asarray(layer.data)
+        data, scale, translate = layer_array(layer)  # level 0, read plane by plane in the worker
         imgs = list(data) if self.stack.value else [data]
         bg = self.background.value
 
@@ -288,7 +289,7 @@ class FlimEncoderWidget(_Base):
             if name in self._viewer.layers:
                 self._viewer.layers[name].data = out
             else:
-                self._viewer.add_labels(out, name=name, scale=layer.scale, translate=layer.translate)
+                self._viewer.add_labels(out, name=name, scale=scale, translate=translate)
 
         return self.runner.start(segment(self.network, imgs), description="segmenting", on_result=show)
 

@@ -22,7 +22,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from expertloop.widgets._common import image_layer_choices, layer_by_name
+from expertloop.widgets._common import image_layer_choices, layer_array, layer_by_name
 from expertloop.widgets._jobs import JobRunner
 from expertloop.widgets._plot import PlotWidget
 
@@ -128,7 +128,7 @@ class MembraneWidget(Container):
 
     def _layer_data(self, combo) -> Any:
         layer = layer_by_name(self._viewer, combo.value)
-        return None if layer is None else layer.data
+        return None if layer is None else layer_array(layer)[0]
 
     def _need_project(self, what: str) -> bool:
         if self.project is None:
@@ -282,7 +282,7 @@ class MembraneWidget(Container):
             _show("Membranes", f"the labels layer '{self._labels_layer_name(reg.image)}' is missing")
             return None
         try:
-            self.project.accept(np.asarray(layer.data))
+            self.project.accept(np.asarray(layer_array(layer)[0]))
         except ValueError as exc:
             _show("Membranes", str(exc))
             return None

@@ -48,7 +48,7 @@ from expertloop.engine.semiauto.models import CLASSIFIERS, make_classifier
 from expertloop.engine.semiauto.queue import ReviewQueue
 from expertloop.engine.semiauto.strategies import STRATEGIES
 from expertloop.io.semiauto_storage import FolderQueueStorage
-from expertloop.widgets._common import layer_by_name
+from expertloop.widgets._common import layer_array, layer_by_name
 from expertloop.widgets._jobs import JobRunner
 from expertloop.widgets._plot import PlotWidget
 from expertloop.widgets.semiauto_store import StoreReviewPanel
@@ -333,7 +333,7 @@ class SemiAutoWidget(Container):
             if layer is None:
                 raise ValueError("choose an image folder or a stack layer")
             names = parse_class_names(names_text)
-            col = from_stack(np.asarray(layer.data))
+            col = from_stack(np.asarray(layer_array(layer)[0]))
             labels = np.full(len(col), UNLABELLED)
             if str(self.project.value) in ("", "."):
                 raise ValueError("choose a project folder: decisions are saved there")

@@ -37,7 +37,7 @@ from expertloop.io.spots_clicks import (
     read_clicks,
     rows_to_table,
 )
-from expertloop.widgets._common import image_layer_choices, layer_by_name
+from expertloop.widgets._common import image_layer_choices, layer_array, layer_by_name
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -361,7 +361,7 @@ class SpotDetectorWidget(Container):
             if len(table["z"]) == 0:
                 _notify("warning", f"Spot detector: '{n}' has no clicks; click spots with the Spot annotator")
                 return None
-            scans.append((n, img.data, table))
+            scans.append((n, layer_array(img)[0], table))
 
         def job():
             sets = []
@@ -429,7 +429,7 @@ class SpotDetectorWidget(Container):
             self.detection = detection
             self._show_spots()
 
-        return self.runner.start(detect_spots(self.detector, layer.data), description="detect spots",
+        return self.runner.start(detect_spots(self.detector, layer_array(layer)[0]), description="detect spots",
                                  on_result=done)
 
     def _show_spots(self, *_: Any) -> None:

@@ -41,6 +41,7 @@ from expertloop.store import (
     review_source,
 )
 from expertloop.store.core import expand_images
+from expertloop.widgets._common import layer_array
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -415,7 +416,7 @@ class AnnotationProjectWidget(QWidget):
                 if layer is None:
                     raise StoreError("no label layer to save (the image is missing?)")
                 rec = self.store.save_mask(self.me, self.collection.name, im.id,
-                                           np.asarray(layer.data), time_spent=spent)
+                                           np.asarray(layer_array(layer)[0]), time_spent=spent)
             else:
                 rec = self.store.annotate(self.me, self.collection.name, im.id,
                                           self._value_from_layer(), time_spent=spent)
