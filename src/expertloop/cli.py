@@ -60,7 +60,11 @@ def build_viewer(paths: Sequence[str] = (), sample: str | None = None,
 
     viewer = napari.Viewer(show=show)
     for path in paths:
-        viewer.open(path, plugin="napari-expertloop")
+        # NIfTI/TIFF through this plugin (voxel size, orientation); anything
+        # else (PNG, JPEG, ...) through napari's own readers, as File > Open.
+        name = str(path).lower()
+        ours = name.endswith((".nii", ".nii.gz", ".tif", ".tiff"))
+        viewer.open(path, plugin="napari-expertloop" if ours else None)
     if sample:
         viewer.open_sample("napari-expertloop", sample)
     for widget in widgets or ["Deep features"]:

@@ -24,10 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from expertloop.io.blood_formats import AnnotationFileError, BoxAnnotation, read_coco, read_voc, write_coco
+from expertloop.io.blood_formats import (
+    AnnotationFileError,
+    BoxAnnotation,
+    read_coco,
+    read_voc,
+    write_coco,
+)
 from expertloop.io.flim_markers import MarkerFileError, read_lids_markers
 from expertloop.io.spots_clicks import (
-    FEATURE_COLUMNS, export_csv, import_csv, read_clicks, rows_to_table, table_points,
+    FEATURE_COLUMNS,
+    export_csv,
+    import_csv,
+    read_clicks,
+    rows_to_table,
+    table_points,
 )
 
 
