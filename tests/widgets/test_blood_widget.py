@@ -201,3 +201,32 @@ def test_named_thresholds_shared_by_widget_image_folder_and_cli(make_napari_view
     w.save_file.value = tmp_path / "saved"
     saved = w.save()
     assert load_blood_model(saved).type_threshold == pytest.approx(0.7)
+
+
+def test_failed_detection_clears_the_previous_result(make_napari_viewer, qtbot, model_file, notifications):
+    """After a successful detection, a failing one removes the old overlay, table
+    and summary instead of leaving them on screen as if they were its result."""
+    path, img = model_file
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="smear", rgb=True)
+    viewer.add_image(np.zeros((5, 5, 3), np.uint8), name="tiny", rgb=True)
+    w = _widget(viewer, qtbot)
+    w.model_file.value = path
+    w.load()
+    _wait(qtbot, w)
+    w.score.value = 0.0
+    w.image.value = "smear"
+    w.detect()
+    _wait(qtbot, w)
+    assert "smear cells" in viewer.layers and len(viewer.layers["smear cells"].data) > 0
+    assert "regions" in w.summary.value and w.table.shape[0] > 0
+    w.image.value = "tiny"
+    w.detect()
+    _wait(qtbot, w)
+    assert any("too small" in str(n.message) for n in notifications)
+    assert "smear cells" not in viewer.layers and w.layer is None and w.result is None
+    assert "regions" not in w.summary.value and "failed" in w.summary.value
+    assert w.table.shape[0] == 0
+    # moving the slider afterwards brings nothing back
+    w.score.value = 0.1
+    assert "smear cells" not in viewer.layers

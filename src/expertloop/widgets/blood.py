@@ -196,7 +196,18 @@ class BloodWidget(Container):
         plane = _plane(layer, self._viewer)
         self._source = layer
         job = predict_image(self.model, plane, name=layer.name)
-        return self.runner.start(job, description="detecting blood cells", on_result=self._show)
+        return self.runner.start(job, description="detecting blood cells", on_result=self._show,
+                                 on_error=self._clear_result)
+
+    def _clear_result(self, exc: BaseException) -> None:
+        """A failed detection: drop the previous overlay, table and summary, so
+        that nothing on screen looks like the result of this image."""
+        self.result = None
+        if self.layer is not None and self.layer in self._viewer.layers:
+            self._viewer.layers.remove(self.layer)
+        self.layer = None
+        self.summary.value = "detection failed: no result shown (see the error message)"
+        self.table.value = {"region": []}
 
     def _show(self, result) -> None:
         self.result = result
