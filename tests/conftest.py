@@ -36,3 +36,28 @@ def imagenet_torch_home(tmp_path_factory, monkeypatch) -> Path:
     shutil.copy(src, cache / src.name)
     monkeypatch.setenv("TORCH_HOME", str(home))
     return home
+
+
+_EXIT_STATUS = {"code": 0}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS["code"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Leave without interpreter teardown once pytest has reported.
+
+    Known issue (open, see the stop-12 note): with the full suite, the process
+    segfaults during interpreter shutdown *after* every test passed and the
+    summary was printed (Qt/Mesa/torch objects torn down in the wrong order).
+    Exiting here with pytest's own status keeps a real test failure a failure
+    while the teardown crash is investigated.
+    """
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT_STATUS["code"])
