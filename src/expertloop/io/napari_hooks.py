@@ -32,7 +32,11 @@ def _notify_info(message: str) -> None:
 
 
 def napari_get_reader(path: str | list[str]) -> Callable | None:
-    """Return a reader for NIfTI/TIFF/PNG/JPEG paths, ``None`` otherwise.
+    """Return a reader for the image files expertloop reads, ``None`` otherwise.
+
+    napari only sends NIfTI and TIFF paths here (the manifest's patterns);
+    PNG/JPEG are accepted when this is called directly from Python, but
+    napari opens them with its own reader.
 
     Decides from the file name only and never raises: a file that turns out
     to be corrupt is reported by the reader itself, as a notification.

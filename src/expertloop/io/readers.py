@@ -206,11 +206,12 @@ def _ome_scale(ome_xml: str) -> tuple[dict[str, float], dict[str, str]]:
     return scale, units
 
 
-def _tiff_scale(tif) -> dict[str, float]:
-    """Physical pixel size per axis letter, from OME (in µm) or ImageJ metadata."""
+def _tiff_scale(tif) -> tuple[dict[str, float], dict[str, str]]:
+    """Physical pixel size per axis letter, from OME (in µm) or ImageJ metadata,
+    and the OME source unit of each axis (empty when not OME)."""
     scale: dict[str, float] = {}
     if tif.is_ome and tif.ome_metadata:
-        return _ome_scale(tif.ome_metadata)[0]
+        return _ome_scale(tif.ome_metadata)
     page = tif.pages.first
     # ImageJ metadata, or the JSON description of a plain tifffile TIFF
     ij = tif.imagej_metadata or (tif.shaped_metadata or [{}])[0] or {}
@@ -222,7 +223,7 @@ def _tiff_scale(tif) -> dict[str, float]:
                 scale[ax] = den / num
     if ij.get("spacing"):
         scale["Z"] = float(ij["spacing"])
-    return scale
+    return scale, {}
 
 
 def _lazy_levels(series) -> list:
@@ -256,7 +257,6 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
 
     path = Path(path)
     _check_file(path)
-    ome_units: dict[str, str] = {}
     try:
         with tifffile.TiffFile(str(path)) as tif:
             series = tif.series[0]
@@ -265,9 +265,7 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
                                 compression=_tiff_compression(series), in_memory=not lazy)
             levels = _lazy_levels(series) if lazy else None
             data = levels[0] if lazy else series.asarray()
-            scale_by_axis = _tiff_scale(tif)
-            if tif.is_ome and tif.ome_metadata:
-                ome_units = _ome_scale(tif.ome_metadata)[1]
+            scale_by_axis, ome_units = _tiff_scale(tif)
     except tifffile.TiffFileError as exc:
         raise ImageReadError(f"{path.name}: not a valid TIFF file ({exc})") from exc
     except DeclaredSizeError as exc:
