@@ -188,6 +188,27 @@ def test_detector_loss_falls():
     assert m.train_image_size == (80, 80)
 
 
+def test_detector_progress_moves_with_the_time_limit():
+    """Issue 19 item 3: with a time limit that stops training long before the
+    epochs run out, progress follows the clock instead of sitting near 0 %."""
+    img, inst, kinds = synthetic_smear((64, 64), 3, touching=0.0, radius=8, seed=1)
+    s = samples_from_instances(img, inst, kinds)
+    m = _tiny_model(min_size=64, max_size=64)
+    job = train_detector(m, [s], epochs=10_000, batch_size=1, augment=False, time_limit=1.5)
+    seen = []
+    try:
+        while True:
+            seen.append(next(job))
+    except StopIteration as stop:
+        losses = stop.value
+    assert seen[0].fraction == 0.0 and "first of 10000 iterations" in seen[0].message
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions)  # never goes back
+    assert len(losses) < 10_000  # stopped by the clock
+    assert fractions[-2] > 0.5  # before the "time limit reached" record: the clock ran out
+    assert "s left" in seen[1].message
+
+
 def test_detector_rejects_bad_annotations():
     m = _tiny_model()
     img = np.zeros((64, 64, 3), np.uint8)

@@ -242,6 +242,8 @@ def train_detector(model: BloodModel, samples: Sequence[BloodSample], *, epochs:
     t0 = time.perf_counter()
     it = 0
     det.train()
+    yield Progress(0, n_iter, f"detector: first of {n_iter} iterations"
+                   + (f" (at most {time_limit:g} s)" if time_limit is not None else ""))
     try:
         for epoch in range(epochs):
             order = rng.permutation(len(samples))
@@ -266,13 +268,26 @@ def train_detector(model: BloodModel, samples: Sequence[BloodSample], *, epochs:
                 opt.step()
                 it += 1
                 losses.append(float(loss.detach()))
-                yield Progress(it, n_iter, f"detector: epoch {epoch + 1}/{epochs}, loss {losses[-1]:.3f}")
+                yield _detector_progress(it, n_iter, time.perf_counter() - t0, time_limit,
+                                         f"epoch {epoch + 1}/{epochs}, loss {losses[-1]:.3f}")
                 if time_limit is not None and time.perf_counter() - t0 > time_limit:
                     yield Progress(it, it, f"detector: time limit reached after {it} iterations")
                     return losses
     finally:
         det.eval()
     return losses
+
+
+def _detector_progress(it: int, n_iter: int, elapsed: float, time_limit: float | None,
+                       what: str) -> Progress:
+    """Progress of detector training: iterations done, or time used when a
+    time limit will stop it first, whichever is further (per mille)."""
+    frac = it / n_iter
+    msg = f"detector: iteration {it}/{n_iter}, {what}"
+    if time_limit is not None and time_limit > 0:
+        frac = max(frac, min(elapsed / time_limit, 1.0))
+        msg += f", {max(time_limit - elapsed, 0):.0f} s left"
+    return Progress(round(1000 * frac), 1000, msg)
 
 
 def _nms(boxes, scores, labels, iou: float):
