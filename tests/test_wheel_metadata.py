@@ -21,6 +21,11 @@ def test_built_wheel_has_urls_and_classifiers(tmp_path):
         meta_name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         meta = Parser().parsestr(z.read(meta_name).decode())
         assert any(n.endswith("expertloop/napari.yaml") for n in z.namelist())
+        shipped = {Path(n).name for n in z.namelist() if "/data/" in n}
+    data = ROOT / "src" / "expertloop" / "data"
+    assert shipped == {p.name for p in data.iterdir() if p.is_file()}  # every sample file, licences included
+    assert "LICENSES.md" in shipped
+    assert whl.stat().st_size < 3e6, whl.stat().st_size  # samples stay small
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
     assert set(urls) >= {"Source", "Documentation", "Bug Tracker", "User Support"}
     assert all(u.startswith("https://") for u in urls.values())

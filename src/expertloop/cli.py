@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("gui", help="open napari with the expertloop widgets")
     s.add_argument("paths", nargs="*", help="images to open")
-    s.add_argument("--sample", choices=["mri", "nuclei"], help="open a sample image")
+    s.add_argument("--sample", choices=["mri", "nuclei", "spots", "membranes", "flim", "blood"],
+                   help="open a sample (one per workflow: spots, membranes, flim, blood; docs/data.md)")
     s.add_argument("--widget", action="append", help="widget to dock (repeatable)")
     s.set_defaults(func=cmd_gui)
 

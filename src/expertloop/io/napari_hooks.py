@@ -12,6 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from expertloop.io.readers import ImageReadError, file_kind, read_image
 from expertloop.io.writers import write_nifti, write_tiff
 
@@ -108,3 +110,55 @@ def sample_mri() -> list[tuple]:
 def sample_nuclei() -> list[tuple]:
     """Fluorescence nuclei, Data Science Bowl 2018 (via stardist, BSD-3)."""
     return _sample("dsb2018_nuclei.tif")
+
+
+# One sample per workflow: the data each widget starts from, as layers
+# named after the widget control they go into (docs/data.md).
+def sample_spots() -> list[tuple]:
+    """Spots: the Colin27 MRI with SIMULATED dark spots planted in it
+    (``engine.spots.make_phantom``, seed 0), and the planted centres as a
+    hidden Points layer (``difficulty`` feature) to check clicks against."""
+    from expertloop.engine.spots.phantom import make_phantom
+
+    (item,) = read_image(sample_path("colin27_t1_brain.nii.gz"))
+    ph = make_phantom(item.data, seed=0)
+    place = {k: item.meta[k] for k in ("scale", "translate") if k in item.meta}
+    image = {**item.meta, "name": "colin27 simulated spots",
+             "metadata": {**item.meta.get("metadata", {}), "simulated": "make_phantom(seed=0)"}}
+    truth = {**place, "name": "planted spots (truth)", "visible": False, "size": 4,
+             "face_color": "red", "features": {"difficulty": ph.difficulty}}
+    return [(ph.volume, image, "image"), (ph.centers, truth, "points")]
+
+
+def sample_membranes() -> list[tuple]:
+    """Membranes: ISBI 2012 ssTEM crops (4 x 256 x 256) with membrane labels
+    (1 membrane, 2 not membrane): image 0 as source, 1-2 as target, 3 as
+    validation."""
+    (em,) = read_image(sample_path("isbi2012_em_4x256.tif"))
+    (lab,) = read_image(sample_path("isbi2012_em_4x256_membranes.tif"))
+    img, truth = np.asarray(em.data), np.asarray(lab.data)
+    return [
+        (img[0], {"name": "EM source"}, "image"),
+        (truth[0], {"name": "EM source truth"}, "labels"),
+        (img[1:3], {"name": "EM target"}, "image"),
+        (img[3], {"name": "EM validation", "visible": False}, "image"),
+        (truth[3], {"name": "EM validation truth", "visible": False}, "labels"),
+    ]
+
+
+def sample_flim() -> list[tuple]:
+    """FLIM: the nuclei image with SIMULATED scribble markers (LIDS file;
+    2 = nucleus, 1 = background) for the marker encoder."""
+    from expertloop.io.flim_markers import read_lids_markers
+
+    image = _sample("dsb2018_nuclei.tif")
+    markers = read_lids_markers(sample_path("dsb2018_nuclei_markers.txt"))
+    return [*image, (markers, {"name": "nuclei markers"}, "labels")]
+
+
+def sample_blood() -> list[tuple]:
+    """Blood: one BCCD blood smear (640 x 480 RGB) with its expert boxes
+    (RBC / WBC / Platelets) as a Shapes layer with a ``type`` feature."""
+    from expertloop.io.napari_annotations import read_boxes_layers
+
+    return _sample("BloodImage_00005.jpg") + read_boxes_layers(str(sample_path("BloodImage_00005.xml")))
