@@ -83,3 +83,34 @@ def test_train_from_voc_folder(tmp_path, data_dir):
                "--score-threshold", "0"])
     assert rc == 0
     assert (tmp_path / "pred" / "regions.csv").exists()
+
+
+def test_predict_two_folders_with_the_same_file_names_keeps_them_apart(tiny_model, tmp_path, data_dir):
+    """Issue 18 defect 6: x/img.jpg and y/img.jpg were both written as img.jpg."""
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(data_dir / "blood" / "BloodImage_00001.jpg", tmp_path / sub / "img.jpg")
+    rc = main(["blood", "predict", str(tmp_path / "x"), str(tmp_path / "y"), "-m", str(tiny_model),
+               "-o", str(tmp_path / "out"), "--score-threshold", "0"])
+    assert rc == 0
+    coco = json.loads((tmp_path / "out" / "regions_coco.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == ["x/img.jpg", "y/img.jpg"]
+    with open(tmp_path / "out" / "regions.csv") as f:
+        assert {r["image"] for r in csv.DictReader(f)} == {"x/img.jpg", "y/img.jpg"}
+
+
+def test_train_refuses_voc_filenames_outside_the_dataset(tmp_path, data_dir, capsys):
+    """Issue 18 defect 4: a VOC <filename> of ../x or /abs/x was followed."""
+    root = tmp_path / "voc"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    shutil.copy(data_dir / "blood" / "BloodImage_00001.jpg", tmp_path / "private.jpg")
+    xml = (data_dir / "blood" / "BloodImage_00001.xml").read_text()
+    for i, name in enumerate(["../../private.jpg", str(tmp_path / "private.jpg")]):
+        (root / "Annotations" / f"a{i}.xml").write_text(
+            xml.replace("<filename>BloodImage_00001.jpg</filename>", f"<filename>{name}</filename>"))
+    rc = main(["blood", "train", str(root), "-o", str(tmp_path / "model"), "--det-epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no annotated images" in err
+    assert err.count("skipped") == 2 and "points outside" in err and "only relative paths" in err
+    assert not (tmp_path / "model.pt").exists()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -31,6 +32,19 @@ def _image_files(inputs) -> list[Path]:
     return files
 
 
+def _image_names(files: list[Path]) -> list[str]:
+    """The name written for each image in the CSV/COCO output: the file name,
+    or, where two inputs share a file name (``x/img.png``, ``y/img.png``), the
+    path relative to the folder all inputs have in common, so no two rows of
+    different images can be told apart only by their order."""
+    names = [f.name for f in files]
+    if len(set(names)) == len(names):
+        return names
+    full = [f.resolve() for f in files]
+    root = Path(os.path.commonpath([p.parent for p in full]))
+    return [p.relative_to(root).as_posix() for p in full]
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -50,11 +64,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          type_threshold=args.type_threshold)
     thr, tthr = model.score_threshold, model.type_threshold
     files = _image_files(args.inputs)
+    names = _image_names(files)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     results, failures = [], 0
     show = _progress_printer()
-    for i, f in enumerate(files, 1):
+    for i, (f, name) in enumerate(zip(files, names), 1):
         print(f"[{i}/{len(files)}] {f}", file=sys.stderr)
         try:
             item = read_image(f)[0]
@@ -65,7 +80,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 data = data.reshape((-1,) + data.shape[-(3 if rgb else 2):])[0]
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                res = run_job(predict_image(model, data, name=f.name, device=args.device), on_progress=show)
+                res = run_job(predict_image(model, data, name=name, device=args.device), on_progress=show)
             print(file=sys.stderr)
             for w in caught:
                 print(f"  warning: {w.message}", file=sys.stderr)
@@ -100,14 +115,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_blood_model,
     )
     from expertloop.engine.jobs import run_job
-    from expertloop.io.blood_formats import read_voc_folder
+    from expertloop.io.blood_formats import (
+        AnnotationFileError,
+        read_voc_folder,
+        voc_image_path,
+    )
 
     root = Path(args.folder)
     anns = read_voc_folder(root)
     img_dir = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root
     samples = []
     for a in anns:
-        f = img_dir / a.filename
+        try:
+            f = voc_image_path(img_dir, a)
+        except AnnotationFileError as exc:
+            print(f"  skipped: {exc}", file=sys.stderr)
+            continue
         if not f.is_file():
             print(f"  skipped {a.filename}: image not found", file=sys.stderr)
             continue

@@ -22,6 +22,28 @@ class DeclaredSizeError(ValueError):
     """The file declares more data than it holds or than memory can take."""
 
 
+class UnsafePathError(ValueError):
+    """A name read from a file points outside the folder it must stay in."""
+
+
+def resolve_inside(folder: str | os.PathLike, name: str | os.PathLike, *,
+                   error: type[Exception] = UnsafePathError) -> Path:
+    """``folder / name`` resolved (links followed); refused unless it stays inside ``folder``.
+
+    For names that come from files a user did not write (an annotation's
+    image name, an index of masks): absolute paths, ``..`` and links that
+    leave ``folder`` raise ``error``.
+    """
+    folder = Path(folder)
+    root = folder.resolve()
+    if not str(name) or Path(name).is_absolute():
+        raise error(f"{name!s}: only relative paths inside {folder} are accepted")
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise error(f"{name!s} points outside {folder}; refused")
+    return path
+
+
 def available_memory() -> int:
     """Bytes of memory available to this process right now."""
     try:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from expertloop.io._safety import resolve_inside
+
 
 class AnnotationFileError(ValueError):
     """An annotation file is missing, empty or malformed."""
@@ -81,6 +83,15 @@ def read_voc(path: str | os.PathLike) -> BoxAnnotation:
         labels.append(name)
     return BoxAnnotation(root.findtext("filename") or Path(path).with_suffix(".jpg").name, w, h,
                          np.asarray(boxes, np.float64).reshape(-1, 4), labels)
+
+
+def voc_image_path(image_dir: str | os.PathLike, ann: BoxAnnotation) -> Path:
+    """Where the image of ``ann`` is: its ``<filename>`` inside ``image_dir`` only.
+
+    A ``<filename>`` with ``..``, an absolute path or a link leading out of
+    the dataset folder raises :class:`AnnotationFileError` (a shared dataset
+    must not make the trainer read the user's other files)."""
+    return resolve_inside(image_dir, ann.filename, error=AnnotationFileError)
 
 
 def write_voc(path: str | os.PathLike, ann: BoxAnnotation, depth: int = 3) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from expertloop.io._safety import resolve_inside
 from expertloop.store.core import Store, StoreValidationError
 
 CSV_COLUMNS = ("uri", "label", "annotator", "source", "time_spent")
@@ -180,14 +181,7 @@ def _safe_part(text: str) -> str:
 
 def _inside(folder: Path, name: str | os.PathLike) -> Path:
     """``folder / name`` resolved; refused unless it stays inside ``folder``."""
-    root = folder.resolve()
-    if Path(name).is_absolute():
-        raise StoreValidationError(f"{name!s}: absolute paths are refused; files must "
-                                   f"be inside {folder}")
-    path = (root / name).resolve()
-    if not path.is_relative_to(root) or path == root:
-        raise StoreValidationError(f"{name!s} points outside {folder}; refused")
-    return path
+    return resolve_inside(folder, name, error=StoreValidationError)
 
 
 def export_masks(store: Store, actor: str, collection: str,

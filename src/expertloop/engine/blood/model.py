@@ -696,10 +696,26 @@ def save_blood_model(path, model: BloodModel):
 def load_blood_model(path, device=None) -> BloodModel:
     """Load a bundle saved by :func:`save_blood_model` (no pickle; checksum checked)."""
     from expertloop.engine.features import build_embedder
-    from expertloop.engine.persistence import ModelFileError, load_model
+    from expertloop.engine.persistence import (
+        Field,
+        ModelFileError,
+        check_fields,
+        load_model,
+    )
 
     bundle = load_model(path, workflow=WORKFLOW)
-    ex, spec, st = bundle.metadata.get("extra", {}), bundle.input_spec, bundle.state
+    names = Field(list, item=str, max_len=1000)
+    ex = check_fields(bundle.metadata.get("extra", {}), {
+        "det_backbone": Field(str, max_len=40), "det_classes": names, "embedder": Field(str, max_len=40),
+        "abnormal_types": names, "frozen_bn": Field(bool), "backbone_pretrained": Field(bool),
+        "embedder_pretrained": Field(bool), "trained_types": Field(list, item=str, required=False),
+        "hidden": Field(int, 1, 8192), "max_regions": Field(int, 1, 10_000, required=False),
+        **{k: Field(float, 0, 1, required=False) for k in THRESHOLDS}}, f"{path}: extra")
+    spec = check_fields(bundle.input_spec, {
+        "patch_size": Field(int, 16, 1024), "min_size": Field(int, 32, 8192), "max_size": Field(int, 32, 8192),
+        "train_image_size": Field(list, 1, 100_000, item=int, max_len=3, required=False, nullable=True)},
+        f"{path}: input_spec")
+    st = bundle.state
     try:
         det, _ = build_detector(ex["det_backbone"], len(ex["det_classes"]), pretrained=False,
                                 min_size=spec["min_size"], max_size=spec["max_size"], frozen_bn=ex["frozen_bn"],

@@ -308,15 +308,25 @@ def save_network(path, net, *, class_names: Sequence[str] = (), extra: Mapping |
 
 def load_network(path):
     """Load a network saved by :func:`save_network`."""
-    from expertloop.engine.persistence import ModelFileError, load_model
+    from expertloop.engine.persistence import (
+        Field,
+        ModelFileError,
+        check_fields,
+        load_model,
+    )
 
     bundle = load_model(path, workflow=WORKFLOW)
     extra = bundle.metadata.get("extra", {})
     if extra.get("kind") != "network":
         raise ModelFileError(f"{path} holds a FLIM {extra.get('kind', 'model')}, not an encoder + decoder network")
+    extra = check_fields(extra, {"encoder": Field(dict), "decoder": Field(dict)}, f"{path}: extra")
+    d = check_fields(extra["decoder"], {"classes": Field(list, max_len=1000), "kind": Field(str, max_len=20),
+                                        "width": Field(int, 1, 1024, required=False)}, f"{path}: extra.decoder")
     enc = encoder_from_state(extra["encoder"], bundle.state, "encoder.")
-    d = extra["decoder"]
-    net = build_network(enc, d["classes"], d["kind"], d.get("width", 16))
+    try:
+        net = build_network(enc, d["classes"], d["kind"], d.get("width", 16))
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: {exc}") from exc
     try:
         net.decoder.load_state_dict({k[8:]: v for k, v in bundle.state.items() if k.startswith("decoder.")})
     except RuntimeError as exc:

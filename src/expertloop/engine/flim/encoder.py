@@ -438,8 +438,19 @@ def save_encoder(path, encoder, *, class_names: Sequence[str] = (), extra: Mappi
 
 
 def encoder_from_state(meta_extra: Mapping, state: Mapping, prefix: str = ""):
-    from expertloop.engine.persistence import ModelFileError
+    from expertloop.engine.persistence import Field, ModelFileError, check_fields
 
+    meta_extra = check_fields(meta_extra, {
+        "spec": Field(dict), "in_channels": Field(int, 1, 1024),
+        "out_channels": Field(list, 1, 4096, item=int, max_len=64)}, "FLIM encoder description")
+    spec = check_fields(meta_extra["spec"], {"ndim": Field(int, 2, 3, required=False),
+                                             "layers": Field(list, max_len=64, required=False)},
+                        "FLIM encoder spec")
+    size = Field(int, 1, 63, required=False)
+    for i, lay in enumerate(spec.get("layers", [])):
+        check_fields(lay, {"kernel_size": size, "pool_size": size, "dilation": Field(int, 1, 64, required=False),
+                           "pool_stride": size, "filters_per_class": Field(int, 1, 1024, required=False)},
+                     f"FLIM encoder layer {i + 1}")
     try:
         enc = build_encoder(meta_extra["spec"], meta_extra["in_channels"], meta_extra["out_channels"])
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -471,11 +471,20 @@ def save_net(path, model, *, kind: str, extra: dict[str, Any] | None = None):
 
 def load_net(path):
     """Load a membrane network saved by :func:`save_net` (weights-only, checked)."""
-    from expertloop.engine.persistence import ModelFileError, load_model
+    from expertloop.engine.persistence import (
+        Field,
+        ModelFileError,
+        check_fields,
+        load_model,
+    )
 
     bundle = load_model(path, workflow=WORKFLOW)
+    net = check_fields(bundle.input_spec, {"net": Field(dict)}, f"{path}: input_spec")["net"]
+    check_fields(net, {"window": Field(int, 16, 1024), "channels": Field(list, 1, 4096, item=int, max_len=3),
+                       "hidden": Field(list, 1, 65536, item=int, max_len=2),
+                       "dropout": Field(float, 0, 1, required=False)}, f"{path}: input_spec.net")
     try:
-        config = NetConfig.from_dict(bundle.input_spec["net"])
+        config = NetConfig.from_dict(net)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: the metadata does not describe a membrane network ({exc})") from exc
     model = build_net(config, seed=None)
@@ -483,8 +492,13 @@ def load_net(path):
         model.load_state_dict(bundle.state)
     except (RuntimeError, KeyError) as exc:
         raise ModelFileError(f"{path}: weights do not fit the saved architecture: {exc}") from exc
-    extra = bundle.metadata.get("extra", {})
+    extra = check_fields(bundle.metadata.get("extra", {}), {
+        "transferred": Field(list, item=str, required=False), "frozen": Field(list, item=str, required=False)},
+        f"{path}: extra")
     model.transferred = tuple(extra.get("transferred", ()))
-    freeze(model, extra.get("frozen", ()))
+    try:
+        freeze(model, extra.get("frozen", ()))
+    except AttributeError as exc:
+        raise ModelFileError(f"{path}: the metadata freezes a layer the network does not have ({exc})") from exc
     model.eval()
     return model, bundle.metadata

@@ -169,20 +169,49 @@ class SpotDetector:
 
     @classmethod
     def load(cls, path) -> SpotDetector:
-        from expertloop.engine.persistence import ModelFileError, load_model
+        from expertloop.engine.persistence import (
+            ModelFileError,
+            check_fields,
+            load_model,
+        )
 
         bundle = load_model(path, workflow=WORKFLOW)
-        raw = dict(bundle.metadata.get("extra", {}).get("config", {}))
+        extra = check_fields(bundle.metadata.get("extra", {}), _EXTRA_SCHEMA, f"{path}: extra")
+        raw = check_fields(extra.get("config", {}), _CONFIG_SCHEMA, f"{path}: extra.config")
         known = set(SpotConfig.__dataclass_fields__)
         cfg = SpotConfig(**{k: v for k, v in raw.items() if k in known})
         cfg.m_range, cfg.channels = tuple(cfg.m_range), tuple(cfg.channels)
+        try:
+            cfg.check()
+        except ValueError as exc:
+            raise ModelFileError(f"{path}: {exc}") from exc
         net = build_spotnet(2, cfg.patch_size, cfg.channels)
         try:
             net.load_state_dict(bundle.state)
         except (RuntimeError, KeyError) as exc:
             raise ModelFileError(f"{path}: weights do not fit the spot detector ({exc})") from exc
         net.eval()
-        return cls(net, cfg, dict(bundle.metadata.get("extra", {}).get("info", {})))
+        return cls(net, cfg, dict(extra.get("info", {})))
+
+
+def _schemas():
+    from expertloop.engine.persistence import Field
+
+    extra = {"config": Field(dict, required=False), "info": Field(dict, required=False)}
+    config = {
+        "method": Field(str, max_len=20, required=False),
+        "transfer_layers": Field(int, 0, 3, required=False),
+        "patch_size": Field(int, 7, 63, required=False),
+        "tau": Field(float, 0, 100, required=False),
+        "pixels_per_superpixel": Field(int, 1, 10_000, required=False),
+        "compactness": Field(float, 0, 1000, required=False),
+        "m_range": Field(list, 1, 1000, item=int, max_len=2, required=False),
+        "channels": Field(list, 1, 1024, item=int, max_len=3, required=False),
+        "max_negatives": Field(int, 1, 10**8, required=False, nullable=True),
+        "batch_size": Field(int, 1, 65536, required=False),
+        "seed": Field(int, 0, 2**32, required=False, nullable=True),
+    }
+    return extra, config
 
 
 def _jsonable(d):
@@ -342,3 +371,6 @@ def join_spots(centers, probability, threshold: float = 0.5, join_radius: float 
     order = np.argsort(-pmax)
     return {"points": pts[order], "probability": pmax[order], "n_slices": (zmax - zmin + 1)[order],
             "n_patches": np.bincount(comp, minlength=k)[order], "z_min": zmin[order], "z_max": zmax[order]}
+
+
+_EXTRA_SCHEMA, _CONFIG_SCHEMA = _schemas()
