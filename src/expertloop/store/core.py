@@ -686,6 +686,22 @@ class Store:
             return [ImageRecord(img.id, img.uri, dict(img.meta or {}), sorted(tags[img.id]),
                                 pos) for img, pos in rows]
 
+    def image(self, actor: User | str, collection: str | int, image: int | str) -> ImageRecord:
+        """One image of a collection the actor may read (:class:`NotFound` if not in it)."""
+        with self._read() as s:
+            coll = self._collection(s, collection)
+            self._require_access(s, self._actor(s, actor), coll, "read it")
+            cond = Image.id == image if isinstance(image, int) else Image.uri == str(image)
+            row = s.execute(select(Image, CollectionImage.position).join(
+                CollectionImage, CollectionImage.image_id == Image.id).where(
+                CollectionImage.collection_id == coll.id, cond)).first()
+            if row is None:
+                raise NotFound(f"image {image!r} is not in collection {coll.name!r}")
+            img, pos = row
+            tags = sorted(s.scalars(select(ImageAttr.value).where(
+                ImageAttr.image_id == img.id, ImageAttr.key == "tag")))
+            return ImageRecord(img.id, img.uri, dict(img.meta or {}), tags, pos)
+
     def missing_images(self, actor: User | str, collection: str | int) -> list[ImageRecord]:
         """Images whose local file no longer exists (remote URLs are not checked)."""
         out = []

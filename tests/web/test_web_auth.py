@@ -1,0 +1,198 @@
+"""Logins, sessions, CSRF, tokens and cookie flags of ``expertloop serve``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from conftest import PASSWORDS, csrf_of, login, page_csrf
+from fastapi.testclient import TestClient
+
+from expertloop.store import auth
+
+
+def test_wrong_password_then_lockout(served):
+    store, app, _ = served
+    c = TestClient(app)
+    r = login(c, "bob", "not-the-password")
+    assert r.status_code == 200 and "wrong user name or password" in r.text
+    assert "el_session" not in c.cookies
+    # unknown users get the same message (no user enumeration)
+    assert "wrong user name or password" in login(c, "nobody", "whatever1").text
+    for _ in range(auth.MAX_FAILED - 1):
+        r = login(c, "bob", "not-the-password")
+    assert "too many failed logins" in r.text
+    # locked: even the right password is refused now
+    r = login(c, "bob")
+    assert "too many failed logins" in r.text and "el_session" not in c.cookies
+
+
+def test_login_rate_limited_per_address(served):
+    from expertloop.web.app import WebConfig, create_app
+
+    store, _, root = served
+    app = create_app(store, WebConfig(image_roots=[root], login_failures_per_ip=3))
+    c = TestClient(app)
+    for name in ("a1", "a2", "a3"):  # different (unknown) accounts, one address
+        page = c.get("/login")
+        c.post("/login", data={"username": name, "password": "x" * 9,
+                               "csrf": csrf_of(page.text)})
+    page = c.get("/login")
+    r = c.post("/login", data={"username": "ada", "password": PASSWORDS["ada"],
+                               "csrf": csrf_of(page.text)})
+    assert r.status_code == 429
+
+
+def test_session_cookie_flags(served):
+    from expertloop.web.app import WebConfig, create_app
+
+    store, app, root = served
+    c = TestClient(app)
+    page = c.get("/login")
+    r = c.post("/login", data={"username": "bob", "password": PASSWORDS["bob"],
+                               "csrf": csrf_of(page.text)}, follow_redirects=False)
+    assert r.status_code == 303
+    cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith("el_session="))
+    low = cookie.lower()
+    assert "httponly" in low and "samesite=strict" in low and "path=/" in low
+    assert "secure" not in low.replace("el_session", "")
+    # behind TLS
+    app2 = create_app(store, WebConfig(image_roots=[root], secure_cookies=True))
+    c2 = TestClient(app2, base_url="https://testserver")
+    page = c2.get("/login")
+    r = c2.post("/login", data={"username": "bob", "password": PASSWORDS["bob"],
+                                "csrf": csrf_of(page.text)}, follow_redirects=False)
+    cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith("el_session="))
+    assert "; secure" in cookie.lower()
+    # security headers on every page
+    h = c.get("/login").headers
+    assert "script-src 'self'" in h["content-security-policy"]
+    assert h["x-frame-options"] == "DENY" and h["x-content-type-options"] == "nosniff"
+
+
+def test_not_logged_in(served):
+    _, app, _ = served
+    c = TestClient(app)
+    r = c.get("/c/1", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?next=/c/1")
+    assert c.get("/api/collections").status_code == 401
+    assert c.get("/img/1/1").status_code == 401
+    c.cookies.set("el_session", "forged")
+    forged = c.post("/api/c/1/annotations", json={"image_id": 1, "label": "normal"})
+    assert forged.status_code == 401
+
+
+def _post_routes(app):
+    out = []
+    for route in app.routes:
+        if "POST" in getattr(route, "methods", ()) and route.path != "/login":
+            path = route.path.replace("{cid}", "1").replace("{token_id}", "1") \
+                .replace("{uid}", "2")
+            out.append(path)
+    return out
+
+
+def test_every_post_needs_the_csrf_token(served, client_for):
+    store, app, _ = served
+    c = client_for("ada")
+    routes = _post_routes(app)
+    assert {"/logout", "/api/c/1/annotations", "/c/1/review", "/admin/users",
+            "/account/password"} <= set(routes)
+    before = store.audit_log("ada", limit=1)[0]
+    for path in routes:
+        for headers, data in (({}, {}), ({"X-CSRF-Token": "forged"}, {"csrf": "forged"})):
+            r = c.post(path, headers=headers, data={**data, "name": "eve",
+                                                    "password": "eve-secret-1"})
+            assert r.status_code == 403, (path, r.status_code, r.text[:200])
+            assert "CSRF" in r.text
+    assert store.audit_log("ada", limit=1)[0] == before  # nothing was written
+    assert "eve" not in {u.name for u in store.users()}
+    # the login form has its own token (double-submit cookie)
+    fresh = TestClient(app)
+    fresh.get("/login")
+    r = fresh.post("/login", data={"username": "ada", "password": PASSWORDS["ada"]})
+    assert r.status_code == 403
+    # and with the right token the same request works
+    token = page_csrf(c, "/admin")
+    r = c.post("/admin/users", data={"csrf": token, "name": "eve", "password": "eve-secret-1"})
+    assert r.status_code == 200 and "eve" in {u.name for u in store.users()}
+
+
+def test_logout_ends_the_session(served, client_for):
+    c = client_for("bob")
+    secret = c.cookies["el_session"]
+    r = c.post("/logout", data={"csrf": page_csrf(c)})
+    assert r.status_code == 200 and "Log in" in r.text
+    c.cookies.set("el_session", secret)
+    assert c.get("/api/me").status_code == 401
+
+
+def test_initial_password_must_be_changed(served, client_for):
+    store, app, _ = served
+    admin = client_for("ada")
+    r = admin.post("/admin/users", data={"csrf": page_csrf(admin, "/admin"), "name": "dee",
+                                         "role": "annotator", "expertise": "us, echo",
+                                         "password": "initial-pw-1"})
+    assert r.status_code == 200
+    assert store.user("dee").expertise == ["us", "echo"]
+    c = TestClient(app)
+    page = c.get("/login")
+    r = c.post("/login", data={"username": "dee", "password": "initial-pw-1",
+                               "csrf": csrf_of(page.text)})
+    assert r.url.path == "/account" and "choose your own" in r.text
+    r = c.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/account"
+    token = csrf_of(c.get("/account").text)
+    bad = c.post("/account/password", data={"csrf": token, "old": "wrong-old-1",
+                                            "new": "mine-now-12", "again": "mine-now-12"})
+    assert bad.status_code == 403
+    ok = c.post("/account/password", data={"csrf": token, "old": "initial-pw-1",
+                                           "new": "mine-now-12", "again": "mine-now-12"})
+    assert ok.status_code == 200 and ok.url.path == "/" and "My tasks" in ok.text
+    assert auth.login(store, "dee", "mine-now-12").must_change is False
+
+
+def test_api_tokens(served, client_for):
+    store, app, _ = served
+    c = client_for("bob")
+    r = c.post("/account/tokens", data={"csrf": page_csrf(c, "/account"), "name": "script"})
+    import re
+
+    token = re.search(r'id="new-token">([^<]+)<', r.text).group(1)
+    api = TestClient(app)  # no cookie at all
+    hdr = {"Authorization": f"Bearer {token}"}
+    assert api.get("/api/me", headers=hdr).json()["name"] == "bob"
+    assert [x["name"] for x in api.get("/api/collections", headers=hdr).json()] == \
+        ["cells", "scans"]
+    # a token request carries no cookie, so it needs no CSRF token
+    r = api.post("/api/c/1/annotations", headers=hdr,
+                 json={"image_id": 1, "label": "abnormal", "time_spent": 2.5})
+    assert r.status_code == 200 and r.json()["annotator"] == "bob"
+    # only the hash is stored
+    from sqlalchemy import select
+
+    from expertloop.store.models import ApiToken
+
+    with store._read() as s:
+        assert token not in {t.token_hash for t in s.scalars(select(ApiToken))}
+    tid = auth.tokens(store, "bob")[0]["id"]
+    r = c.post(f"/account/tokens/{tid}/revoke", data={"csrf": page_csrf(c, "/account")})
+    assert r.status_code == 200
+    r = api.get("/api/me", headers=hdr)
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    old = auth.create_token(store, "bob", expires_in=timedelta(seconds=-1))
+    r = api.get("/api/me", headers={"Authorization": f"Bearer {old}"})
+    assert r.status_code == 401 and "expired" in r.json()["detail"]
+    r = api.get("/api/me", headers={"Authorization": "Bearer elt_forged"})
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "\\\\evil"])
+def test_no_open_redirect_after_login(served, target):
+    _, app, _ = served
+    c = TestClient(app)
+    page = c.get("/login")
+    r = c.post("/login", data={"username": "bob", "password": PASSWORDS["bob"],
+                               "csrf": csrf_of(page.text), "next": target},
+               follow_redirects=False)
+    assert r.headers["location"] == "/"
