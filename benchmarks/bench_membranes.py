@@ -59,7 +59,7 @@ def main() -> None:
     from expertloop.engine.baselines import RandomForestPixelClassifier
     from expertloop.engine.jobs import run_job
     from expertloop.engine.membranes import (
-        LoopConfig,
+        MembraneConfig,
         MembraneProject,
         NetConfig,
         abundance,
@@ -70,6 +70,7 @@ def main() -> None:
         predict_windows,
         propose_region,
         simulated_expert,
+        simulated_round,
         window_uncertainty,
     )
 
@@ -111,7 +112,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_membranes_"))
     t0 = time.perf_counter()
     base = MembraneProject.create(tmp / "source", pool, init_labels, validation_images=val,
-                                  validation_truths=val_truth, config=LoopConfig(**cfg))
+                                  validation_truths=val_truth, config=MembraneConfig.from_dict(cfg))
     source = run_job(base.train_source(src, src_lab))
     t_source = time.perf_counter() - t0
     print(f"source training: {t_source:.1f} s", flush=True)
@@ -128,7 +129,8 @@ def main() -> None:
         return round(f_score([rf.predict_proba(v)[..., col] for v in val], val_truth)["f1"], 4)
     for arm, (mode, strategy) in arms.items():
         t0 = time.perf_counter()
-        c = LoopConfig(**cfg, mode=mode, strategy="random" if strategy == "random" else "objective")
+        c = MembraneConfig.from_dict({**cfg, "mode": mode,
+                                      "strategy": "random" if strategy == "random" else "objective"})
         p = MembraneProject.create(tmp / arm, pool, init_labels, validation_images=val,
                                    validation_truths=val_truth, config=c)
         p.set_source_model(source)
@@ -137,13 +139,10 @@ def main() -> None:
         rf_curve = [] if strategy != "none" else None
         if rf_curve is not None:
             rf_curve.append(rf_f1(p.target_labels))
-        for _ in range(rounds):
-            if strategy != "none":
-                reg = run_job(p.propose(strategy=strategy))["region"]
-                areas.append(reg.area)
-                p.accept(simulated_expert(p.target_labels[reg.image], pool_truth[reg.image],
-                                          reg.mask(pool[reg.image].shape)))
-            run_job(p.retrain())
+        for _ in range(rounds):  # the engine's round (the CLI runs the same one)
+            rec = run_job(simulated_round(p, pool_truth, strategy=strategy))
+            if rec["region"] is not None:
+                areas.append(len(rec["region"]["cells"]) * rec["region"]["window"] ** 2)
             if rf_curve is not None:
                 rf_curve.append(rf_f1(p.target_labels))
         if rf_curve is not None:
@@ -199,7 +198,9 @@ def main() -> None:
     t_abundance = time.perf_counter() - t0
     t0 = time.perf_counter()
     f_map = window_uncertainty(prob, target_model.config.window)
-    reg = propose_region([f_map], ab.scores[:1], target_model.config.window, max_windows=6)
+    dflt = MembraneConfig()
+    reg = propose_region([f_map], ab.scores[:1], target_model.config.window, lam=dflt.lam,
+                         max_windows=dflt.max_windows, n_seeds=dflt.n_seeds)
     t_search = time.perf_counter() - t0
     print(f"region search on a 1024² section: {t_search * 1000:.1f} ms (uncertainty per window + greedy "
           f"growth; {reg.n_windows} windows); abundance clustering of {len(full)} sections "

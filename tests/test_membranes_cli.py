@@ -38,6 +38,23 @@ def test_loop_runs_rounds_and_resumes(data_dir, tmp_path, capsys):
     assert "resuming" in out
     assert [r["round"] for r in json.loads(out.strip().splitlines()[-1])] == [0, 1, 2]
 
+    # on resume a changed parameter is applied and recorded, never ignored ...
+    assert main(_args(data_dir, project, 2, "--lam", "0.3", "--round-epochs", "2")) == 0
+    out = capsys.readouterr().out
+    assert "lam: 0.8 -> 0.3" in out and "round_epochs: 1 -> 2" in out
+    saved = json.loads((project / "project.json").read_text())["config"]
+    assert saved["lam"] == 0.3 and saved["round_epochs"] == 2 and saved["net"]["window"] == 16
+    changed = [json.loads(x) for x in (project / "journal.jsonl").read_text().splitlines()
+               if '"config changed"' in x]
+    assert changed[-1]["source"] == "command line" and changed[-1]["changes"]["lam"] == {"from": 0.8, "to": 0.3}
+    # ... and a parameter fixed at creation is refused with a clear message
+    args = _args(data_dir, project, 3)
+    args[args.index("--window") + 1] = "32"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "window is fixed" in err and "16" in err and "32" in err
+    assert json.loads((project / "project.json").read_text())["round"] == 2  # nothing ran
+
     # a random-region control from the saved source model
     other = tmp_path / "random"
     args = _args(data_dir, other, 1, "--strategy", "random", "--source-model", str(tmp_path / "src.pt"))

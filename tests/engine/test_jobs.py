@@ -86,7 +86,7 @@ def test_bad_jobs_are_rejected_clearly():
 def test_rescale_composes_sub_jobs():
     def outer(log):
         a = yield from rescale(counting_job(4, log), 0, 50, 100)
-        b = yield from rescale(counting_job(2, log), 50, 50, 100)
+        b = yield from rescale(counting_job(2, log), 50, 100, 100)
         return a + b
 
     log, seen = [], []

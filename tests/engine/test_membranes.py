@@ -11,7 +11,7 @@ import pytest
 
 from expertloop.engine.jobs import run_job
 from expertloop.engine.membranes import (
-    LoopConfig,
+    MembraneConfig,
     MembraneProject,
     NetConfig,
     abundance,
@@ -236,10 +236,10 @@ def test_greedy_finds_the_known_optimum():
                   [0.45, 0.04, 0.45, 0.45]])
     s = np.full(f.shape, 0.05)
     s[(1, 1, 2, 3), (0, 1, 1, 1)] = 0.3  # abundant pattern along the valley
-    best = min(_connected_subsets(f.shape, 5), key=lambda sub: region_objective(f, s, sub))
+    best = min(_connected_subsets(f.shape, 5), key=lambda sub: region_objective(f, s, sub, 0.8))
     cells, obj = grow_region(f, s, lam=0.8, max_windows=5, n_seeds=None)
     assert set(cells) == set(best) == {(1, 0), (1, 1), (2, 1), (3, 1)}
-    assert obj == pytest.approx(region_objective(f, s, best))
+    assert obj == pytest.approx(region_objective(f, s, best, 0.8))
     # the isolated, most uncertain window (2, 3) is rare: it loses to the abundant valley
     assert (2, 3) not in cells
 
@@ -250,7 +250,7 @@ def test_region_is_contiguous_whole_windows_and_respects_limits():
     s_maps = [rng.random((6, 7)) * 0.05 for _ in range(3)]
     allowed = [np.ones((6, 7), bool) for _ in range(3)]
     allowed[0][:, :4] = False
-    reg = propose_region(f_maps, s_maps, 16, max_windows=5, allowed=allowed)
+    reg = propose_region(f_maps, s_maps, 16, lam=0.8, max_windows=5, allowed=allowed, n_seeds=16)
     assert is_contiguous(reg.cells) and 1 <= reg.n_windows <= 5
     assert all(allowed[reg.image][r, c] for r, c in reg.cells)
     mask = reg.mask((6 * 16 + 5, 7 * 16))
@@ -258,7 +258,8 @@ def test_region_is_contiguous_whole_windows_and_respects_limits():
     for r, c in reg.cells:
         assert mask[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16].all()
     with pytest.raises(ValueError, match="all are excluded"):
-        grow_region(f_maps[0], s_maps[0], allowed=np.zeros((6, 7), bool))
+        grow_region(f_maps[0], s_maps[0], lam=0.8, max_windows=6, n_seeds=16,
+                    allowed=np.zeros((6, 7), bool))
     rnd = random_region([(6, 7)], 5, 16, np.random.default_rng(0))
     assert rnd.n_windows == 5 and is_contiguous(rnd.cells)
 
@@ -276,8 +277,8 @@ def test_project_rounds_resume_and_bad_steps(crops, tmp_path):
     src, src_lab, tgt, tgt_truth, val, val_truth = crops
     few = np.zeros_like(tgt_truth[0])
     few[:32, :32] = tgt_truth[0][:32, :32]
-    cfg = LoopConfig(window=16, channels=(4, 8, 8), hidden=(16, 16), source_epochs=1, target_epochs=1,
-                     round_epochs=1, samples_per_epoch=256, max_windows=3)
+    cfg = MembraneConfig(net=NetConfig(window=16, channels=4), source_epochs=1, target_epochs=1,
+                         round_epochs=1, samples_per_epoch=256, max_windows=3)
     project = MembraneProject.create(tmp_path / "p", tgt, [few, np.zeros_like(few)],
                                      validation_images=val, validation_truths=val_truth, config=cfg)
     with pytest.raises(RuntimeError, match="no target network"):
@@ -332,12 +333,12 @@ def test_simulated_expert_copies_truth_inside_only():
 def test_project_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="smaller than the 16x16 window"):
         MembraneProject.create(tmp_path / "a", [np.zeros((10, 40), np.uint8)],
-                               config=LoopConfig(window=16, **SMALL))
+                               config=MembraneConfig(net=NetConfig(window=16, **SMALL)))
     with pytest.raises(ValueError, match="0 = unlabelled, 1 = membrane, 2 = not membrane"):
         MembraneProject.create(tmp_path / "b", [np.zeros((20, 20), np.uint8)], [np.full((20, 20), 255)],
-                               config=LoopConfig(window=16, **SMALL))
+                               config=MembraneConfig(net=NetConfig(window=16, **SMALL)))
     p = MembraneProject.create(tmp_path / "c", [np.zeros((20, 20), np.uint8)],
-                               config=LoopConfig(window=16, **SMALL))
+                               config=MembraneConfig(net=NetConfig(window=16, **SMALL)))
     (tmp_path / "c" / "models").mkdir()
     with pytest.raises(FileNotFoundError, match="no source model"):
         run_job(p.transfer())

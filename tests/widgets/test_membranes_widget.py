@@ -24,11 +24,13 @@ def em(data_dir):
     }
 
 
+SMALL = {"window": 16, "channels": 4, "source_epochs": 1, "target_epochs": 1, "round_epochs": 1,
+         "max_windows": 3}
+
+
 def _small(w):
-    w.window.value = 16
-    w.channels.value = 4
-    w.epochs.value = 1
-    w.max_windows.value = 3
+    for name, value in SMALL.items():
+        w.params[name].value = value
 
 
 def test_full_round_in_viewer_and_resume(make_napari_viewer, qtbot, em, tmp_path, notifications):
@@ -99,6 +101,7 @@ def test_full_round_in_viewer_and_resume(make_napari_viewer, qtbot, em, tmp_path
     w2.folder.value = tmp_path / "proj"
     assert w2.open_project() is not None
     assert w2.project.round == 1 and w2.plot.series["validation F-score"][0] == [0.0, 1.0]
+    assert {name: w2.params[name].value for name in SMALL} == SMALL  # the project's, not the defaults
     assert np.array_equal(viewer2.layers["membranes target 0 labels"].data[mask], corrected[mask])
     assert REGION_LAYER in viewer2.layers and w2.project.proposal.cells == pending.cells
 
@@ -145,3 +148,43 @@ def test_saved_source_model_is_loaded(make_napari_viewer, em, tmp_path, notifica
     w.source_model.value = tmp_path / "ok.pt"
     w.train_source()
     assert w.project.has_source
+
+
+def test_reopened_project_fills_controls_and_edits_write_back(make_napari_viewer, em, tmp_path, notifications):
+    """Create with λ 0.3 and window 16, close napari, reopen: the controls show
+    the project's values; an edit changes the config in force (saved)."""
+    from expertloop.engine.membranes import MembraneConfig, MembraneProject
+
+    default = MembraneConfig()
+    viewer = make_napari_viewer()
+    viewer.add_image(em["tgt"], name="vnc")
+    w = MembraneWidget(viewer)
+    assert w.params["lam"].value == default.lam and w.params["window"].value == default.window
+    w.params["lam"].value, w.params["window"].value, w.params["round_epochs"].value = 0.3, 16, 2
+    w.folder.value = tmp_path / "p"
+    w.target_image.value = "vnc"
+    assert w.open_project() is not None
+    viewer.close()
+
+    viewer2 = make_napari_viewer()
+    w2 = MembraneWidget(viewer2)
+    assert w2.params["lam"].value == default.lam  # nothing open yet: the defaults
+    w2.folder.value = tmp_path / "p"
+    assert w2.open_project() is not None
+    assert w2.params["lam"].value == 0.3 and w2.params["window"].value == 16
+    assert w2.params["round_epochs"].value == 2
+    assert not w2.params["window"].enabled and not w2.params["channels"].enabled  # fixed at creation
+    assert w2.params["lam"].enabled
+
+    w2.params["lam"].value = 0.55  # an edit is the config in force, saved in the project
+    assert w2.project.config.lam == 0.55
+    assert MembraneProject.open(tmp_path / "p").config.lam == 0.55
+    journal = (tmp_path / "p" / "journal.jsonl").read_text()
+    assert '"config changed"' in journal and '"widget"' in journal
+
+    w2.params["window"].value = 32  # a fixed parameter: refused, the control shows the project's again
+    assert any("window is fixed" in str(n.message) for n in notifications)
+    assert w2.params["window"].value == 16 and w2.project.config.window == 16
+
+    w2.folder.value = tmp_path / "other"  # another folder: the project closes, fixed controls unlock
+    assert w2.project is None and w2.params["window"].enabled

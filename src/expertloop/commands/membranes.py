@@ -11,6 +11,9 @@ import argparse
 import json
 import sys
 
+from expertloop.engine.config import add_arguments, build, given_values
+from expertloop.engine.membranes.loop import MembraneConfig
+
 
 def add_commands(sub) -> None:
     group = sub.add_parser("membranes", help="membrane transfer learning with active-learning regions")
@@ -43,21 +46,12 @@ def add_commands(sub) -> None:
                    help="the few initial target labels: truth of a centred square this big "
                         "in the first target image (default 128)")
     p.add_argument("--rounds", type=int, default=5, help="total active-learning rounds (default 5)")
-    p.add_argument("--strategy", choices=["objective", "random", "none"], default="objective",
+    p.add_argument("--strategy", choices=["objective", "random", "none"], default=None,
                    help="region choice: the paper's objective, random regions of the same size "
-                        "(control), or none (retrain without new labels)")
-    p.add_argument("--window", type=int, default=64)
-    p.add_argument("--channels", type=int, default=16, help="conv1 channels (conv2/3: twice)")
-    p.add_argument("--k", type=int, default=3, help="layers copied from the source (default 3)")
-    p.add_argument("--mode", choices=["fine-tuned", "frozen"], default="fine-tuned")
-    p.add_argument("--lam", type=float, default=0.8, help="lambda of the region objective")
-    p.add_argument("--max-windows", type=int, default=6)
-    p.add_argument("--source-epochs", type=int, default=10)
-    p.add_argument("--target-epochs", type=int, default=10)
-    p.add_argument("--round-epochs", type=int, default=5)
-    p.add_argument("--samples-per-epoch", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: automatic)")
+                        "(control), or none (retrain without new labels); absent: the project's "
+                        "(new project: objective)")
+    # every parameter of the project, from MembraneConfig (defaults, ranges, help live there)
+    add_arguments(p, MembraneConfig, when_absent="the project's value when resuming")
     p.add_argument("--json", action="store_true", help="print the per-round records as JSON (last line)")
     p.set_defaults(func=cmd_membranes_loop)
 
@@ -86,8 +80,8 @@ def cmd_membranes_loop(args: argparse.Namespace) -> int:
     from expertloop.engine.jobs import run_job
     from expertloop.engine.membranes.loop import (
         PROJECT_FILE,
-        LoopConfig,
         MembraneProject,
+        run_simulated_rounds,
         simulated_expert,
     )
     from expertloop.engine.membranes.net import load_net, membrane_labels, save_net
@@ -98,21 +92,20 @@ def cmd_membranes_loop(args: argparse.Namespace) -> int:
     truths = [membrane_labels(t, args.target_membrane_value) for t in _read_all(args.target_truth, "target truth")]
     if len(truths) != len(targets):
         raise ValueError(f"{len(targets)} target images but {len(truths)} truth images")
+    values = given_values(args, MembraneConfig)
+    if args.strategy in ("objective", "random"):
+        values["strategy"] = args.strategy
     if (folder / PROJECT_FILE).exists():
         project = MembraneProject.open(folder)
         print(f"resuming {folder} at round {project.round}")
+        # a changed parameter is applied (saved, journalled), a fixed one refused: never ignored
+        for name, (old, new) in project.update_config(values, source="command line").items():
+            print(f"  {name}: {old} -> {new} (from the command line, saved in the project)")
     else:
         vimgs = _read_all(args.validation_images, "validation image")
         vtru = [membrane_labels(t, args.target_membrane_value)
                 for t in _read_all(args.validation_truth, "validation truth")]
-        c = args.channels
-        config = LoopConfig(
-            window=args.window, channels=(c, 2 * c, 2 * c), hidden=(4 * c, 4 * c), k=args.k,
-            mode=args.mode, lam=args.lam, max_windows=args.max_windows,
-            strategy="random" if args.strategy == "random" else "objective",
-            source_epochs=args.source_epochs, target_epochs=args.target_epochs,
-            round_epochs=args.round_epochs, samples_per_epoch=args.samples_per_epoch,
-            seed=args.seed, device=args.device)
+        config = build(MembraneConfig, values)
         h, w = targets[0].shape
         s = min(args.initial_size, h, w)
         if s < 1:
@@ -141,13 +134,9 @@ def cmd_membranes_loop(args: argparse.Namespace) -> int:
                 save_net(args.save_source, model, kind="source")
     if project.round < 0:
         run_job(project.transfer(), on_progress=progress)
-    while project.round < args.rounds:
-        if args.strategy != "none":
-            out = run_job(project.propose(strategy=args.strategy), on_progress=progress)
-            reg = out["region"]
-            project.accept(simulated_expert(project.target_labels[reg.image], truths[reg.image],
-                                            reg.mask(truths[reg.image].shape)))
-        run_job(project.retrain(), on_progress=progress)
+    strategy = "none" if args.strategy == "none" else None  # None: the project's strategy
+    run_job(run_simulated_rounds(project, truths, max(0, args.rounds - project.round), strategy=strategy),
+            on_progress=progress)
     sys.stderr.write("\n")
     print("round  labelled_px  F-score  precision  recall")
     for r in project.scores:

@@ -143,19 +143,20 @@ def run_job(
             on_progress(record)
 
 
-def rescale(job: Job[T], start: int, span: int, total: int) -> Job[T]:
-    """Map a sub-job's progress onto ``[start, start + span]`` of ``total``.
+def rescale(job: Job[T], start: float, stop: float, total: int) -> Job[T]:
+    """Map a sub-job's progress onto ``[start, stop]`` of ``total``.
 
-    Use it to compose jobs: ``result = yield from rescale(sub(), 0, 50, 100)``.
+    Use it to compose jobs: ``a = yield from rescale(sub_a(), 0, 50, 100)``,
+    then ``b = yield from rescale(sub_b(), 50, 100, 100)``.
     """
     try:
         while True:
             try:
                 record = next(job)
-            except StopIteration as stop:
-                return stop.value
+            except StopIteration as stop_:
+                return stop_.value
             frac = record.fraction
-            step = start + (round(frac * span) if frac is not None else 0)
+            step = round(start + (frac * (stop - start) if frac is not None else 0))
             yield Progress(step, total, record.message, record.partial)
     finally:
         job.close()

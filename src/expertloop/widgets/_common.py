@@ -1,4 +1,4 @@
-"""Small helpers shared by the widgets (layer look-ups)."""
+"""Small helpers shared by the widgets: layer look-ups, notifications, config controls."""
 
 from __future__ import annotations
 
@@ -43,3 +43,72 @@ def layer_array(layer, level: int = 0) -> tuple[Any, Any, Any]:
     n = len(scale)
     factor[:] = np.asarray(levels[0].shape[:n], float) / np.asarray(data.shape[:n], float)
     return data, scale * factor, translate
+
+
+def notify(title: str, message: str) -> None:
+    """One napari notification ``"title: message"`` (the widgets' one way to tell the user)."""
+    from napari.utils.notifications import show_info
+
+    show_info(f"{title}: {message}")
+
+
+class ConfigControls:
+    """magicgui controls made from a config dataclass (see :mod:`expertloop.engine.config`).
+
+    ``controls[name]`` is one control per widget parameter, with the label,
+    range, choices, tooltip and default the config declares. :meth:`fill`
+    shows a config's values (and locks the fixed ones once a project is
+    open); :meth:`values` reads the controls back; :meth:`bind` calls a
+    function with ``{name: value}`` whenever the user edits a control, so
+    the front end can write it to the config in force.
+    """
+
+    def __init__(self, config_cls: type, names=None) -> None:
+        from magicgui.widgets import create_widget
+
+        from expertloop.engine.config import control_specs
+
+        self.config_cls = config_cls
+        self.fixed: set[str] = set()
+        self.controls: dict[str, Any] = {}
+        for spec in control_specs(config_cls, names):
+            if spec.pop("fixed"):
+                self.fixed.add(spec["name"])
+            self.controls[spec["name"]] = create_widget(**spec)
+        self._filling = False
+        self._bound = None
+        for name, control in self.controls.items():
+            control.changed.connect(lambda value, name=name: self._edited(name, value))
+
+    @property
+    def widgets(self) -> list[Any]:
+        return list(self.controls.values())
+
+    def __getitem__(self, name: str) -> Any:
+        return self.controls[name]
+
+    def values(self) -> dict[str, Any]:
+        return {name: c.value for name, c in self.controls.items()}
+
+    def fill(self, config: Any, *, lock_fixed: bool = True) -> None:
+        """Show ``config``'s values; fixed parameters become read-only when ``lock_fixed``
+        (a project is open), editable otherwise (a new one is being set up)."""
+        from expertloop.engine.config import current_values
+
+        self._filling = True
+        try:
+            for name, value in current_values(config, list(self.controls)).items():
+                self.controls[name].value = value
+        finally:
+            self._filling = False
+        for name in self.fixed:
+            self.controls[name].enabled = not lock_fixed
+
+    def bind(self, on_edit) -> None:
+        """Call ``on_edit({name: value})`` after each user edit (not during :meth:`fill`)."""
+        self._bound = on_edit
+
+    def _edited(self, name: str, value: Any) -> None:
+        if self._filling or self._bound is None:
+            return
+        self._bound({name: value})

@@ -12,17 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    PushButton,
-    SpinBox,
-)
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
-from expertloop.widgets._common import image_layer_choices, layer_array, layer_by_name
+from expertloop.engine.membranes.loop import MembraneConfig
+from expertloop.widgets._common import (
+    ConfigControls,
+    image_layer_choices,
+    layer_array,
+    layer_by_name,
+)
+from expertloop.widgets._common import notify as _notify
 from expertloop.widgets._jobs import JobRunner
 from expertloop.widgets._plot import PlotWidget
 
@@ -56,10 +55,8 @@ def _planes(data: Any) -> list[np.ndarray]:
     raise ValueError(f"expected a 2D image or a stack of 2D images, got shape {arr.shape}")
 
 
-def _show(title: str, message: str) -> None:
-    from napari.utils.notifications import show_info
-
-    show_info(f"{title}: {message}")
+def _show(message: str) -> None:
+    _notify("Membranes", message)
 
 
 class MembraneWidget(Container):
@@ -81,14 +78,10 @@ class MembraneWidget(Container):
         self.val_image = ComboBox(label="validation image", choices=lambda _: [NONE] + image_layer_choices(viewer))
         self.val_truth = ComboBox(label="validation truth", choices=lambda _: _data_layer_choices(viewer))
         self.val_value = SpinBox(label="validation membrane value", min=0, max=65535, value=1)
-        # parameters (used when a project is created)
-        self.window = SpinBox(label="window", min=16, max=128, value=64)
-        self.channels = SpinBox(label="conv channels", min=2, max=128, value=16)
-        self.k = SpinBox(label="layers transferred", min=0, max=6, value=3)
-        self.mode = ComboBox(label="transfer", choices=["fine-tuned", "frozen"], value="fine-tuned")
-        self.lam = FloatSpinBox(label="λ (uncertainty weight)", min=0.0, max=1.0, step=0.05, value=0.8)
-        self.max_windows = SpinBox(label="max windows per region", min=1, max=100, value=6)
-        self.epochs = SpinBox(label="epochs", min=1, max=500, value=10)
+        # parameters, from MembraneConfig: a new project takes them; an open
+        # project shows its own, fixed ones read-only, the others write back to it
+        self.params = ConfigControls(MembraneConfig)
+        self.params.bind(self._param_edited)
         # steps
         self.train_btn = PushButton(text="1. Train source")
         self.transfer_btn = PushButton(text="2. Transfer")
@@ -101,11 +94,12 @@ class MembraneWidget(Container):
             self.folder, self.open_btn,
             self.source_image, self.source_labels, self.source_value, self.source_model,
             self.target_image, self.target_labels, self.val_image, self.val_truth, self.val_value,
-            self.window, self.channels, self.k, self.mode, self.lam, self.max_windows, self.epochs,
+            *self.params.widgets,
             self.train_btn, self.transfer_btn, self.propose_btn, self.accept_btn,
             self.info, self.plot, self.runner,
         ])
         self.open_btn.changed.connect(self.open_project)
+        self.folder.changed.connect(self._folder_changed)
         self.train_btn.changed.connect(self.train_source)
         self.transfer_btn.changed.connect(self.transfer)
         self.propose_btn.changed.connect(self.propose)
@@ -116,15 +110,32 @@ class MembraneWidget(Container):
             viewer.layers.events.removed.connect(combo.reset_choices)
 
     # ------------------------------------------------------------- helpers
-    def _config(self):
-        from expertloop.engine.membranes.loop import LoopConfig
+    def _config(self) -> MembraneConfig:
+        from expertloop.engine.config import build
 
-        c = int(self.channels.value)
-        e = int(self.epochs.value)
-        return LoopConfig(window=int(self.window.value), channels=(c, 2 * c, 2 * c), hidden=(4 * c, 4 * c),
-                          k=int(self.k.value), mode=self.mode.value, lam=float(self.lam.value),
-                          max_windows=int(self.max_windows.value), source_epochs=e,
-                          target_epochs=e, round_epochs=max(1, e // 2))
+        return build(MembraneConfig, self.params.values())
+
+    def _param_edited(self, values: dict[str, Any]) -> None:
+        """A control was edited: an open project's config changes (saved, journalled)."""
+        p = self.project
+        if p is None:
+            return  # taken when the project is created
+        if self.runner.running:
+            _show("parameters not changed while a step runs: wait for it (or cancel it)")
+        else:
+            try:
+                for name, (old, new) in p.update_config(values, source="widget").items():
+                    self.info.value = f"{name}: {old} -> {new} (saved in the project)"
+            except ValueError as exc:
+                _show(str(exc))
+        self.params.fill(p.config)  # show what is in force
+
+    def _folder_changed(self, *_) -> None:
+        """Another folder: the open project is closed; parameters editable for a new one."""
+        if self.project is not None and Path(str(self.folder.value)) != self.project.folder:
+            self.project = None
+            self.params.fill(self._config(), lock_fixed=False)
+            self._refresh()
 
     def _layer_data(self, combo) -> Any:
         layer = layer_by_name(self._viewer, combo.value)
@@ -132,10 +143,10 @@ class MembraneWidget(Container):
 
     def _need_project(self, what: str) -> bool:
         if self.project is None:
-            _show("Membranes", f"open or create a project before '{what}'")
+            _show(f"open or create a project before '{what}'")
             return False
         if self.runner.running:
-            _show("Membranes", f"'{what}' not started: wait for the running step to finish (or cancel it)")
+            _show(f"'{what}' not started: wait for the running step to finish (or cancel it)")
             return False
         return True
 
@@ -174,7 +185,7 @@ class MembraneWidget(Container):
 
         folder = Path(str(self.folder.value))
         if not str(self.folder.value) or str(self.folder.value) == ".":
-            _show("Membranes", "choose a project folder first")
+            _show("choose a project folder first")
             return None
         try:
             if (folder / PROJECT_FILE).exists():
@@ -182,7 +193,7 @@ class MembraneWidget(Container):
             else:
                 timg = self._layer_data(self.target_image)
                 if timg is None:
-                    _show("Membranes", "choose the target images to create a project")
+                    _show("choose the target images to create a project")
                     return None
                 targets = _planes(timg)
                 tl = self._layer_data(self.target_labels)
@@ -195,8 +206,9 @@ class MembraneWidget(Container):
                 self.project = MembraneProject.create(folder, targets, tlabels, validation_images=vimgs,
                                                       validation_truths=vtruths, config=self._config())
         except (ValueError, OSError) as exc:
-            _show("Membranes", str(exc))
+            _show(str(exc))
             return None
+        self.params.fill(self.project.config)  # the values in force, fixed ones read-only
         self._show_project_layers()
         prop = self.project.proposal
         prob = self.project.proposal_prob()
@@ -216,18 +228,18 @@ class MembraneWidget(Container):
             if img is None and model_path not in ("", "."):
                 model, _ = load_net(Path(model_path).with_suffix(""))
                 self.project.set_source_model(model)
-                _show("Membranes", f"source model {Path(model_path).name} loaded")
+                _show(f"source model {Path(model_path).name} loaded")
                 self._refresh()
                 return None
             if img is None or truth is None:
-                _show("Membranes", "choose source images and their truth (or a saved source model)")
+                _show("choose source images and their truth (or a saved source model)")
                 return None
             images = _planes(img)
             labels = [membrane_labels(t, self.source_value.value) for t in _planes(truth)]
             if len(images) != len(labels):
                 raise ValueError(f"{len(images)} source images but {len(labels)} truth images")
         except Exception as exc:  # bad files and inputs become notifications
-            _show("Membranes", str(exc))
+            _show(str(exc))
             return None
         return self.runner.start(self.project.train_source(images, labels), description="source training",
                                  on_result=lambda _: self._refresh())
@@ -275,16 +287,16 @@ class MembraneWidget(Container):
             return None
         reg = self.project.proposal
         if reg is None:
-            _show("Membranes", "propose a region first")
+            _show("propose a region first")
             return None
         layer = layer_by_name(self._viewer, self._labels_layer_name(reg.image))
         if layer is None:
-            _show("Membranes", f"the labels layer '{self._labels_layer_name(reg.image)}' is missing")
+            _show(f"the labels layer '{self._labels_layer_name(reg.image)}' is missing")
             return None
         try:
             self.project.accept(np.asarray(layer_array(layer)[0]))
         except ValueError as exc:
-            _show("Membranes", str(exc))
+            _show(str(exc))
             return None
         for name in (REGION_LAYER, UNCERTAINTY_LAYER):
             if name in self._viewer.layers:

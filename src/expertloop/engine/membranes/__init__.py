@@ -8,12 +8,13 @@ Importing this package does not import torch.
 """
 
 from expertloop.engine.membranes.loop import (
-    LoopConfig,
+    MembraneConfig,
     MembraneProject,
     f_score,
     prefill_region,
     run_simulated_rounds,
     simulated_expert,
+    simulated_round,
 )
 from expertloop.engine.membranes.net import (
     BACKGROUND,
@@ -44,10 +45,10 @@ from expertloop.engine.membranes.region import (
 )
 
 __all__ = [
-    "BACKGROUND", "MEMBRANE", "UNLABELLED", "Abundance", "LoopConfig", "MembraneProject",
+    "BACKGROUND", "MEMBRANE", "UNLABELLED", "Abundance", "MembraneConfig", "MembraneProject",
     "NetConfig", "Region", "abundance", "build_net", "f_score", "grow_region", "load_net",
     "membrane_labels", "predict_dense", "predict_per_window", "predict_windows",
     "prefill_region", "propose_region", "random_region", "region_objective", "region_outline",
-    "run_simulated_rounds", "save_net", "simulated_expert", "train_net", "transfer",
+    "run_simulated_rounds", "save_net", "simulated_expert", "simulated_round", "train_net", "transfer",
     "uncertainty_map", "window_uncertainty",
 ]

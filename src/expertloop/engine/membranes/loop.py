@@ -26,68 +26,93 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from expertloop.engine.config import apply_values, param, validate
 from expertloop.engine.jobs import Job, Progress, rescale
 from expertloop.engine.membranes import net as _net
 from expertloop.engine.membranes import region as _region
 
 PROJECT_FILE = "project.json"
-PROJECT_VERSION = 1
+PROJECT_VERSION = 2  # 2: the network's parameters nested under config['net']
 
 
 @dataclass
-class LoopConfig:
-    """Parameters of a membrane active-learning project (saved in project.json)."""
+class MembraneConfig:
+    """Parameters of a membrane active-learning project (saved in project.json).
 
-    window: int = 64
-    channels: tuple[int, int, int] = (16, 32, 32)
-    hidden: tuple[int, int] = (64, 64)
-    dropout: float = 0.5
-    k: int = 3                      # layers copied from the source network
-    mode: str = "fine-tuned"        # or "frozen"
-    lam: float = 0.8                # λ of the region objective
-    max_windows: int = 6            # region size limit (6 × 64² ≈ the paper's 22k pixels)
-    n_seeds: int = 16
-    n_clusters: int | None = None   # abundance clustering (None: sqrt(N/2))
-    downsample: int = 4
-    strategy: str = "objective"     # or "random" (control)
-    source_epochs: int = 10
-    target_epochs: int = 10
-    round_epochs: int = 5
-    samples_per_epoch: int = 4096
-    batch_size: int = 64
-    optimizer: str = "adam"        # or "sgd" (the paper: lr 1e-2, momentum 0.9)
-    lr: float = 1e-3
-    tile: int = 256
-    seed: int = 0
-    device: str | None = None
+    Every parameter's default, range and help live here (see
+    :mod:`expertloop.engine.config`); the widget's controls and the
+    ``expertloop membranes loop`` flags are made from them. Parameters marked
+    *fixed* (the architecture, what is transferred, the abundance clustering)
+    cannot change once the project exists; the others may change between
+    rounds (:meth:`MembraneProject.update_config`).
+    """
+
+    net: _net.NetConfig = field(default_factory=_net.NetConfig)
+    k: int = param(3, help="layers copied from the source network", label="layers transferred",
+                   min=0, max=6, fixed=True)
+    mode: str = param("fine-tuned", help="copied layers are fine-tuned or kept frozen", label="transfer",
+                      choices=("fine-tuned", "frozen"), fixed=True)
+    lam: float = param(0.8, help="weight of the uncertainty against the abundance in the region objective",
+                       label="λ (uncertainty weight)", min=0.0, max=1.0, step=0.05)
+    max_windows: int = param(6, help="region size limit in windows (6 x 64² px ≈ the paper's 22k pixels)",
+                             label="max windows per region", min=1, max=100)
+    n_seeds: int = param(16, help="seed windows tried by the region search", min=1, max=1000,
+                         widget=False)
+    n_clusters: int | None = param(None, help="abundance clusters (None: sqrt(windows / 2))",
+                                   min=2, max=1000, fixed=True, widget=False)
+    downsample: int = param(4, help="downsampling of the windows before the abundance clustering",
+                            min=1, max=16, fixed=True, widget=False)
+    strategy: str = param("objective", help="region choice: the paper's objective or random regions "
+                          "of the same size (control)", choices=("objective", "random"), cli=False)
+    source_epochs: int = param(10, help="epochs of source-domain training", min=1, max=500)
+    target_epochs: int = param(10, help="epochs of target training after the transfer (round 0)",
+                               min=1, max=500)
+    round_epochs: int = param(5, help="epochs of fine-tuning after each accepted region", min=1, max=500)
+    samples_per_epoch: int = param(4096, help="windows drawn per epoch", min=64, max=1_000_000,
+                                   step=64, widget=False)
+    batch_size: int = param(64, help="windows per training batch", min=1, max=4096, widget=False)
+    optimizer: str = param("adam", help="optimizer (the paper: sgd with lr 1e-2, momentum 0.9)",
+                           choices=("adam", "sgd"), widget=False)
+    lr: float = param(1e-3, help="learning rate", min=1e-6, max=1.0, widget=False)
+    tile: int = param(256, help="tile side of the dense prediction (memory use; results do not depend on it)",
+                      min=32, max=8192, unit="px", widget=False)
+    seed: int = param(0, help="random seed", min=0, max=2**31 - 1, widget=False)
+    device: str | None = param(None, help="cpu, cuda or mps (None: automatic)", widget=False)
 
     def __post_init__(self) -> None:
-        self.channels = tuple(int(c) for c in self.channels)
-        self.hidden = tuple(int(c) for c in self.hidden)
-        if self.mode not in ("frozen", "fine-tuned"):
-            raise ValueError(f"mode must be 'frozen' or 'fine-tuned', got {self.mode!r}")
-        if self.strategy not in ("objective", "random"):
-            raise ValueError(f"strategy must be 'objective' or 'random', got {self.strategy!r}")
-        if not 0 <= self.lam <= 1:
-            raise ValueError("lam must be in [0, 1]")
-        self.net_config()  # checks the window size
+        if isinstance(self.net, dict):
+            self.net = _net.NetConfig.from_dict(self.net)
+        validate(self)
+
+    @property
+    def window(self) -> int:
+        """The window side (the network's)."""
+        return self.net.window
 
     def net_config(self) -> _net.NetConfig:
-        return _net.NetConfig(self.window, self.channels, self.hidden, self.dropout)
+        return self.net
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["channels"], d["hidden"] = list(self.channels), list(self.hidden)
+        d["net"] = self.net.to_dict()
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LoopConfig:
+    def from_dict(cls, d: dict[str, Any]) -> MembraneConfig:
+        """From :meth:`to_dict`'s form, or the flat form of version-1 project
+        files (``window``, ``channels``, ``hidden``, ``dropout`` at the top)."""
+        d = dict(d)
+        flat = {k: d.pop(k) for k in ("window", "channels", "hidden", "dropout") if k in d}
+        if "net" not in d and flat:
+            d["net"] = _net.NetConfig(**flat)
+        elif isinstance(d.get("net"), dict):
+            d["net"] = _net.NetConfig.from_dict(d["net"])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -153,7 +178,7 @@ class MembraneProject:
     def __init__(self, folder: str | os.PathLike, state: dict[str, Any]) -> None:
         self.folder = Path(folder)
         self.state = state
-        self.config = LoopConfig.from_dict(state["config"])
+        self.config = MembraneConfig.from_dict(state["config"])
         n_t, n_v = state["n_target"], state["n_validation"]
         self.target_images = [_read(self.folder / "target" / f"image_{i:02d}.tif") for i in range(n_t)]
         self.target_labels = [_read(self.folder / "target" / f"labels_{i:02d}.tif") for i in range(n_t)]
@@ -172,14 +197,14 @@ class MembraneProject:
         *,
         validation_images: Sequence[Any] = (),
         validation_truths: Sequence[Any] = (),
-        config: LoopConfig | None = None,
+        config: MembraneConfig | None = None,
     ) -> MembraneProject:
         """Start a project. ``target_labels``: 0/1/2 label images (None: no labels
         yet); ``validation_truths``: 1/2 label images (see :func:`~expertloop.engine.membranes.net.membrane_labels`)."""
         folder = Path(folder)
         if (folder / PROJECT_FILE).exists():
             raise FileExistsError(f"{folder} already holds a membrane project: open it instead")
-        config = config or LoopConfig()
+        config = config or MembraneConfig()
         imgs = [_net.as_image(im, "target image") for im in target_images]
         if not imgs:
             raise ValueError("a project needs at least one target image")
@@ -227,6 +252,21 @@ class MembraneProject:
         if int(state.get("version", 0)) > PROJECT_VERSION:
             raise ValueError(f"{path} was written by a newer expertloop")
         return cls(folder, state)
+
+    def update_config(self, values: dict[str, Any], *, source: str = "user") -> dict[str, tuple[Any, Any]]:
+        """Change some parameters of the project (names of
+        :class:`MembraneConfig` parameters, None values skipped), save and log
+        the change. Returns ``{name: (old, new)}`` of what changed. A fixed
+        parameter (architecture, transfer, abundance) cannot change:
+        :class:`~expertloop.engine.config.FixedParameterError` says so."""
+        config, changes = apply_values(self.config, values)
+        if changes:
+            self.config = config
+            self.state["config"] = config.to_dict()
+            self.save()
+            self.log({"event": "config changed", "source": source,
+                      "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+        return changes
 
     def save(self) -> None:
         path = self.folder / PROJECT_FILE
@@ -460,21 +500,35 @@ class MembraneProject:
                                                  desc=f"round {r}"))
 
 
-def run_simulated_rounds(project: MembraneProject, truths: Sequence[Any], rounds: int,
-                         *, strategy: str | None = None) -> Job[list[dict[str, Any]]]:
-    """Job: ``rounds`` rounds with a simulated expert that copies ``truths``
-    (1/2 labels per target image) inside each proposed region."""
+def simulated_round(project: MembraneProject, truths: Sequence[Any], *, strategy: str | None = None
+                    ) -> Job[dict[str, Any]]:
+    """Job: one round with a simulated expert that copies ``truths`` (1/2
+    labels per target image) inside the proposed region, then retrains.
+    ``strategy``: "objective" or "random" (None: the project's), or "none"
+    (no region: retrain on the labels already there, the no-active-learning
+    control). Returns the round's score record, with ``region`` (a dict, or
+    None for "none")."""
     if len(truths) != len(project.target_images):
         raise ValueError(f"need one truth per target image ({len(project.target_images)}), got {len(truths)}")
+    if strategy not in (None, "objective", "random", "none"):
+        raise ValueError(f"strategy must be 'objective', 'random' or 'none', got {strategy!r}")
+    region = None
+    if strategy != "none":
+        out = yield from rescale(project.propose(strategy=strategy), 0, 50, 100)
+        reg = out["region"]
+        t = np.asarray(truths[reg.image])
+        project.accept(simulated_expert(project.target_labels[reg.image], t, reg.mask(t.shape)))
+        region = reg.to_dict()
+    rec = yield from rescale(project.retrain(), 0 if strategy == "none" else 50, 100, 100)
+    return dict(rec, region=region)
+
+
+def run_simulated_rounds(project: MembraneProject, truths: Sequence[Any], rounds: int,
+                         *, strategy: str | None = None) -> Job[list[dict[str, Any]]]:
+    """Job: ``rounds`` rounds of :func:`simulated_round` (the one round loop
+    the command line, the benchmark and scripts share)."""
     records = []
     for r in range(rounds):
-        lo, hi = 100 * r / rounds, 100 * (r + 1) / rounds
-        out = yield from rescale(project.propose(strategy=strategy), lo, lo + (hi - lo) / 2, 100)
-        reg = out["region"]
-        i = reg.image
-        labels = simulated_expert(project.target_labels[i], truths[i], reg.mask(truths[i].shape))
-        project.accept(labels)
-        rec = yield from rescale(project.retrain(), lo + (hi - lo) / 2, hi, 100)
-        rec = dict(rec, region=reg.to_dict())
-        records.append(rec)
+        records.append((yield from rescale(simulated_round(project, truths, strategy=strategy),
+                                           100 * r / rounds, 100 * (r + 1) / rounds, 100)))
     return records

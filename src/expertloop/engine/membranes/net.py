@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from expertloop.engine.backend import get_torch
+from expertloop.engine.config import param
 from expertloop.engine.device import select_device
 from expertloop.engine.jobs import Job, Progress
 from expertloop.engine.seed import seed_everything
@@ -68,12 +69,21 @@ def conv_kernels(window: int) -> tuple[int, int, int] | None:
 
 @dataclass(frozen=True)
 class NetConfig:
-    """Architecture of a membrane network (saved in the model's metadata)."""
+    """Architecture of a membrane network (saved in the model's metadata).
 
-    window: int = 64
-    channels: tuple[int, int, int] = (16, 32, 32)
-    hidden: tuple[int, int] = (64, 64)
-    dropout: float = 0.5
+    ``channels`` may be given as one number ``c``: the conv layers then get
+    ``(c, 2c, 2c)`` channels; ``hidden`` left None becomes ``(4c, 4c)`` with
+    ``c`` the first conv layer's channels.
+    """
+
+    window: int = param(64, help="side of the square window each pixel is classified from",
+                        min=16, max=128, step=8, unit="px", fixed=True)
+    channels: tuple[int, int, int] = param(
+        (16, 32, 32), help="conv1 channels (conv2 and conv3: twice as many, hidden layers: 4x)",
+        label="conv channels", min=2, max=128, type=int, view=lambda c: c[0], fixed=True)
+    hidden: tuple[int, int] | None = None
+    dropout: float = param(0.5, help="dropout after the first two fully connected layers",
+                           min=0.0, max=0.95, step=0.05, fixed=True, widget=False)
 
     def __post_init__(self) -> None:
         if conv_kernels(self.window) is None:
@@ -81,8 +91,12 @@ class NetConfig:
                 f"window size {self.window} is not supported: it must be at least 16 "
                 "and let three conv + 2x2 pooling stages divide it exactly (e.g. 16, 24, 32, 48, 64)"
             )
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        object.__setattr__(self, "hidden", tuple(int(c) for c in self.hidden))
+        ch = self.channels
+        if isinstance(ch, (int, np.integer)):
+            ch = (int(ch), 2 * int(ch), 2 * int(ch))
+        object.__setattr__(self, "channels", tuple(int(c) for c in ch))
+        hidden = (4 * self.channels[0],) * 2 if self.hidden is None else self.hidden
+        object.__setattr__(self, "hidden", tuple(int(c) for c in hidden))
         if len(self.channels) != 3 or len(self.hidden) != 2 or min(self.channels + self.hidden) < 1:
             raise ValueError("channels must be 3 positive numbers and hidden 2 positive numbers")
         if not 0 <= self.dropout < 1:
@@ -106,8 +120,8 @@ class NetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NetConfig:
-        return cls(window=int(d["window"]), channels=tuple(d["channels"]),
-                   hidden=tuple(d["hidden"]), dropout=float(d.get("dropout", 0.5)))
+        kw = {"dropout": float(d["dropout"])} if "dropout" in d else {}
+        return cls(window=int(d["window"]), channels=tuple(d["channels"]), hidden=tuple(d["hidden"]), **kw)
 
 
 @lru_cache(maxsize=1)

@@ -188,7 +188,7 @@ class Region:
                    info=dict(d.get("info", {})))
 
 
-def region_objective(f: np.ndarray, s: np.ndarray, cells: Sequence[tuple[int, int]], lam: float = 0.8) -> float:
+def region_objective(f: np.ndarray, s: np.ndarray, cells: Sequence[tuple[int, int]], lam: float) -> float:
     """Equation 1 of the paper for the windows ``cells``."""
     if not len(cells):
         raise ValueError("a region needs at least one window")
@@ -229,10 +229,10 @@ def grow_region(
     f: Any,
     s: Any,
     *,
-    lam: float = 0.8,
-    max_windows: int | None = 6,
+    lam: float,
+    max_windows: int | None,
     allowed: Any = None,
-    n_seeds: int | None = 16,
+    n_seeds: int | None,
 ) -> tuple[list[tuple[int, int]], float]:
     """Greedy minimisation of the region objective on one window grid.
 
@@ -296,10 +296,10 @@ def propose_region(
     s_maps: Sequence[Any],
     window: int,
     *,
-    lam: float = 0.8,
-    max_windows: int | None = 6,
+    lam: float,
+    max_windows: int | None,
     allowed: Sequence[Any] | None = None,
-    n_seeds: int | None = 16,
+    n_seeds: int | None,
 ) -> Region:
     """The best greedy region over several images (one map per image)."""
     if len(f_maps) != len(s_maps) or not len(f_maps):
