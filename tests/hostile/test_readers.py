@@ -92,3 +92,25 @@ def test_ordinary_files_still_read(tmp_path):
     for name in ("ok.tif", "okz.tif"):
         (layer,) = read_image(tmp_path / name)
         np.testing.assert_array_equal(layer.data, a)
+
+
+# ------------------------------------------------------------ LIDS marker files (defect 13)
+def test_lids_header_claiming_100000_squared_is_refused_before_allocating(tmp_path):
+    from expertloop.io.flim_markers import MarkerFileError, read_lids_markers
+
+    p = tmp_path / "m.txt"
+    p.write_text("0 100000 100000\n")
+    with pytest.raises(MarkerFileError, match="more than the .* of memory available"):
+        read_lids_markers(p)
+
+
+@pytest.mark.parametrize("line,match", [("1 1 1 99999999999", "above"), ("1 1 99999999999 0", "above"),
+                                        ("1 1 -5 0", "negative"), ("1 1 1 inf", "integers"),
+                                        ("1 1 1 1e30", "integers")])
+def test_lids_labels_that_do_not_fit_are_refused(tmp_path, line, match):
+    from expertloop.io.flim_markers import MarkerFileError, read_lids_markers
+
+    p = tmp_path / "m.txt"
+    p.write_text(f"1 4 4\n{line}\n")
+    with pytest.raises(MarkerFileError, match=match):
+        read_lids_markers(p)

@@ -61,7 +61,20 @@ def _run(fn):
 
 
 def cmd_init(args) -> int:
+    from expertloop.store import NotFound
+
     with _open(args, create=True) as st:
+        try:
+            made = st.user(args.admin).role == "admin"
+        except NotFound:
+            made = False
+        if not made:  # the project existed: Store.create adds the first admin only
+            admins = ", ".join(u.name for u in st.users() if u.role == "admin")
+            print(f"expertloop store: error: {st.url_safe} already exists with admin(s) {admins}; "
+                  f"{args.admin} was not added (an admin can add users with "
+                  f"'expertloop store user {args.project} {args.admin} --role admin --as ADMIN')",
+                  file=sys.stderr)
+            return 2
         print(f"project ready: {st.url_safe} (schema {st.schema_version()}, "
               f"admin {args.admin})")
     return 0
@@ -223,7 +236,7 @@ def cmd_import(args) -> int:
                                     add_images=args.add_images)
         elif args.format == "coco":
             n = exchange.import_coco(st, args.as_user, args.collection, args.file,
-                                     add_images=args.add_images)
+                                     add_images=args.add_images, on_existing=args.on_existing)
         else:
             n = exchange.import_masks(st, args.as_user, args.collection, args.file)
     print(f"imported {n} annotation(s) into {args.collection}")
@@ -305,3 +318,6 @@ def add_commands(sub) -> None:
     c.add_argument("--format", choices=["csv", "coco", "masks"], required=True)
     c.add_argument("--add-images", action="store_true",
                    help="index images not yet in the collection (admins)")
+    c.add_argument("--on-existing", choices=["refuse", "replace", "merge"], default="refuse",
+                   help="COCO: when an image already has shapes by the same annotator, refuse "
+                        "the import (default), replace the saved shapes or merge them")

@@ -81,13 +81,19 @@ def read_lids_markers(path: str | os.PathLike, *, return_ids: bool = False):
     n, dims = head[0], head[1:]
     nd = len(dims)
     shape = tuple(reversed(dims))  # (H, W) or (D, H, W)
+    from expertloop.io._safety import DeclaredSizeError, check_declared_size
+
+    try:  # the header alone decides the allocation: a crafted one must not take all memory
+        check_declared_size(((2,) if return_ids else (1,)) + shape, np.int32, p, compression="text")
+    except DeclaredSizeError as exc:
+        raise MarkerFileError(str(exc)) from None
     body = lines[1:]
     if len(body) != n:
         raise MarkerFileError(f"{p}: header announces {n} marked pixels but the file has {len(body)}")
     want = nd + 2
     try:
         table = np.array([[int(float(v)) for v in row] for row in body], np.int64).reshape(-1, want)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise MarkerFileError(
             f"{p}: each line must hold {want} integers ({'x y' if nd == 2 else 'x y z'} label_id label)"
         ) from None
@@ -99,6 +105,10 @@ def read_lids_markers(path: str | os.PathLike, *, return_ids: bool = False):
         raise MarkerFileError(f"{p}: a marked pixel lies outside the {'x'.join(map(str, dims))} image")
     if len(cls) and cls.min() < 0:
         raise MarkerFileError(f"{p}: labels must be >= 0")
+    top = np.iinfo(np.int32).max - 1
+    if len(cls) and (cls.max() > top or lid.min() < 0 or lid.max() > top):
+        raise MarkerFileError(f"{p}: a label or scribble id is above {top} (or a scribble id is "
+                              "negative); it would not fit the marker image")
     out = np.zeros(shape, np.int32)
     ids = np.zeros(shape, np.int32)
     out[tuple(coords.T)] = cls + 1

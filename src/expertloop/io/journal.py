@@ -3,7 +3,8 @@
 Every record is written as one line, flushed and ``fsync``-ed before
 :meth:`Journal.append` returns, so killing the process (even with SIGKILL)
 loses no record already appended. A torn last line (the process died in the
-middle of a write) is skipped, with its line number, by :func:`read_journal`.
+middle of a write) or any other line that is not a JSON object is skipped,
+with its line number, by :func:`read_journal`.
 
 ::
 
@@ -76,16 +77,20 @@ class Journal:
         return f"Journal({str(self.path)!r})"
 
 
-def read_journal(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_journal(path: str | os.PathLike, *, problems: list | None = None,
+                 with_lines: bool = False) -> list:
     """All complete records of a journal, in order ([] if the file is missing).
 
-    A line that is not valid JSON (a torn write at a crash) is skipped and
-    logged; any other content error raises ``ValueError``.
+    A line that is not valid JSON (a torn write at a crash) or not a JSON
+    object is skipped and logged with its line number, and appended to
+    ``problems`` as ``(line, reason)`` when a list is given: one bad line
+    never makes the rest of the journal unreadable. ``with_lines`` returns
+    ``(line number, record)`` pairs instead of records.
     """
     p = Path(path)
     if not p.exists():
         return []
-    out: list[dict[str, Any]] = []
+    out: list = []
     with open(p, encoding="utf-8", errors="replace") as fh:
         lines = fh.read().split("\n")
     for i, line in enumerate(lines, 1):
@@ -94,9 +99,19 @@ def read_journal(path: str | os.PathLike) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            log.warning("%s: skipping unreadable line %d (torn write?)", p, i)
+            report_bad_record(p, i, "not valid JSON (torn write?)", problems)
             continue
         if not isinstance(rec, dict):
-            raise ValueError(f"{p}: line {i} is not a JSON object")
-        out.append(rec)
+            report_bad_record(p, i, f"a JSON {type(rec).__name__}, not an object", problems)
+            continue
+        out.append((i, rec) if with_lines else rec)
     return out
+
+
+def report_bad_record(path: str | os.PathLike, line: int | None, reason: str,
+                      problems: list | None) -> None:
+    """Log a skipped record (``path``, line ``line``) and add it to ``problems``."""
+    where = f"line {line}" if line is not None else "a record"
+    log.warning("%s: skipping %s: %s", path, where, reason)
+    if problems is not None:
+        problems.append((line, reason))

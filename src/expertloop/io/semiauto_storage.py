@@ -94,7 +94,9 @@ class FolderQueueStorage:
         self._decisions.append(record)
 
     def load_decisions(self, queue_id):
-        return [r for r in read_journal(self._decisions.path) if r.get("queue") == queue_id]
+        # each record carries its line number (``_line``) so a bad one can be reported
+        return [{**r, "_line": i} for i, r in read_journal(self._decisions.path, with_lines=True)
+                if r.get("queue") == queue_id]
 
     def __repr__(self) -> str:
         return f"FolderQueueStorage({str(self.folder)!r})"

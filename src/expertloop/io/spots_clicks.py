@@ -217,14 +217,50 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     return out
 
 
-def read_clicks(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Replay a click journal: the table of clicks not deleted, in click order."""
+def _click_problem(rec: dict[str, Any]) -> str | None:
+    """Why a journal click record cannot be used (None if it can)."""
+    if not isinstance(rec.get("click_id"), str) or not rec["click_id"]:
+        return "a click without a click_id"
+    for c in CLICK_COLUMNS:
+        v = rec.get(c)
+        try:
+            if c in ("z", "y", "x"):
+                if not np.isfinite(float(v)):
+                    return f"{c} = {v!r} is not a finite number"
+            elif c in _INT:
+                if v is None or not float(v).is_integer():
+                    return f"{c} = {v!r} is not a whole number"
+            elif c in _FLOAT and v not in (None, ""):
+                float(v)
+        except (TypeError, ValueError, OverflowError):
+            return f"{c} = {str(v)[:40]} is not a number"
+    return None
+
+
+def read_clicks(path: str | os.PathLike, *, problems: list | None = None) -> dict[str, np.ndarray]:
+    """Replay a click journal: the table of clicks not deleted, in click order.
+
+    A line that is not a JSON object, or a click record with a missing or
+    non-numeric coordinate, is skipped, logged with its line number and
+    added to ``problems`` (``(line, reason)``) when a list is given; the
+    other clicks are kept.
+    """
+    from expertloop.io.journal import report_bad_record
+
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"click log {p} not found")
-    records = read_journal(p)
-    deleted = {r.get("click_id") for r in records if r.get("event") == "delete"}
-    rows = [r for r in records if r.get("event") == "click" and r.get("click_id") not in deleted]
+    records = read_journal(p, problems=problems, with_lines=True)
+    deleted = {r.get("click_id") for _, r in records if r.get("event") == "delete"}
+    rows = []
+    for line, r in records:
+        if r.get("event") != "click" or r.get("click_id") in deleted:
+            continue
+        why = _click_problem(r)
+        if why is not None:
+            report_bad_record(p, line, why, problems)
+            continue
+        rows.append(r)
     return rows_to_table(rows)
 
 
@@ -268,7 +304,7 @@ def import_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"annotation table {p} not found")
-    with open(p, newline="", encoding="utf-8") as fh:
+    with open(p, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM (Excel) is not a column name
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         need = [c for c in ("z", "y", "x") if c not in header]

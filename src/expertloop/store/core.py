@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import random
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -186,6 +188,46 @@ def _is_lock_error(exc: BaseException) -> bool:
     return code in ("40001", "40P01", "55P03")  # serialization, deadlock, lock n/a
 
 
+def _check_points(points: Any) -> None:
+    """Shape points: a list of coordinate pairs (or triples), finite numbers only."""
+    try:
+        rows = [[float(c) for c in p] for p in points]
+    except (TypeError, ValueError):
+        raise StoreValidationError("shape points must be lists of numbers") from None
+    if len({len(r) for r in rows}) != 1 or len(rows[0]) not in (2, 3) \
+            or not all(math.isfinite(c) for r in rows for c in r):
+        raise StoreValidationError(
+            "shape points must be finite (row, column) pairs; got NaN, inf or ragged points")
+
+
+def _seconds(value: Any) -> float | None:
+    """A ``time_spent``: None, or a finite number of seconds >= 0."""
+    if value is None:
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise StoreValidationError(f"time_spent {value!r} is not a number of seconds") from None
+    if not math.isfinite(t) or t < 0:
+        raise StoreValidationError(f"time_spent must be a finite number of seconds >= 0, not {t!r}")
+    return t
+
+
+# a user name: letters or digits first, then letters, digits, spaces and . _ @ + -
+_USER_NAME = re.compile(r"[^\W_][\w .@+-]{0,63}")
+
+
+def _check_user_name(name: str) -> str:
+    name = str(name).strip()
+    if not name:
+        raise StoreValidationError("a user needs a name")
+    if not _USER_NAME.fullmatch(name) or ".." in name:
+        raise StoreValidationError(
+            f"{name[:70]!r} is not a valid user name: up to 64 letters, digits, spaces and "
+            ". _ @ + -, starting with a letter or digit (no / \\ or ..)")
+    return name
+
+
 def _refuse_mask_ref(items: Iterable[Mapping[str, Any]]) -> None:
     if any(it.get("mask_ref") is not None for it in items):
         raise StoreValidationError("mask_ref is set by the store only; save a mask "
@@ -278,6 +320,7 @@ class Store:
     def create(cls, location: str | os.PathLike, admin: str = "admin", *,
                expertise: Sequence[str] = (), **kwargs: Any) -> Store:
         """Create (or complete) a project and its first admin user."""
+        admin = _check_user_name(admin)
         url, project_dir = resolve_location(location)
         db = _sqlite_path(url)
         if db is not None:
@@ -451,9 +494,7 @@ class Store:
         """Register a user (admins only)."""
         if role not in ROLES:
             raise StoreValidationError(f"role must be one of {ROLES}, not {role!r}")
-        name = str(name).strip()
-        if not name:
-            raise StoreValidationError("a user needs a name")
+        name = _check_user_name(name)
 
         def write(s: Session) -> User:
             me = self._actor(s, actor)
@@ -740,6 +781,7 @@ class Store:
                     raise StoreValidationError(f"unknown shape type {sh.get('type')!r}")
                 if len(sh.get("points", ())) < 2:
                     raise StoreValidationError("a shape needs at least two points")
+                _check_points(sh["points"])
         labels_used = []
         if key == "shapes":
             labels_used = [sh.get("label") for sh in value.get("shapes", ())]
@@ -867,11 +909,11 @@ class Store:
                         self._require_access(s, who, coll, "be credited with annotations")
                 who = users[who_name]
                 label, value = self._validate(tpl, item.get("label"), item.get("value") or {})
-                ts = item.get("time_spent")
+                ts = _seconds(item.get("time_spent"))
                 rows.append(dict(
                     collection_id=coll.id, image_id=iid, annotator_id=who.id, label=label,
                     value=value, mask_ref=item.get("mask_ref"), source=source,
-                    time_spent=None if ts is None else float(ts), created_at=now,
+                    time_spent=ts, created_at=now,
                     updated_at=now, created_by=me.id, updated_by=me.id))
             self._upsert(s, rows)
             self._audit(s, me, "annotate", "collection", coll.id, n=len(rows),

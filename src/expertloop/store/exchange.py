@@ -12,6 +12,7 @@ import os
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def import_csv(store: Store, actor: str, collection: str, path: str | os.PathLik
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no CSV file at {path}")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
         reader = csv.DictReader(f)
         missing = {"uri", "label"} - set(reader.fieldnames or ())
         if missing:
@@ -60,10 +61,14 @@ def import_csv(store: Store, actor: str, collection: str, path: str | os.PathLik
         if not r["uri"] or not r["label"]:
             raise StoreValidationError(f"{path.name}, line {i}: empty uri or label")
         ts = (r.get("time_spent") or "").strip()
+        try:
+            seconds = float(ts) if ts else None
+        except ValueError:
+            raise StoreValidationError(f"{path.name}, line {i}: time_spent {ts!r} is not a number") from None
         items.append(dict(image=r["uri"], label=r["label"],
                           annotator=(r.get("annotator") or "").strip() or None,
                           source=(r.get("source") or "").strip() or "manual",
-                          time_spent=float(ts) if ts else None))
+                          time_spent=seconds))
     return store.annotate_many(actor, collection, items)
 
 
@@ -118,14 +123,79 @@ def export_coco(store: Store, actor: str, collection: str, path: str | os.PathLi
     return coco
 
 
+ON_EXISTING = ("refuse", "replace", "merge")
+
+
+def _finite(values, n_min: int, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as exc:
+        raise StoreValidationError(f"{what}: not a list of numbers") from exc
+    if arr.size < n_min or not np.isfinite(arr).all():
+        raise StoreValidationError(f"{what}: needs at least {n_min} finite numbers, got "
+                                   f"{np.asarray(values).ravel().tolist()[:8]}")
+    return arr
+
+
+def _coco_shape(a: Any, images: dict, cats: dict, where: str) -> tuple[str, dict]:
+    """(URI, shape) of one COCO annotation, every field checked."""
+    if not isinstance(a, dict):
+        raise StoreValidationError(f"{where} is not a JSON object")
+    if "image_id" not in a:
+        raise StoreValidationError(f"{where} has no image_id")
+    uri = images.get(a["image_id"]) if isinstance(a["image_id"], (int, str)) else None
+    if uri is None:
+        raise StoreValidationError(f"{where} refers to unknown image {a['image_id']!r}")
+    cat = a.get("category_id")
+    if cat in (None, 0) and 0 not in cats:
+        label = None  # exported without a label
+    elif isinstance(cat, (int, str)) and cat in cats:
+        label = cats[cat]
+    else:
+        raise StoreValidationError(f"{where} has unknown category_id {cat!r}; categories are "
+                                   f"{sorted(cats)}")
+    attrs = a.get("attributes") or {}
+    if not isinstance(attrs, dict):
+        raise StoreValidationError(f"{where}: attributes is not a JSON object")
+    kind = attrs.get("shape_type")
+    seg = a.get("segmentation") or []
+    if isinstance(seg, list) and seg and isinstance(seg[0], list) and seg[0]:
+        xy = _finite(seg[0], 4, f"{where} segmentation")
+        if xy.size % 2:
+            raise StoreValidationError(f"{where} segmentation: an odd number of coordinates")
+        xy = xy.reshape(-1, 2)
+        kind = kind or "polygon"
+    elif a.get("bbox"):
+        x, y, w, h = _finite(a["bbox"], 4, f"{where} bbox")[:4]
+        if w <= 0 or h <= 0:
+            raise StoreValidationError(f"{where} bbox has width {w:g} and height {h:g}; "
+                                       "both must be positive")
+        xy = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float64)
+        kind = "rectangle"
+    else:
+        raise StoreValidationError(f"{where} has neither polygon nor box")
+    return uri, {"type": kind, "points": xy[:, ::-1].tolist(), "label": label,
+                 "source": attrs.get("source"), "annotator": attrs.get("annotator")}
+
+
 def import_coco(store: Store, actor: str, collection: str, path: str | os.PathLike, *,
-                add_images: bool = False) -> int:
+                add_images: bool = False, on_existing: str = "refuse") -> int:
     """Read polygons/boxes from COCO JSON into a contour collection.
 
     Images are matched by ``file_name`` (the URI). Annotations without an
-    ``attributes.annotator`` are credited to ``actor``. Returns the number of
-    (image, annotator) annotations written.
+    ``attributes.annotator`` are credited to ``actor``. Every annotation is
+    checked first (known image and category, finite coordinates, boxes of
+    positive size): one bad annotation writes nothing.
+
+    An (image, annotator) pair that already has shapes is, by
+    ``on_existing``: ``"refuse"`` (default: nothing is written and the
+    pairs are named), ``"replace"`` (the file's shapes replace the saved
+    ones) or ``"merge"`` (the file's shapes are added to the saved ones,
+    identical shapes once). Returns the number of (image, annotator)
+    annotations written.
     """
+    if on_existing not in ON_EXISTING:
+        raise ValueError(f"on_existing must be one of {ON_EXISTING}, not {on_existing!r}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no COCO file at {path}")
@@ -134,38 +204,34 @@ def import_coco(store: Store, actor: str, collection: str, path: str | os.PathLi
         images = {im["id"]: im["file_name"] for im in coco["images"]}
         cats = {c["id"]: c["name"] for c in coco["categories"]}
         anns = coco["annotations"]
+        if not isinstance(anns, list):
+            raise TypeError("'annotations' is not a list")
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreValidationError(f"{path.name} is not COCO JSON: {exc}") from exc
+    grouped: dict[tuple[str, str], list] = defaultdict(list)
+    for i, a in enumerate(anns):
+        where = f"{path.name}: annotation {a.get('id', i + 1) if isinstance(a, dict) else i + 1}"
+        uri, shape = _coco_shape(a, images, cats, where)
+        grouped[(uri, shape.pop("annotator") or actor)].append(shape)
     if add_images:
         store.add_images(actor, collection, list(images.values()))
-    grouped: dict[tuple[str, str], list] = defaultdict(list)
-    for a in anns:
-        attrs = a.get("attributes") or {}
-        uri = images.get(a["image_id"])
-        if uri is None:
-            raise StoreValidationError(f"annotation {a.get('id')} refers to unknown image "
-                                       f"{a['image_id']}")
-        kind = attrs.get("shape_type")
-        seg = a.get("segmentation") or []
-        if seg and isinstance(seg, list) and seg[0]:
-            xy = np.asarray(seg[0], dtype=np.float64).reshape(-1, 2)
-            kind = kind or "polygon"
-        elif a.get("bbox"):
-            x, y, w, h = a["bbox"]
-            xy = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float64)
-            kind = "rectangle"
-        else:
-            raise StoreValidationError(f"annotation {a.get('id')} has neither polygon nor box")
-        grouped[(uri, attrs.get("annotator") or actor)].append(
-            {"type": kind, "points": xy[:, ::-1].tolist(),
-             "label": cats.get(a.get("category_id")), "source": attrs.get("source")})
+    saved = {(r.uri, r.annotator): list(r.value.get("shapes", ()))
+             for r in store.annotations(actor, collection) if r.value.get("shapes")}
+    clash = [k for k in grouped if k in saved]
+    if clash and on_existing == "refuse":
+        few = ", ".join(f"{u} by {w} ({len(saved[(u, w)])} shapes)" for u, w in clash[:3])
+        raise StoreValidationError(
+            f"{len(clash)} image(s) already have shapes from the same annotator ({few}"
+            f"{', ...' if len(clash) > 3 else ''}); importing would replace them. Choose "
+            "on_existing='replace' or 'merge' (command line: --on-existing replace|merge)")
     items = []
     for (uri, who), shapes in grouped.items():
-        src = shapes[0].pop("source") or "manual"
-        for sh in shapes[1:]:
-            sh.pop("source", None)
-        items.append(dict(image=uri, annotator=who, source=src,
-                          value={"shapes": shapes}))
+        src = shapes[0]["source"] or "manual"
+        shapes = [{k: v for k, v in sh.items() if k != "source"} for sh in shapes]
+        if on_existing == "merge" and (uri, who) in saved:
+            old = saved[(uri, who)]
+            shapes = old + [sh for sh in shapes if sh not in old]
+        items.append(dict(image=uri, annotator=who, source=src, value={"shapes": shapes}))
     return store.annotate_many(actor, collection, items)
 
 

@@ -18,6 +18,7 @@ storage after a restart or a crash.
 from __future__ import annotations
 
 import datetime as _dt
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +33,10 @@ class QueueItem:
     predicted: int
     confidence: float
     path: str | None = None
+
+
+def _is_index(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 class ReviewQueue:
@@ -54,6 +59,7 @@ class ReviewQueue:
         self.labels: dict[int, int] = {}      # position -> label
         self.skipped: set[int] = set()
         self._history: list[tuple[str, int, int | None, bool]] = []  # (action, pos, prev label, was skipped)
+        self.replay_problems: list[tuple[int | None, str]] = []  # (line, why) of decisions not replayed
         self.cursor: int | None = 0 if items else None
         self._shown_at = clock()
         if storage is not None and _save:
@@ -73,25 +79,42 @@ class ReviewQueue:
         q = cls([QueueItem(**it) for it in d["items"]], d["class_names"], storage=storage,
                  queue_id=d["id"], annotator=annotator, sort=False, clock=clock, _save=False)
         for rec in storage.load_decisions(q.queue_id):
-            q._replay(rec)
+            why = q._replay(rec)
+            if why is not None:
+                from expertloop.io.journal import report_bad_record
+
+                report_bad_record(getattr(storage, "folder", "decisions"), rec.get("_line"), why,
+                                  q.replay_problems)
         q.cursor = q._next_from(q.cursor if q.cursor is not None else 0, include_current=True)
         q._shown_at = clock()
         return q
 
-    def _replay(self, rec: dict) -> None:
+    def _replay(self, rec: dict) -> str | None:
+        """Apply one saved decision; returns why it was skipped (None if applied).
+
+        A label that is not a class index of this queue (``-1``, ``99``, text,
+        missing) is never guessed: the record is skipped and reported."""
         action = rec.get("action")
         if action == "undo":
             self._undo_state()
-            return
-        pos = self._pos_of.get(rec.get("item"))
+            return None
+        if action not in ("accept", "change", "skip"):
+            return f"unknown action {str(action)[:40]!r}"
+        item = rec.get("item")
+        pos = self._pos_of.get(int(item)) if _is_index(item) else None
         if pos is None:
-            return
+            return f"item {str(item)[:40]!r} is not in this queue"
         if action in ("accept", "change"):
-            self._decide_state(pos, int(rec["label"]), action)
+            label = rec.get("label")
+            if not _is_index(label) or not 0 <= label < len(self.class_names):
+                return (f"label {str(label)[:40]!r} is not a class index 0..{len(self.class_names) - 1}; "
+                        "the decision was not replayed")
+            self._decide_state(pos, int(label), action)
         elif action == "skip":
             self._history.append(("skip", pos, self.labels.get(pos), pos in self.skipped))
             self.skipped.add(pos)
         self.cursor = pos
+        return None
 
     # ----------------------------------------------------------- queries
     def __len__(self) -> int:
