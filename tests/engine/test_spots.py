@@ -225,7 +225,7 @@ def test_join_spots_in_neighbouring_slices():
     assert s["probability"][first] == pytest.approx(0.9)
     assert np.allclose(s["points"][first], np.average(centers[:3], axis=0, weights=prob[:3]))
     assert np.all(np.diff(s["probability"]) <= 0)  # sorted by probability
-    assert len(join_spots(centers, prob, threshold=0.99)["points"]) == 0
+    assert len(join_spots(centers, prob, threshold=0.99, join_radius=2.0)["points"]) == 0
 
 
 def test_evaluation_scenarios_table_and_roc(phantom, tmp_path):

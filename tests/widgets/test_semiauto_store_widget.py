@@ -25,7 +25,8 @@ def test_send_hard_cases_and_fetch_reviewed(make_napari_viewer, qtbot, tmp_path,
     init.write_text("name,label\n" + "".join(f"{i:05d},{y[i]}\n" for i in range(70)))
     w.initial.value = str(init)
     w.project.value = str(tmp_path / "proj")
-    w.strategy.value, w.rate.value, w.batch.value, w.val_fraction.value = "margin", 0.1, 60, 0.3  # 6 hard cases
+    for name, value in {"strategy": "margin", "rate": 0.1, "batch_size": 60, "val_fraction": 0.3}.items():
+        w.params[name].value = value  # 6 hard cases
     panel = w.store_review
     # nothing to send before an iteration
     panel.send()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -76,9 +77,9 @@ def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_pr
     viewer = make_napari_viewer()
     w = SemiAutoWidget(viewer)
     w.folder.value = str(root)
-    w.batch.value = 15
-    w.val_fraction.value = 0.25
-    w.t.value = 0.9
+    w.params["batch_size"].value = 15
+    w.params["val_fraction"].value = 0.25
+    w.params["t"].value = 0.9
     w.review.annotator.value = "tester"
     loop = w.load()
     assert loop is not None and len(loop.collection) == 42
@@ -126,6 +127,12 @@ def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_pr
     loop2 = w2.load()
     assert loop2.iteration == loop.iteration and loop2.proposal is not None
     assert w2.review.queue is not None
+    # its controls show the project's parameters, not the defaults; an edit is saved with it
+    assert w2.params["batch_size"].value == 15 and w2.params["val_fraction"].value == 0.25
+    assert not w2.params["val_fraction"].enabled and w2.params["t"].enabled
+    w2.params["t"].value = 0.8
+    assert loop2.config.t == 0.8
+    assert json.loads((root / "semiauto_project" / "state.json").read_text())["config"]["t"] == 0.8
     # the standalone review widget opens that queue and shows items from their files
     rv = ReviewQueueWidget(viewer)
     rv.project.value = str(root / "semiauto_project")

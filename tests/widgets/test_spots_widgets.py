@@ -112,7 +112,8 @@ def test_detector_trains_and_adds_points_with_probability(make_napari_viewer, qt
     assert any("train or load a model first" in m for m in _messages(notifications))
     det.train_images.reset_choices()
     det.train_images.value = ["scan"]
-    det.epochs.value, det.source_epochs.value, det.max_negatives.value = 2, 2, 800
+    det.params["target_epochs"].value, det.params["source_epochs"].value = 2, 2
+    det.params["max_negatives"].value = 800
     det.train()
     qtbot.waitUntil(lambda: not det.runner.running, timeout=120_000)
     assert det.runner.last_error is None, det.runner.last_error

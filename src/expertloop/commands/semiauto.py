@@ -43,6 +43,7 @@ def _dataset(args):
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from expertloop.cli import _progress_printer
+    from expertloop.engine.config import build, given_values
     from expertloop.engine.jobs import run_job
     from expertloop.engine.semiauto import (
         LoopConfig,
@@ -54,15 +55,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from expertloop.io.semiauto_storage import FolderQueueStorage, MemoryQueueStorage
 
     col, truth, names = _dataset(args)
-    labels, val = simulation_split(truth, args.initial, args.val, seed=args.seed)
-    config = LoopConfig(t=args.threshold, batch_size=args.batch_size, strategy=args.strategy,
-                        rate=args.rate, budget=args.budget, seed=args.seed).check()
+    config = build(LoopConfig, given_values(args, LoopConfig)).check()
+    labels, val = simulation_split(truth, args.initial, args.val, seed=config.seed)
     storage = FolderQueueStorage(args.project) if args.project else MemoryQueueStorage()
     kw = {"device": args.device} if args.device else {}
     loop = SemiAutoLoop(col, names, labels, make_classifier(args.classifier, **kw), config=config,
                         val_indices=val, val_labels=truth[val], storage=storage)
     print(f"{len(col)} images, {len(names)} classes; D0 {len(loop.train_idx)}, V {len(val)}; "
-          f"{args.classifier}, strategy {args.strategy}, t={args.threshold}, batch {args.batch_size}",
+          f"{args.classifier}, strategy {config.strategy}, t={config.t}, batch {config.batch_size}",
           file=sys.stderr)
     hist = run_job(simulate(loop, truth), on_progress=_progress_printer())
     print(file=sys.stderr)
@@ -145,8 +145,9 @@ def cmd_pull_from_store(store, args) -> int:
 
 
 def add_commands(sub) -> None:
-    from expertloop.engine.semiauto.models import CLASSIFIERS
-    from expertloop.engine.semiauto.strategies import STRATEGIES
+    from expertloop.engine.config import add_arguments
+    from expertloop.engine.semiauto.loop import LoopConfig
+    from expertloop.engine.semiauto.models import CLASSIFIERS, DEFAULT_CLASSIFIER
 
     p = sub.add_parser("semiauto", help="semi-automatic labelling (self-training + review queue)")
     ss = p.add_subparsers(dest="semiauto_command", metavar="ACTION", required=True)
@@ -157,19 +158,14 @@ def add_commands(sub) -> None:
     src.add_argument("--voc", metavar="DIR", help="crops around Pascal VOC boxes (Annotations/, JPEGImages/)")
     src.add_argument("--folders", metavar="DIR", help="folder-per-class layout used as ground truth")
     s.add_argument("--size", type=int, default=32, help="crop / image size in pixels (default 32)")
-    s.add_argument("--classifier", default="logreg-hand", choices=sorted(CLASSIFIERS))
-    s.add_argument("--strategy", default="threshold", choices=list(STRATEGIES))
-    s.add_argument("-t", "--threshold", type=float, default=0.9, help="acceptance threshold in (0, 1)")
-    s.add_argument("--batch-size", type=int, default=200)
-    s.add_argument("--rate", type=float, default=0.25, help="random: fraction reviewed; margin/entropy: budget")
-    s.add_argument("--budget", type=int, default=None, help="margin/entropy: items reviewed per batch")
+    s.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=sorted(CLASSIFIERS))
+    add_arguments(s, LoopConfig)  # -t/--threshold, --batch-size, --strategy, --rate, --budget, --seed
     s.add_argument("--initial", type=int, default=10, help="initial labels per class (D0)")
     s.add_argument("--val", type=int, default=30, help="validation images per class (V)")
     s.add_argument("--project", default=None, help="project folder for the queue and decisions")
     s.add_argument("--label-rest", action="store_true", help="label what is left with the final model")
     s.add_argument("--history", default=None, help="write the per-iteration figures as JSON here")
     s.add_argument("--device", default=None)
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", required=True, help="labels CSV to write")
     s.set_defaults(func=cmd_simulate)
 

@@ -64,11 +64,10 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _config(args):
+    from expertloop.engine.config import build, given_values
     from expertloop.engine.spots.lcnn import SpotConfig
 
-    return SpotConfig(method=args.method, transfer_layers=args.transfer, target_epochs=args.epochs,
-                      source_epochs=args.source_epochs, max_negatives=args.max_negatives,
-                      latency_threshold=args.latency_cap, seed=args.seed)
+    return build(SpotConfig, given_values(args, SpotConfig))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -123,7 +122,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             print(f"\n{path}: skipped: {exc}", file=sys.stderr)
             failures += 1
             continue
-        s = found.spots(args.threshold, args.join_radius)
+        s = found.spots(args.threshold, args.join_radius)  # None: SpotSelection's defaults
         table = np.column_stack([s["points"], s["probability"], s["n_slices"], s["n_patches"]])
         target = out / f"{item.meta.get('name', Path(path).stem)}_spots.csv"
         np.savetxt(target, table, delimiter=",", header="z,y,x,probability,n_slices,n_patches",
@@ -133,6 +132,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
+    from expertloop.engine.config import add_arguments
+    from expertloop.engine.spots.lcnn import SpotConfig, SpotSelection
+
     p = sub.add_parser("spots", help="timed spot annotation and the L-CNN spot detector")
     ss = p.add_subparsers(dest="spots_command", metavar="ACTION", required=True)
 
@@ -147,20 +149,13 @@ def add_commands(sub) -> None:
     s = ss.add_parser("train", help="train the L-CNN spot detector from timed clicks")
     s.add_argument("pairs", nargs="+", metavar="IMAGE TABLE", help="image, click table (CSV or .jsonl) pairs")
     s.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
-    s.add_argument("--method", default="lcnn", choices=["lcnn", "cnn", "random"])
-    s.add_argument("--transfer", type=int, default=3, choices=[0, 1, 2, 3])
-    s.add_argument("--epochs", type=int, default=8)
-    s.add_argument("--source-epochs", type=int, default=30)
-    s.add_argument("--max-negatives", type=int, default=20000)
-    s.add_argument("--latency-cap", type=float, default=45.0)
+    add_arguments(s, SpotConfig)  # defaults, ranges and help from the engine's SpotConfig
     s.add_argument("--device", default=None)
-    s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_train)
 
     s = ss.add_parser("detect", help="detect 3D spots with a trained spot model")
     s.add_argument("model", help="model path (.pt with its .json)")
     s.add_argument("images", nargs="+")
     s.add_argument("-o", "--output", required=True, help="output folder (one CSV per image)")
-    s.add_argument("--threshold", type=float, default=0.5)
-    s.add_argument("--join-radius", type=float, default=2.0)
+    add_arguments(s, SpotSelection)
     s.set_defaults(func=cmd_detect)

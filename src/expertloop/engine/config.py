@@ -70,7 +70,7 @@ class Param:
     view: Callable[[Any], Any] | None = None  # field value -> control/flag value
     widget: bool = True               # shown in the widget
     cli: bool = True                  # a command-line flag
-    flag: str | None = None           # flag name (default: --field-name)
+    flag: str | tuple[str, ...] | None = None  # flag name(s) (default: --field-name)
 
 
 def param(default: Any = MISSING, *, default_factory: Any = MISSING, help: str, **meta: Any) -> Any:
@@ -98,8 +98,9 @@ class ParamInfo:
         return self.param.label or self.name.replace("_", " ")
 
     @property
-    def flag(self) -> str:
-        return self.param.flag or "--" + self.name.replace("_", "-")
+    def flags(self) -> tuple[str, ...]:
+        f = self.param.flag or "--" + self.name.replace("_", "-")
+        return (f,) if isinstance(f, str) else tuple(f)
 
     def show(self, value: Any) -> Any:
         return self.param.view(value) if self.param.view is not None and value is not None else value
@@ -245,7 +246,7 @@ def add_arguments(parser: argparse.ArgumentParser, config_cls: Any, names: Itera
         if i.param.choices is not None:
             kw["choices"] = list(i.param.choices)
         kw["help"] = i.describe(when_absent)
-        parser.add_argument(i.flag, **kw)
+        parser.add_argument(*i.flags, **kw)
 
 
 def given_values(args: argparse.Namespace, config_cls: Any, names: Iterable[str] | None = None) -> dict[str, Any]:

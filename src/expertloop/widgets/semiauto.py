@@ -28,11 +28,9 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     LineEdit,
     PushButton,
-    SpinBox,
 )
 
 from expertloop.engine.semiauto.data import (
@@ -44,11 +42,14 @@ from expertloop.engine.semiauto.data import (
     read_labels_csv,
 )
 from expertloop.engine.semiauto.loop import LoopConfig, SemiAutoLoop
-from expertloop.engine.semiauto.models import CLASSIFIERS, make_classifier
+from expertloop.engine.semiauto.models import (
+    CLASSIFIERS,
+    DEFAULT_CLASSIFIER,
+    make_classifier,
+)
 from expertloop.engine.semiauto.queue import ReviewQueue
-from expertloop.engine.semiauto.strategies import STRATEGIES
 from expertloop.io.semiauto_storage import FolderQueueStorage
-from expertloop.widgets._common import layer_array, layer_by_name
+from expertloop.widgets._common import ConfigControls, layer_array, layer_by_name
 from expertloop.widgets._jobs import JobRunner
 from expertloop.widgets._plot import PlotWidget
 from expertloop.widgets.semiauto_store import StoreReviewPanel
@@ -272,12 +273,10 @@ class SemiAutoWidget(Container):
         self.class_names = LineEdit(label="classes", value="")
         self.initial = FileEdit(label="initial labels CSV", mode="r", filter="*.csv")
         self.project = FileEdit(label="project folder", mode="d")
-        self.classifier = ComboBox(label="classifier", choices=sorted(CLASSIFIERS), value="logreg-hand")
-        self.strategy = ComboBox(label="strategy", choices=list(STRATEGIES), value="threshold")
-        self.t = FloatSpinBox(label="threshold t", min=0.01, max=0.99, step=0.01, value=0.9)
-        self.batch = SpinBox(label="batch size", min=1, max=100000, value=200)
-        self.rate = FloatSpinBox(label="rate / budget fraction", min=0.01, max=1.0, step=0.05, value=0.25)
-        self.val_fraction = FloatSpinBox(label="validation fraction", min=0.05, max=0.9, step=0.05, value=0.3)
+        self.classifier = ComboBox(label="classifier", choices=sorted(CLASSIFIERS), value=DEFAULT_CLASSIFIER)
+        # parameters from the engine's LoopConfig; a resumed project shows (and takes edits to) its own
+        self.params = ConfigControls(LoopConfig, ["strategy", "t", "batch_size", "rate", "val_fraction"])
+        self.params.bind(self._param_edited)
         self.load_btn = PushButton(text="Load / resume project")
         self.run_btn = PushButton(text="Run iteration")
         self.apply_btn = PushButton(text="Apply review + next batch")
@@ -296,7 +295,7 @@ class SemiAutoWidget(Container):
         self.manual_plot = PlotWidget("Manual fraction per batch", "iteration", "fraction reviewed")
         super().__init__(widgets=[
             self.folder, self.stack, self.class_names, self.initial, self.project, self.classifier,
-            self.strategy, self.t, self.batch, self.rate, self.val_fraction, self.load_btn,
+            *self.params.widgets, self.load_btn,
             self.run_btn, self.apply_btn, self.status, self.runner, self.review, self.store_review,
             self.acc_plot, self.manual_plot, self.random_btn, self.export_path, self.export_btn,
         ])
@@ -311,9 +310,25 @@ class SemiAutoWidget(Container):
 
     # ------------------------------------------------------------ loading
     def _config(self) -> LoopConfig:
-        return LoopConfig(t=float(self.t.value), batch_size=int(self.batch.value),
-                          strategy=self.strategy.value, rate=float(self.rate.value),
-                          val_fraction=float(self.val_fraction.value)).check()
+        from expertloop.engine.config import build
+
+        return build(LoopConfig, self.params.values()).check()
+
+    def _param_edited(self, values: dict) -> None:
+        """An edit changes the open project's config (saved with its state)."""
+        from expertloop.engine.config import apply_values
+
+        if self.loop is None:
+            return  # taken when the project is created
+        if self.runner.running:
+            _show_info("Semi-automatic labelling: parameters not changed while a step runs")
+        else:
+            try:
+                self.loop.config = apply_values(self.loop.config, values)[0].check()
+                self.loop.save()
+            except ValueError as exc:
+                _show_info(f"Semi-automatic labelling: {exc}")
+        self.params.fill(self.loop.config)
 
     def _source(self):
         """(collection, labels, class names, project folder) from the widgets; raises ValueError."""
@@ -361,6 +376,7 @@ class SemiAutoWidget(Container):
         except (ValueError, FileNotFoundError) as exc:
             show_error(f"Semi-automatic labelling: {exc}")
             return None
+        self.params.fill(self.loop.config)  # the project's values in force, fixed ones read-only
         if col.skipped:
             listed = "; ".join(f"{n}" for n, _ in col.skipped[:10])
             show_warning(f"Semi-automatic labelling: skipped {len(col.skipped)} unreadable file(s): {listed}")
@@ -434,7 +450,7 @@ class SemiAutoWidget(Container):
             _show_info("Semi-automatic labelling: load a project first")
             return None
         try:
-            job = random_baseline(self.loop, make_classifier(self.classifier.value), float(self.rate.value))
+            job = random_baseline(self.loop, make_classifier(self.classifier.value), float(self.params['rate'].value))
             job = _primed(job)
         except ValueError as exc:
             _show_info(f"Semi-automatic labelling: {exc}")

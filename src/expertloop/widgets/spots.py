@@ -17,13 +17,10 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSlider,
-    FloatSpinBox,
     Label,
     LineEdit,
     PushButton,
     Select,
-    SpinBox,
 )
 
 from expertloop.io.spots_clicks import (
@@ -37,7 +34,12 @@ from expertloop.io.spots_clicks import (
     read_clicks,
     rows_to_table,
 )
-from expertloop.widgets._common import image_layer_choices, layer_array, layer_by_name
+from expertloop.widgets._common import (
+    ConfigControls,
+    image_layer_choices,
+    layer_array,
+    layer_by_name,
+)
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -289,34 +291,26 @@ class SpotDetectorWidget(Container):
     """Train the L-CNN (or a control) from annotated images; detect 3D spots."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from expertloop.engine.spots.lcnn import METHODS
+        from expertloop.engine.spots.lcnn import SpotConfig, SpotSelection
 
         self._viewer = viewer
         self.train_images = Select(label="train on", choices=lambda _: self._annotated_images(),
                                    tooltip="images with a '<image> spots' layer of timed clicks")
-        self.method = ComboBox(label="method", choices=list(METHODS), value="lcnn",
-                               tooltip="lcnn: latency clusters + transfer; cnn: random init; "
-                                       "random: random clusters (controls)")
-        self.transfer = SpinBox(label="transfer layers", min=0, max=3, value=3)
-        self.epochs = SpinBox(label="epochs", min=1, max=200, value=8)
-        self.source_epochs = SpinBox(label="source epochs", min=1, max=500, value=30)
-        self.max_negatives = SpinBox(label="max negatives", min=100, max=10_000_000, value=20000)
-        self.latency_cap = FloatSpinBox(label="latency cap (s)", min=1, max=3600, value=45.0)
+        # training parameters from the engine's SpotConfig (defaults, ranges, help live there)
+        self.params = ConfigControls(SpotConfig)
         self.train_btn = PushButton(text="Train")
         self.model_path = FileEdit(label="model file", mode="w", filter="*.pt", value="")
         self.save_btn = PushButton(text="Save model")
         self.load_btn = PushButton(text="Load model")
         self.image = ComboBox(label="detect in", choices=lambda _: image_layer_choices(viewer))
         self.predict_btn = PushButton(text="Detect spots")
-        # tracking=False: re-join spots when the slider is released, not on every tick
-        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5,
-                                     tracking=False)
+        self.threshold = ConfigControls(SpotSelection)["threshold"]
+        self.threshold.tracking = False  # re-join spots when the slider is released, not on every tick
         self.colour = CheckBox(text="colour by probability", value=True)
         self.info = Label(value="no model")
         self.runner = JobRunner()
         super().__init__(widgets=[
-            self.train_images, self.method, self.transfer, self.epochs, self.source_epochs,
-            self.max_negatives, self.latency_cap, self.train_btn, self.model_path,
+            self.train_images, *self.params.widgets, self.train_btn, self.model_path,
             Container(widgets=[self.save_btn, self.load_btn], layout="horizontal", labels=False),
             self.image, self.predict_btn, self.threshold, self.colour, self.info, self.runner,
         ])
@@ -338,12 +332,10 @@ class SpotDetectorWidget(Container):
         return [n for n in names if spots_layer_name(n) in self._viewer.layers]
 
     def config(self):
+        from expertloop.engine.config import build
         from expertloop.engine.spots.lcnn import SpotConfig
 
-        return SpotConfig(method=self.method.value, transfer_layers=int(self.transfer.value),
-                          target_epochs=int(self.epochs.value), source_epochs=int(self.source_epochs.value),
-                          max_negatives=int(self.max_negatives.value),
-                          latency_threshold=float(self.latency_cap.value))
+        return build(SpotConfig, self.params.values())
 
     # ------------------------------------------------------------ training
     def train(self, *_: Any):

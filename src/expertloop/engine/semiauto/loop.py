@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from expertloop.engine.config import param
 from expertloop.engine.jobs import Job, Progress, rescale
 from expertloop.engine.semiauto.data import Collection
 from expertloop.engine.semiauto.models import (
@@ -51,16 +52,24 @@ class MissingClassWarning(UserWarning):
 
 @dataclass
 class LoopConfig:
-    t: float = 0.9                 # acceptance threshold on calibrated max likelihood
-    batch_size: int = 200
-    strategy: str = "threshold"    # threshold | random | margin | entropy
-    rate: float = 0.25             # random: fraction queued; margin/entropy: budget = rate * batch
-    budget: int | None = None      # margin/entropy: explicit budget per batch
+    """Parameters of a semi-automatic labelling project (saved with its state)."""
+
+    t: float = param(0.9, help="acceptance threshold on the calibrated max likelihood",
+                     label="threshold t", min=0.01, max=0.99, step=0.01, flag=("-t", "--threshold"))
+    batch_size: int = param(200, help="images predicted per iteration", min=1, max=100_000)
+    strategy: str = param("threshold", help="which predictions go to review: threshold | random | "
+                          "margin | entropy", choices=STRATEGIES)
+    rate: float = param(0.25, help="random: fraction reviewed; margin/entropy: budget = rate x batch",
+                        label="rate / budget fraction", min=0.01, max=1.0, step=0.05)
+    budget: int | None = param(None, help="margin/entropy: items reviewed per batch (None: rate x batch)",
+                               min=1, max=100_000, widget=False)
     accept_rest: bool = False      # random: accept the non-queued predictions too
-    val_fraction: float = 0.3      # of the initial labels, when no validation set is given
+    val_fraction: float = param(0.3, help="validation share of the initial labels when no validation "
+                                "set is given", label="validation fraction", min=0.0, max=0.9,
+                                step=0.05, cli=False, fixed=True)
     target_accuracy: float | None = None
     calibrate: bool = True
-    seed: int = 0
+    seed: int = param(0, help="random seed", min=0, max=2**31 - 1, widget=False)
 
     def check(self) -> LoopConfig:
         check_threshold(self.t)

@@ -257,6 +257,9 @@ class CNNClassifier:
         return (yield from predict_logits(self.net, x, batch_size=128))
 
 
+#: the classifier a new project uses (widget and command line)
+DEFAULT_CLASSIFIER = "logreg-hand"
+
 CLASSIFIERS = {
     "logreg-hand": lambda **kw: SklearnClassifier("logreg", "hand", **kw),
     "svm-hand": lambda **kw: SklearnClassifier("svm", "hand", **kw),

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from expertloop.engine.backend import get_torch
+from expertloop.engine.config import param
 from expertloop.engine.jobs import Job, Progress, rescale
 from expertloop.engine.spots.candidates import (
     Candidates,
@@ -45,21 +46,27 @@ WORKFLOW = "spots"
 class SpotConfig:
     """Parameters of candidate extraction, labelling and training (paper defaults)."""
 
-    method: str = "lcnn"
-    transfer_layers: int = 3
+    method: str = param("lcnn", help="lcnn: latency clusters + transfer; cnn: random init; "
+                        "random: random clusters (controls)", choices=METHODS)
+    transfer_layers: int = param(3, help="conv layers copied from the latency-cluster source network",
+                                 label="transfer layers", min=0, max=3, flag="--transfer")
     patch_size: int = 9
     tau: float = float(np.sqrt(2))
     pixels_per_superpixel: int = 25
     compactness: float = 0.1
     m_range: tuple = (5, 9)
-    latency_threshold: float = 45.0
+    latency_threshold: float = param(45.0, help="clicks slower than this are not used as latencies",
+                                     label="latency cap", min=1.0, max=3600.0, unit="s",
+                                     flag="--latency-cap")
     channels: tuple = (16, 32, 32)
-    source_epochs: int = 30
-    target_epochs: int = 8
-    max_negatives: int | None = 20000
+    source_epochs: int = param(30, help="epochs of the latency-cluster source network", min=1, max=500)
+    target_epochs: int = param(8, help="epochs of the spot / background network", label="epochs",
+                               min=1, max=200, flag="--epochs")
+    max_negatives: int | None = param(20000, help="background candidates kept per scan at most",
+                                      min=100, max=10_000_000)
     batch_size: int = 128
     lr: float = 1e-3
-    seed: int | None = 0
+    seed: int | None = param(0, help="random seed", min=0, max=2**31 - 1, widget=False)
 
     def check(self) -> SpotConfig:
         if self.method not in METHODS:
@@ -307,14 +314,28 @@ def predict_patches(detector: SpotDetector, patches: np.ndarray, *, batch_size: 
 
 
 @dataclass
+class SpotSelection:
+    """Which detections are spots: what the threshold slider and ``spots detect`` set."""
+
+    threshold: float = param(0.5, help="spot probability at least this", min=0.0, max=1.0, step=0.01,
+                             control="FloatSlider")
+    join_radius: float = param(2.0, help="2D detections in adjacent slices this close (in-plane) are one spot",
+                               min=0.0, max=50.0, step=0.5, unit="px", widget=False)
+
+
+@dataclass
 class Detection:
     """Candidates of a volume with their spot probabilities."""
 
     candidates: Candidates
     probability: np.ndarray
 
-    def spots(self, threshold: float = 0.5, join_radius: float = 2.0) -> dict[str, np.ndarray]:
-        return join_spots(self.candidates.centers, self.probability, threshold, join_radius)
+    def spots(self, threshold: float | None = None, join_radius: float | None = None) -> dict[str, np.ndarray]:
+        """The 3D spots; None: :class:`SpotSelection`'s default."""
+        d = SpotSelection()
+        return join_spots(self.candidates.centers, self.probability,
+                          d.threshold if threshold is None else threshold,
+                          d.join_radius if join_radius is None else join_radius)
 
 
 def detect_spots(detector: SpotDetector, image, *, candidates: Candidates | None = None) -> Job[Detection]:
@@ -328,7 +349,7 @@ def detect_spots(detector: SpotDetector, image, *, candidates: Candidates | None
     return Detection(candidates, probs)
 
 
-def join_spots(centers, probability, threshold: float = 0.5, join_radius: float = 2.0) -> dict[str, np.ndarray]:
+def join_spots(centers, probability, threshold: float, join_radius: float) -> dict[str, np.ndarray]:
     """Join 2D detections (probability >= ``threshold``) into 3D spots.
 
     Detections on the same or neighbouring slices (``|dz| <= 1``) whose
