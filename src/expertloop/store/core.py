@@ -1101,6 +1101,21 @@ class Store:
                                                  p.probabilities, dict(p.meta or {}), p.model)
                     for p, uri in rows}
 
+    def prediction(self, actor: User | str, collection: str | int,
+                   image: int) -> PredictionRecord | None:
+        """The model's suggestion for one image of the collection (None if none)."""
+        with self._read() as s:
+            coll = self._collection(s, collection)
+            self._require_access(s, self._actor(s, actor), coll, "read it")
+            row = s.execute(select(Prediction, Image.uri).join(
+                Image, Image.id == Prediction.image_id).where(
+                Prediction.collection_id == coll.id, Prediction.image_id == int(image))).first()
+            if row is None:
+                return None
+            p, uri = row
+            return PredictionRecord(p.image_id, uri, p.label, p.confidence, p.probabilities,
+                                    dict(p.meta or {}), p.model)
+
     # ------------------------------------------------------------ search
     def search(self, actor: User | str, *, collection: str | int | None = None,
                label: str | Sequence[str] | None = None, annotator: str | None = None,

@@ -480,26 +480,32 @@ def create_app(store: Store, config: WebConfig | None = None) -> FastAPI:
 
     @app.post("/api/c/{cid}/annotations")
     def api_save(cid: int, data: dict = Depends(body), me: Caller = Depends(writer)):
-        info = visible(store.collection, me.id, cid)
+        """Save the caller's annotation of one image: ``image_id`` and ``label``
+        and/or ``value``, optional ``time_spent`` (seconds)."""
         try:
             iid = int(data["image_id"])
         except (KeyError, TypeError, ValueError) as exc:
             raise HTTPException(400, "image_id (an integer) is required") from exc
         label = data.get("label")
+        label = None if label is None else str(label)
         value = data.get("value") or {}
         if not isinstance(value, dict):
             raise HTTPException(400, "value must be a JSON object")
         ts = data.get("time_spent")
-        if ts is not None and not isinstance(ts, int | float):
+        if ts is not None and (not isinstance(ts, int | float) or isinstance(ts, bool)):
             raise HTTPException(400, "time_spent must be a number of seconds")
+        ts = None if ts is None else max(0.0, float(ts))
         source = "manual"
-        if info.task_type == "label" and label is not None:
-            pred = visible(store.predictions, me.id, cid).get(iid)
-            source = review_source(pred.label if pred else None, str(label))
-        rec = checked(store.annotate, me.id, cid, iid, value,
-                      label=None if label is None else str(label), source=source,
-                      time_spent=None if ts is None else max(0.0, float(ts)))
-        return _record_json(rec)
+        if label is not None:  # keeping the model's label is "accepted-model"
+            pred = visible(store.prediction, me.id, cid, iid)
+            source = review_source(pred.label if pred else None, label)
+        try:  # refused like a read: an unassigned collection is 404, not 403
+            visible(store.annotate_many, me.id, cid, [dict(
+                image=iid, label=label, value=value, source=source, time_spent=ts)])
+        except StoreValidationError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        return {"image_id": iid, "annotator": me.name, "label": label, "source": source,
+                "time_spent": ts}
 
     # ------------------------------------------------------------ admin
     def admin_page(request: Request, me: Caller, **extra):
