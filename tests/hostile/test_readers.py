@@ -114,3 +114,37 @@ def test_lids_labels_that_do_not_fit_are_refused(tmp_path, line, match):
     p.write_text(f"1 4 4\n{line}\n")
     with pytest.raises(MarkerFileError, match=match):
         read_lids_markers(p)
+
+
+# ------------------------------------------------------------ pixel sizes and colour modes (defect 10)
+@pytest.mark.parametrize("size", ["0", "-0.5", "1e999"])
+def test_ome_physical_size_that_is_not_positive_and_finite_is_not_passed_through(tmp_path, size):
+    p = tmp_path / "o.ome.tif"
+    tifffile.imwrite(p, np.zeros((8, 8), np.uint8), ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.123456, "PhysicalSizeY": 0.25})
+    raw = p.read_bytes()
+    old = b'PhysicalSizeX="0.123456"'
+    assert old in raw  # same length replacement: the TIFF offsets stay valid
+    p.write_bytes(raw.replace(old, f'PhysicalSizeX="{size}"'.ljust(len(old)).encode()))
+    with pytest.warns(UserWarning, match="not a positive finite size"):
+        (item,) = read_image(p)
+    assert item.meta["scale"] == [0.25, 1.0]
+    assert "along X" in item.meta["metadata"]["warnings"][0]
+
+
+def test_cmyk_jpeg_is_rgb_and_palette_png_says_so(tmp_path):
+    from PIL import Image
+
+    Image.new("CMYK", (8, 6), (0, 255, 0, 0)).save(tmp_path / "c.jpg")
+    with pytest.warns(UserWarning, match="CMYK"):
+        (item,) = read_image(tmp_path / "c.jpg")
+    assert item.data.shape == (6, 8, 3) and item.meta["rgb"]
+    np.testing.assert_allclose(item.data[3, 4], [255, 0, 255], atol=2)  # magenta, not RGBA
+    pal = Image.new("P", (8, 6))
+    pal.putpalette([0, 0, 0, 255, 0, 0])
+    pal.putpixel((1, 1), 1)
+    pal.save(tmp_path / "p.png")
+    with pytest.warns(UserWarning, match="palette"):
+        (item,) = read_image(tmp_path / "p.png")
+    assert item.meta["metadata"]["colour_mode"] == "P"
+    assert "palette" in item.meta["metadata"]["warnings"][0]

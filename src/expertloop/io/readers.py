@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,23 @@ def napari_to_nifti(arr: np.ndarray) -> np.ndarray:
     return np.moveaxis(arr, [-1, -2, -3], [0, 1, 2])
 
 
+def _checked_scale(scale: list[float], axes: str, path: Path, meta: dict[str, Any]) -> list[float]:
+    """Pixel sizes that are positive and finite; any other (0, negative, inf,
+    NaN: a crafted or broken header) is replaced by 1 with a warning, kept in
+    ``metadata["warnings"]``, instead of dividing by zero later."""
+    out = []
+    for ax, s in zip(axes, scale):
+        if np.isfinite(s) and s > 0:
+            out.append(float(s))
+            continue
+        note = (f"{path.name}: the file gives a pixel size of {s!r} along {ax}, which is not a "
+                "positive finite size; 1 is used instead")
+        warnings.warn(note, stacklevel=3)
+        meta["metadata"].setdefault("warnings", []).append(note)
+        out.append(1.0)
+    return out
+
+
 def read_nifti(path: str | os.PathLike) -> list[ImageData]:
     import nibabel as nib
 
@@ -176,6 +194,7 @@ def read_nifti(path: str | os.PathLike) -> list[ImageData]:
             "units": "mm",
         },
     }
+    meta["scale"] = _checked_scale(scale, meta["metadata"]["axes"][-len(scale):], path, meta)
     return [ImageData(out, meta, "image")]
 
 
@@ -291,12 +310,12 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
         )
     if len(spatial) < 2 or 0 in data.shape:
         raise ImageReadError(f"{path.name}: TIFF of shape {data.shape} is not an image")
-    scale = [scale_by_axis.get(a, 1.0) for a in spatial]
     meta: dict[str, Any] = {
         "name": _stem(path),
-        "scale": scale,
         "metadata": {"source": str(path), "format": "tiff", "axes": axes},
     }
+    meta["scale"] = scale = _checked_scale([scale_by_axis.get(a, 1.0) for a in spatial],
+                                           "".join(spatial), path, meta)
     if ome_units:
         meta["metadata"]["units"] = "µm"
         meta["metadata"]["ome_units"] = ome_units  # converted from these
@@ -324,8 +343,17 @@ def read_plain(path: str | os.PathLike) -> list[ImageData]:
 
     path = Path(path)
     _check_file(path)
+    notes = []
     try:
-        data = np.asarray(iio.imread(str(path), plugin="pillow"))
+        mode = iio.immeta(str(path), plugin="pillow").get("mode")
+        if mode == "CMYK":  # 4 ink channels are not RGBA: convert to RGB
+            data = np.asarray(iio.imread(str(path), plugin="pillow", mode="RGB"))
+            notes.append(f"{path.name}: a CMYK image, converted to RGB for display")
+        else:
+            data = np.asarray(iio.imread(str(path), plugin="pillow"))
+        if mode in ("P", "PA"):
+            notes.append(f"{path.name}: an indexed-colour (palette) image; its palette colours are "
+                         "shown as RGB; the colour indices are not kept")
     except Exception as exc:  # imageio/Pillow raise many types for bad files
         raise ImageReadError(
             f"{path.name}: cannot decode the image; the file is corrupt or not "
@@ -337,6 +365,11 @@ def read_plain(path: str | os.PathLike) -> list[ImageData]:
         "name": _stem(path),
         "metadata": {"source": str(path), "format": path.suffix.lower().lstrip(".")},
     }
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+        meta["metadata"].setdefault("warnings", []).append(note)
+    if notes:
+        meta["metadata"]["colour_mode"] = mode
     if data.ndim == 3 and data.shape[-1] in (3, 4):
         meta["rgb"] = True
     elif data.ndim == 3 and data.shape[-1] == 2:  # grey + alpha
