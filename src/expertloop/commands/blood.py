@@ -114,6 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_blood_model,
         train_blood_model,
     )
+    from expertloop.engine.blood.pipeline import BloodTraining
+    from expertloop.engine.config import build, given_values
     from expertloop.engine.jobs import run_job
     from expertloop.io.blood_formats import (
         AnnotationFileError,
@@ -142,13 +144,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not samples:
         raise FileNotFoundError(f"no annotated images in {root}")
     classes = sorted({lab for a in anns for lab in a.labels})
+    cfg = build(BloodTraining, given_values(args, BloodTraining))
     model = new_blood_model(det_classes=["region"] if args.merge is not None else classes, type_names=classes,
-                            abnormal_types=args.abnormal or [], det_backbone=args.detector,
-                            embedder=args.embedder, pretrained=args.pretrained, min_size=args.min_size,
-                            max_size=int(round(args.min_size * 4 / 3)))
+                            abnormal_types=args.abnormal or [], det_backbone=cfg.detector,
+                            embedder=cfg.embedder, pretrained=args.pretrained, min_size=cfg.min_size,
+                            max_size=int(round(cfg.min_size * 4 / 3)))
     print(f"training on {len(samples)} images; classes {classes}", file=sys.stderr)
-    run_job(train_blood_model(model, samples, det_epochs=args.det_epochs, head_epochs=args.head_epochs,
-                              time_limit=args.time_limit, device=args.device), on_progress=_progress_printer())
+    run_job(train_blood_model(model, samples, det_epochs=cfg.det_epochs, head_epochs=cfg.head_epochs,
+                              time_limit=cfg.time_limit, device=args.device), on_progress=_progress_printer())
     print(file=sys.stderr)
     print(f"wrote {save_blood_model(args.output, model)}", file=sys.stderr)
     return 0
@@ -156,6 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     from expertloop.cli import _pretrained
+    from expertloop.engine.blood.model import THRESHOLDS, BloodModel
+    from expertloop.engine.blood.pipeline import BloodTraining
+    from expertloop.engine.config import add_arguments
 
     p = sub.add_parser("blood", help="blood-cell detection and multi-label classification")
     bsub = p.add_subparsers(dest="blood_command", metavar="ACTION", required=True)
@@ -165,24 +171,17 @@ def add_commands(sub) -> None:
     s.add_argument("-m", "--model", required=True, help="model file (.pt with its .json)")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--format", nargs="+", choices=["csv", "coco"], default=["csv", "coco"])
-    for name in ("candidate_floor", "score_threshold", "type_threshold"):
-        s.add_argument("--" + name.replace("_", "-"), type=float, default=None,
-                       help=f"override the model's {name} (default: the value saved in the model)")
+    add_arguments(s, BloodModel, THRESHOLDS, when_absent="the value saved in the model")
     s.add_argument("--device", default=None)
     s.set_defaults(func=cmd_predict)
 
     s = bsub.add_parser("train", help="train a model from a Pascal VOC folder (Annotations/, JPEGImages/)")
     s.add_argument("folder")
     s.add_argument("-o", "--output", required=True, help="model file to write")
-    s.add_argument("--detector", default="mobilenet_v2", choices=["mobilenet_v2", "mobilenet_v3_fpn", "resnet50_fpn"])
-    s.add_argument("--embedder", default="mobilenet_v2", choices=["mobilenet_v2", "resnet18", "resnet50"])
     s.add_argument("--pretrained", default="auto", type=_pretrained, help="auto (default), yes or no")
     s.add_argument("--merge", type=float, default=None, metavar="MIN_OVERLAP",
                    help="merge overlapping boxes into multi-cell regions (types = their classes)")
     s.add_argument("--abnormal", nargs="*", help="classes counted as abnormal")
-    s.add_argument("--det-epochs", type=int, default=20)
-    s.add_argument("--head-epochs", type=int, default=60)
-    s.add_argument("--min-size", type=int, default=480)
-    s.add_argument("--time-limit", type=float, default=None, help="seconds of detector training at most")
+    add_arguments(s, BloodTraining)  # --detector, --embedder, --det-epochs, ... from the engine
     s.add_argument("--device", default=None)
     s.set_defaults(func=cmd_train)

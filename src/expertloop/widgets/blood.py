@@ -20,23 +20,24 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSlider,
     Label,
     LineEdit,
     PushButton,
-    SpinBox,
     Table,
 )
 
 from expertloop.engine.blood.regions import PAPER_ABNORMAL, PAPER_TYPES
-from expertloop.widgets._common import image_layer_choices, layer_array, layer_by_name
+from expertloop.widgets._common import (
+    ConfigControls,
+    image_layer_choices,
+    layer_array,
+    layer_by_name,
+)
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
     import napari
 
-DETECTOR_CHOICES = ["mobilenet_v2", "mobilenet_v3_fpn", "resnet50_fpn"]  # engine: DETECTOR_BACKBONES
-EMBEDDER_CHOICES = ["mobilenet_v2", "resnet18", "resnet50"]  # engine: features.EMBEDDERS
 PALETTE = np.array([
     [0.12, 0.47, 0.71, 1], [1.0, 0.5, 0.05, 1], [0.17, 0.63, 0.17, 1], [0.84, 0.15, 0.16, 1],
     [0.58, 0.4, 0.74, 1], [0.55, 0.34, 0.29, 1], [0.89, 0.47, 0.76, 1], [0.5, 0.5, 0.5, 1],
@@ -81,8 +82,12 @@ class BloodWidget(Container):
         # model
         self.model_file = FileEdit(label="model file", mode="r", filter="*.pt")
         self.load_btn = PushButton(text="Load model")
-        self.detector = ComboBox(label="new: detector", choices=DETECTOR_CHOICES, value="mobilenet_v2")
-        self.embedder = ComboBox(label="new: features", choices=EMBEDDER_CHOICES, value="mobilenet_v2")
+        from expertloop.engine.blood.model import BloodModel
+        from expertloop.engine.blood.pipeline import BloodTraining
+
+        # parameters from the engine's BloodTraining and BloodModel (defaults, ranges, help live there)
+        new_model = ConfigControls(BloodTraining, ["detector", "embedder"])
+        self.detector, self.embedder = new_model["detector"], new_model["embedder"]
         self.types = LineEdit(label="new: cell types", value=", ".join(PAPER_TYPES))
         self.abnormal_types = LineEdit(label="new: abnormal types", value=", ".join(PAPER_ABNORMAL))
         self.det_classes = LineEdit(label="new: detector classes", value="cell")
@@ -90,20 +95,15 @@ class BloodWidget(Container):
         # detection
         self.image = ComboBox(label="image", choices=lambda _: image_layer_choices(viewer))
         self.detect_btn = PushButton(text="Detect cells")
-        from expertloop.engine.blood.model import BloodModel
-
-        dflt = BloodModel.__dataclass_fields__
-        self.score = FloatSlider(label="score threshold", min=0.0, max=1.0, step=0.001,
-                                 value=dflt["score_threshold"].default)
-        self.type_thr = FloatSlider(label="type threshold", min=0.0, max=1.0, step=0.001,
-                                    value=dflt["type_threshold"].default)
+        thresholds = ConfigControls(BloodModel, ["score_threshold", "type_threshold"])
+        self.score, self.type_thr = thresholds["score_threshold"], thresholds["type_threshold"]
         self.summary = Label(value="no detection yet")
         self.table = Table(value={"region": []})
         # training
         self.annotations = ComboBox(label="annotations", choices=lambda _: _annotation_choices(viewer))
         self.type_feature = LineEdit(label="type feature", value="type")
-        self.det_epochs = SpinBox(label="detector epochs", min=0, max=1000, value=20)
-        self.head_epochs = SpinBox(label="type-head epochs", min=1, max=5000, value=60)
+        training = ConfigControls(BloodTraining, ["det_epochs", "head_epochs"])
+        self.det_epochs, self.head_epochs = training["det_epochs"], training["head_epochs"]
         self.train_btn = PushButton(text="Train / fine-tune")
         self.save_file = FileEdit(label="save model as", mode="w", filter="*.pt")
         self.save_btn = PushButton(text="Save model")

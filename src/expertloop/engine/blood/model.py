@@ -29,6 +29,7 @@ from expertloop.engine.blood.regions import (
     as_boxes,
     clip_boxes,
 )
+from expertloop.engine.config import param
 from expertloop.engine.device import select_device
 from expertloop.engine.features import (
     EMBEDDERS,
@@ -599,12 +600,13 @@ class BloodModel:
     embedder_pretrained: bool = False
     train_image_size: tuple | None = None
     trained_types: list[str] = field(default_factory=list)
-    #: a type is shown/exported for a region when its probability reaches this
-    type_threshold: float = 0.5
-    #: a region is shown/exported when its detection score reaches this
-    score_threshold: float = 0.5
-    #: the detector keeps regions down to this score (so the shown threshold can be lowered without re-running)
-    candidate_floor: float = 0.05
+    type_threshold: float = param(0.5, help="a type is shown/exported for a region when its probability "
+                                  "reaches this", min=0.0, max=1.0, step=0.001, control="FloatSlider")
+    score_threshold: float = param(0.5, help="a region is shown/exported when its detection score reaches this",
+                                   min=0.0, max=1.0, step=0.001, control="FloatSlider")
+    candidate_floor: float = param(0.05, help="the detector keeps regions down to this score (so the shown "
+                                   "threshold can be lowered without re-running)", min=0.0, max=1.0,
+                                   step=0.001, control="FloatSlider", widget=False)
 
     def thresholds(self) -> dict[str, float]:
         """The three named thresholds in force (saved with the model)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from expertloop.engine.blood.model import (
+    DETECTOR_BACKBONES,
     AbnormalClassifier,
     BloodModel,
     BloodSample,
@@ -19,6 +20,8 @@ from expertloop.engine.blood.model import (
     type_probabilities,
 )
 from expertloop.engine.blood.regions import as_boxes
+from expertloop.engine.config import param
+from expertloop.engine.features import EMBEDDERS
 from expertloop.engine.jobs import Job, Progress, rescale
 
 
@@ -126,8 +129,26 @@ def predict_images(model: BloodModel, images: Sequence, *, names: Sequence[str] 
     return out
 
 
-def train_blood_model(model: BloodModel, samples: Sequence[BloodSample], *, det_epochs: int = 10,
-                      head_epochs: int = 60, batch_size: int = 2, lr: float = 0.005,
+@dataclass
+class BloodTraining:
+    """Training parameters of a blood model (the widget's and ``blood train``'s)."""
+
+    detector: str = param("mobilenet_v2", help="detector backbone of a new model",
+                          label="new: detector", choices=tuple(DETECTOR_BACKBONES))
+    embedder: str = param("mobilenet_v2", help="feature network of the type heads of a new model",
+                          label="new: features", choices=tuple(EMBEDDERS))
+    det_epochs: int = param(20, help="detector fine-tuning epochs (0: train the type heads only)",
+                            label="detector epochs", min=0, max=1000)
+    head_epochs: int = param(60, help="type-head training epochs", label="type-head epochs", min=1, max=5000)
+    min_size: int = param(480, help="shorter image side the detector works at (longer: 4/3 of it)",
+                          min=64, max=4096, unit="px", widget=False)
+    time_limit: float | None = param(None, help="seconds of detector training at most (None: no limit)",
+                                     min=1.0, max=1e6, unit="s", widget=False)
+
+
+def train_blood_model(model: BloodModel, samples: Sequence[BloodSample], *,
+                      det_epochs: int = BloodTraining.det_epochs,
+                      head_epochs: int = BloodTraining.head_epochs, batch_size: int = 2, lr: float = 0.005,
                       train_detector_too: bool = True, fit_abnormal: bool = True, seed: int | None = 0,
                       time_limit: float | None = None, device=None) -> Job[dict]:
     """Job: train (fine-tune) detector, per-type heads and abnormal classifier.
