@@ -10,15 +10,29 @@
 Workflows add their own subcommands from ``expertloop/commands/<workflow>.py``
 (each module defines ``add_commands(subparsers)``). Library code never calls ``sys.exit``;
 only :func:`main` turns errors into exit codes.
+
+Errors: a user error (a bad file, a missing input, an output that cannot be
+written, a full or read-only disk) prints one ``expertloop: error: ...`` line
+and exits with 2; anything unexpected prints one line and "run with --debug"
+and exits with 1; ``--debug`` shows the traceback of either. A subcommand
+declares its outputs (``set_defaults(outputs={"output": "folder"})``, kinds
+``folder``, ``file``, ``model`` or a function of the arguments giving one), and
+:func:`main` checks they can be written before any work starts, so a long
+training never fails at its last step because ``-o`` points at a read-only
+folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import platform
 import sys
-from collections.abc import Sequence
+import tempfile
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from expertloop import __version__
@@ -32,6 +46,86 @@ def _progress_printer(stream=sys.stderr):
         stream.flush()
 
     return show
+
+
+# ------------------------------------------------------------- outputs
+class OutputError(ValueError):
+    """An output path that cannot be written (checked before any work)."""
+
+
+def _os_reason(exc: OSError) -> str:
+    """A plain reason for an OS error, naming read-only and full disks."""
+    plain = {errno.EROFS: "the disk is read-only", errno.ENOSPC: "the disk is full",
+             errno.EDQUOT: "the disk quota is exceeded", errno.EACCES: "permission denied",
+             errno.EPERM: "not permitted", errno.ENOTDIR: "a part of the path is a file, not a folder",
+             errno.EISDIR: "it is a folder", errno.ENAMETOOLONG: "the name is too long",
+             errno.ENOENT: "no such file or folder"}
+    return plain.get(exc.errno, (exc.strerror or str(exc)).lower())
+
+
+def _probe_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".expertloop-write-test-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write in {folder}: {_os_reason(exc)}") from exc
+
+
+def check_output(path: str | os.PathLike, kind: str) -> None:
+    """Refuse, before any work, an output that cannot be written.
+
+    ``kind``: ``"folder"`` (created if missing; must not be a file),
+    ``"file"`` (must not be a folder; its folder is created) or ``"model"``
+    (the ``.pt`` and ``.json`` pair of a model path). Raises :class:`OutputError`.
+    """
+    p = Path(path)
+    if kind == "model":
+        from expertloop.engine.persistence import model_paths
+
+        for f in model_paths(p):
+            check_output(f, "file")
+        return
+    if kind == "folder":
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"{p} exists and is a file; the output must be a folder")
+        _probe_folder(p)
+        return
+    if kind != "file":
+        raise ValueError(f"unknown output kind {kind!r}")
+    if p.is_dir():
+        raise OutputError(f"{p} is a folder; the output must be a file name")
+    if str(p).endswith(("/", os.sep)):
+        raise OutputError(f"{p} ends with a separator; the output must be a file name")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"cannot write {p}: {parent} is a file, not a folder")
+            break
+    _probe_folder(p.parent)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise OutputError(f"cannot write {p}: the file is read-only")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Check every output a subcommand declared in ``outputs`` (see :func:`check_output`)."""
+    outputs: Mapping[str, str | Callable] = getattr(args, "outputs", None) or {}
+    for attr, kind in outputs.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        check_output(value, kind(args) if callable(kind) else kind)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 # ------------------------------------------------------------- commands
@@ -120,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"napari-expertloop {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error (for bug reports)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("info", help="print versions and the compute device")
@@ -144,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=512)
     s.add_argument("--device", default=None)
     s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_features)
+    s.set_defaults(func=cmd_features, outputs={"output": "folder"})
 
     # Workflow subcommands live in expertloop.commands.<workflow> modules,
     # each with an ``add_commands(subparsers)`` function.
@@ -177,9 +273,19 @@ def _pretrained(value: str):
     raise argparse.ArgumentTypeError("use auto, yes or no")
 
 
+def _user_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno:  # raised by the OS (our own have no errno)
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{_os_reason(exc)}"
+    return str(exc) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere, also after the subcommand
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -187,13 +293,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from expertloop.engine.device import DeviceError
 
     try:
+        check_outputs(args)
         return int(args.func(args))
-    except (DeviceError, ValueError, FileNotFoundError) as exc:
-        print(f"expertloop: error: {exc}", file=sys.stderr)
+    except (DeviceError, ValueError, OSError) as exc:  # user errors (OSError: disk, permissions)
+        if args.debug:
+            traceback.print_exc()
+        print(f"expertloop: error: {_user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nexpertloop: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if args.debug:
+            traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"expertloop: unexpected error: {type(exc).__name__}: {first}", file=sys.stderr)
+        if not args.debug:
+            print("expertloop: run with --debug to see the traceback (and please report it)",
+                  file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

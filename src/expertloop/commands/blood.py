@@ -173,7 +173,7 @@ def add_commands(sub) -> None:
     s.add_argument("--format", nargs="+", choices=["csv", "coco"], default=["csv", "coco"])
     add_arguments(s, BloodModel, THRESHOLDS, when_absent="the value saved in the model")
     s.add_argument("--device", default=None)
-    s.set_defaults(func=cmd_predict)
+    s.set_defaults(func=cmd_predict, outputs={"output": "folder"})
 
     s = bsub.add_parser("train", help="train a model from a Pascal VOC folder (Annotations/, JPEGImages/)")
     s.add_argument("folder")
@@ -184,4 +184,4 @@ def add_commands(sub) -> None:
     s.add_argument("--abnormal", nargs="*", help="classes counted as abnormal")
     add_arguments(s, BloodTraining)  # --detector, --embedder, --det-epochs, ... from the engine
     s.add_argument("--device", default=None)
-    s.set_defaults(func=cmd_train)
+    s.set_defaults(func=cmd_train, outputs={"output": "model"})

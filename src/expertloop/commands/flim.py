@@ -150,8 +150,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("flim", help="FLIM: encoders learnt from markers, image recommendation")
-    fs = p.add_subparsers(dest="flim_command", metavar="STEP")
-    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+    fs = p.add_subparsers(dest="flim_command", metavar="STEP", required=True)
 
     s = fs.add_parser("fit", help="fit a FLIM encoder (and decoder) from images and markers")
     s.add_argument("images", nargs="+")
@@ -162,14 +161,14 @@ def add_commands(sub) -> None:
     s.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
-    s.set_defaults(func=cmd_fit)
+    s.set_defaults(func=cmd_fit, outputs={"output": "model"})
 
     s = fs.add_parser("segment", help="segment images with a saved FLIM network")
     s.add_argument("model")
     s.add_argument("images", nargs="+")
     s.add_argument("-o", "--output", required=True, help="output folder (TIFF labels)")
     s.add_argument("--background-zero", action="store_true", help="write class 1 as 0")
-    s.set_defaults(func=cmd_segment)
+    s.set_defaults(func=cmd_segment, outputs={"output": "folder"})
 
     s = fs.add_parser("recommend", help="recommend the next images to mark (no ground truth)")
     s.add_argument("images", nargs="+")
@@ -181,9 +180,9 @@ def add_commands(sub) -> None:
     s.add_argument("--projection", choices=["tsne", "pca"], default="tsne")
     s.add_argument("--json", default=None, help="write distances, lists and 2D points here")
     s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_recommend)
+    s.set_defaults(func=cmd_recommend, outputs={"json": "file"})
 
     s = fs.add_parser("convert-markers", help="convert markers between LIDS .txt and a labels image")
     s.add_argument("input")
     s.add_argument("output")
-    s.set_defaults(func=cmd_convert)
+    s.set_defaults(func=cmd_convert, outputs={"output": "file"})

@@ -53,7 +53,7 @@ def add_commands(sub) -> None:
     # every parameter of the project, from MembraneConfig (defaults, ranges, help live there)
     add_arguments(p, MembraneConfig, when_absent="the project's value when resuming")
     p.add_argument("--json", action="store_true", help="print the per-round records as JSON (last line)")
-    p.set_defaults(func=cmd_membranes_loop)
+    p.set_defaults(func=cmd_membranes_loop, outputs={"project": "folder", "save_source": "model"})
 
 
 def _read_all(paths, what):

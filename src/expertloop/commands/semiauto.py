@@ -167,13 +167,13 @@ def add_commands(sub) -> None:
     s.add_argument("--history", default=None, help="write the per-iteration figures as JSON here")
     s.add_argument("--device", default=None)
     s.add_argument("-o", "--output", required=True, help="labels CSV to write")
-    s.set_defaults(func=cmd_simulate)
+    s.set_defaults(func=cmd_simulate, outputs={"output": "file", "project": "folder", "history": "file"})
 
     s = ss.add_parser("export", help="write the labels of a project as CSV")
     s.add_argument("project", help="project folder (state.json, queue.json, decisions.jsonl)")
     s.add_argument("--folder", required=True, help="the project's image folder")
     s.add_argument("-o", "--output", required=True, help="labels CSV to write")
-    s.set_defaults(func=cmd_export)
+    s.set_defaults(func=cmd_export, outputs={"output": "file"})
 
     for name, fn, hlp in (("push-to-store", cmd_push_to_store,
                            "push the open queue's hard cases into an annotation project collection"),

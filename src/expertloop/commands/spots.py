@@ -117,6 +117,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for path in args.images:
         try:
             item = read_image(path)[0]
+            if item.meta.get("rgb") or item.data.ndim != 3:
+                raise ValueError(f"a {'colour' if item.meta.get('rgb') else f'{item.data.ndim}D'} image "
+                                 f"(shape {tuple(item.data.shape)}); the spot detector works on 3D "
+                                 "grey-level volumes")
             found = run_job(detect_spots(det, item.data), on_progress=_progress())
         except (ImageReadError, OSError, ValueError) as exc:
             print(f"\n{path}: skipped: {exc}", file=sys.stderr)
@@ -132,6 +136,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
+    from expertloop.cli import positive_int
     from expertloop.engine.config import add_arguments
     from expertloop.engine.spots.lcnn import SpotConfig, SpotSelection
 
@@ -141,21 +146,21 @@ def add_commands(sub) -> None:
     s = ss.add_parser("phantom", help="plant spots into a real volume + a SIMULATED expert's clicks")
     s.add_argument("volume", help="a 3D NIfTI or TIFF volume")
     s.add_argument("-o", "--output", required=True, help="output folder")
-    s.add_argument("--spots", type=int, default=150)
+    s.add_argument("--spots", type=positive_int, default=150, help="number of spots to plant (>= 1)")
     s.add_argument("--noise", type=float, default=0.02)
     s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_phantom)
+    s.set_defaults(func=cmd_phantom, outputs={"output": "folder"})
 
     s = ss.add_parser("train", help="train the L-CNN spot detector from timed clicks")
     s.add_argument("pairs", nargs="+", metavar="IMAGE TABLE", help="image, click table (CSV or .jsonl) pairs")
     s.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
     add_arguments(s, SpotConfig)  # defaults, ranges and help from the engine's SpotConfig
     s.add_argument("--device", default=None)
-    s.set_defaults(func=cmd_train)
+    s.set_defaults(func=cmd_train, outputs={"output": "model"})
 
     s = ss.add_parser("detect", help="detect 3D spots with a trained spot model")
     s.add_argument("model", help="model path (.pt with its .json)")
     s.add_argument("images", nargs="+")
     s.add_argument("-o", "--output", required=True, help="output folder (one CSV per image)")
     add_arguments(s, SpotSelection)
-    s.set_defaults(func=cmd_detect)
+    s.set_defaults(func=cmd_detect, outputs={"output": "folder"})

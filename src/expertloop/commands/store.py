@@ -312,6 +312,7 @@ def add_commands(sub) -> None:
     c.add_argument("collection")
     c.add_argument("--format", choices=["csv", "coco", "masks"], required=True)
     c.add_argument("-o", "--output", required=True)
+    c.set_defaults(outputs={"output": lambda a: "folder" if a.format == "masks" else "file"})
     c = cmd("import", cmd_import, "import annotations: csv, coco or masks (TIFF folder)")
     c.add_argument("collection")
     c.add_argument("file")

@@ -314,8 +314,8 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
         "name": _stem(path),
         "metadata": {"source": str(path), "format": "tiff", "axes": axes},
     }
-    meta["scale"] = scale = _checked_scale([scale_by_axis.get(a, 1.0) for a in spatial],
-                                           "".join(spatial), path, meta)
+    meta["scale"] = _checked_scale([scale_by_axis.get(a, 1.0) for a in spatial],
+                                   "".join(spatial), path, meta)
     if ome_units:
         meta["metadata"]["units"] = "µm"
         meta["metadata"]["ome_units"] = ome_units  # converted from these

@@ -188,6 +188,23 @@ def _is_lock_error(exc: BaseException) -> bool:
     return code in ("40001", "40P01", "55P03")  # serialization, deadlock, lock n/a
 
 
+def _db_error_hint(orig: BaseException) -> str:
+    """Why a database call failed, in plain words (a read-only or full disk is
+    not a corrupt file)."""
+    text = str(orig).lower()
+    for needle, hint in (
+            ("readonly", "the project file or its folder is read-only"),
+            ("read-only", "the project file or its folder is read-only"),
+            ("full", "the disk is full"),
+            ("unable to open", "the file or its folder cannot be opened (missing or no permission)"),
+            ("disk i/o", "a disk read/write error (a full, removed or read-only disk?)"),
+            ("malformed", "the file is damaged"),
+            ("not a database", "the file is damaged or not an expertloop project")):
+        if needle in text:
+            return f" ({hint})"
+    return ""
+
+
 def _check_points(points: Any) -> None:
     """Shape points: a list of coordinate pairs (or triples), finite numbers only."""
     try:
@@ -412,7 +429,7 @@ class Store:
                     return None
                 row = s.get(StoreInfo, "schema_version")
         except DBAPIError as exc:
-            raise StoreError(f"cannot read {self.url_safe}: {exc.orig} (corrupt file?); "
+            raise StoreError(f"cannot read {self.url_safe}: {exc.orig}{_db_error_hint(exc.orig)}; "
                              "it was left untouched") from exc
         return int(row.value) if row is not None else None
 
@@ -426,6 +443,9 @@ class Store:
                     return fn(s)
             except (OperationalError, DBAPIError) as exc:
                 if not _is_lock_error(exc):
+                    if isinstance(exc, OperationalError):  # disk, permissions, connection
+                        raise StoreError(f"cannot {what} in {self.url_safe}: {exc.orig}"
+                                         f"{_db_error_hint(exc.orig)}; nothing was written") from exc
                     raise
                 attempt += 1
                 if time.monotonic() >= deadline:

@@ -130,7 +130,13 @@ def parse_spec(spec: EncoderSpec | Mapping | str | os.PathLike | None) -> Encode
         except json.JSONDecodeError:
             import yaml
 
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+                raise ValueError(f"the encoder spec is neither JSON nor YAML{where}: "
+                                 f"{getattr(exc, 'problem', None) or exc}") from None
         spec = data
     if not isinstance(spec, Mapping):
         raise ValueError("an encoder spec must be a mapping with 'ndim' and 'layers'")

@@ -79,6 +79,8 @@ def make_phantom(
     from scipy import ndimage
 
     v = np.asarray(volume)
+    if int(n_spots) < 1:
+        raise ValueError(f"n_spots must be at least 1, got {n_spots}")
     if v.ndim != 3:
         raise ValueError(f"a spot phantom needs a 3D volume, got shape {v.shape}")
     v = v.astype(np.float32)
