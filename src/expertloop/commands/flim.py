@@ -49,6 +49,7 @@ def _printer():
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from expertloop.engine.config import build, given_values
     from expertloop.engine.flim import (
         build_network,
         fit_encoder,
@@ -58,26 +59,29 @@ def cmd_fit(args: argparse.Namespace) -> int:
         save_network,
         train_decoder,
     )
+    from expertloop.engine.flim.params import FlimFit
     from expertloop.engine.jobs import run_job
 
     if len(args.images) != len(args.markers):
         raise ValueError(f"{len(args.images)} images but {len(args.markers)} marker files (one per image)")
     images = [_read(p) for p in args.images]
-    spec = parse_spec(args.spec)
+    cfg = build(FlimFit, given_values(args, FlimFit))
+    spec = parse_spec(args.spec) if args.spec else cfg.spec()
     markers = [_read_markers(m, img.shape[-spec.ndim:]) for m, img in zip(args.markers, images)]
     enc, report = run_job(fit_encoder(images, markers, spec, seed=args.seed, device=args.device),
                           on_progress=_printer())
     print(file=sys.stderr)
     print(f"encoder fitted in {report.seconds:.2f} s: filters per layer {report.filters_per_layer}, "
           f"marker patches {report.patches_per_layer}")
-    if args.decoder == "none":
+    decoder = args.decoder or cfg.decoder
+    if decoder == "none":
         path = save_encoder(args.output, enc)
     else:
-        if args.decoder == "pixel":
+        if decoder == "pixel":
             net = run_job(fit_pixel_head(enc, images, markers, seed=args.seed))
         else:
             net = build_network(enc, report.classes, "unet")
-            run_job(train_decoder(net, images, markers, steps=args.steps, seed=args.seed), on_progress=_printer())
+            run_job(train_decoder(net, images, markers, steps=cfg.steps, seed=args.seed), on_progress=_printer())
             print(file=sys.stderr)
         path = save_network(args.output, net)
     print(f"wrote {path}")
@@ -105,9 +109,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    from expertloop.engine.config import build, given_values
     from expertloop.engine.flim import recommend_images
+    from expertloop.engine.flim.params import FlimRecommend
     from expertloop.engine.jobs import run_job
 
+    cfg = build(FlimRecommend, given_values(args, FlimRecommend))
     images = [_read(p) for p in args.images]
     names = [str(p) for p in args.images]
     markers = [None] * len(images)
@@ -117,8 +124,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             raise ValueError(f"--marker {img_path}: not one of the images given")
         i = matches[0]
         markers[i] = _read_markers(mk_path, images[i].shape)
-    res = run_job(recommend_images(images, markers, args.spec, k=args.k, n_segments=args.superpixels,
-                                   projection=args.projection, seed=args.seed), on_progress=_printer())
+    res = run_job(recommend_images(images, markers, args.spec or cfg.spec(), k=cfg.k, n_segments=cfg.n_segments,
+                                   projection=cfg.projection, seed=args.seed), on_progress=_printer())
     print(file=sys.stderr)
     rec = res.recommendation
     print("marked:   " + ", ".join(Path(names[i]).name for i in rec.marked))
@@ -149,15 +156,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
+    from expertloop.engine.config import add_arguments
+    from expertloop.engine.flim.params import FlimFit, FlimRecommend
+
     p = sub.add_parser("flim", help="FLIM: encoders learnt from markers, image recommendation")
     fs = p.add_subparsers(dest="flim_command", metavar="STEP", required=True)
 
     s = fs.add_parser("fit", help="fit a FLIM encoder (and decoder) from images and markers")
     s.add_argument("images", nargs="+")
     s.add_argument("--markers", nargs="+", required=True, help="one marker file per image (.txt LIDS or labels)")
-    s.add_argument("--spec", default=None, help="architecture (JSON/YAML file or text)")
-    s.add_argument("--decoder", choices=["pixel", "unet", "none"], default="pixel")
-    s.add_argument("--steps", type=int, default=200, help="U-Net decoder training steps")
+    s.add_argument("--spec", default=None, help="architecture (JSON/YAML file or text); replaces "
+                   "--layers, --kernel-size, --filters and --pool-stride")
+    add_arguments(s, FlimFit)
+    s.add_argument("--decoder", choices=["pixel", "unet", "none"], default=None,
+                   help=f"the decoder, or none (encoder only); absent: {FlimFit.decoder}")
     s.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
@@ -174,10 +186,9 @@ def add_commands(sub) -> None:
     s.add_argument("images", nargs="+")
     s.add_argument("--marker", nargs=2, action="append", metavar=("IMAGE", "MARKERS"),
                    help="markers of an already marked image (repeatable)")
-    s.add_argument("--spec", default=None)
-    s.add_argument("-k", type=int, default=3)
-    s.add_argument("--superpixels", type=int, default=40)
-    s.add_argument("--projection", choices=["tsne", "pca"], default="tsne")
+    s.add_argument("--spec", default=None, help="encoder architecture (JSON/YAML file or text); "
+                   "replaces --filters")
+    add_arguments(s, FlimRecommend)
     s.add_argument("--json", default=None, help="write distances, lists and 2D points here")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_recommend, outputs={"json": "file"})

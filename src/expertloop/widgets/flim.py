@@ -21,10 +21,14 @@ from magicgui.widgets import (
     Label,
     PushButton,
     Select,
-    SpinBox,
 )
 
-from expertloop.widgets._common import image_layer_choices, layer_array, layer_by_name
+from expertloop.widgets._common import (
+    ConfigControls,
+    image_layer_choices,
+    layer_array,
+    layer_by_name,
+)
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -46,12 +50,11 @@ def _info(msg: str) -> None:
     show_info(msg)
 
 
-def _spec_from(layers: int, kernel: int, filters: int, stride: int, ndim: int, path) -> dict | str:
+def _spec_from(config, ndim: int, path):
+    """The spec file if one is chosen, else ``config``'s architecture."""
     if path is not None and str(path) not in ("", "."):
         return str(path)
-    lay = [{"kernel_size": kernel, "filters_per_class": filters, "pool": "max", "pool_size": 3,
-            "pool_stride": stride} for _ in range(layers)]
-    return {"ndim": ndim, "layers": lay}
+    return config.spec(ndim)
 
 
 def _images_and_markers(data, markers, stack: bool):
@@ -150,15 +153,17 @@ class FlimEncoderWidget(_Base):
         self.open_btn = PushButton(text="Open folder as stack")
         self.markers = ComboBox(label="markers", choices=lambda _: _labels_choices(viewer))
         self.new_btn = PushButton(text="New markers layer")
-        self.n_layers = SpinBox(label="layers", min=1, max=4, value=2)
-        self.kernel = SpinBox(label="kernel size", min=1, max=11, step=2, value=3)
-        self.filters = SpinBox(label="filters per class", min=1, max=64, value=8)
-        self.stride = SpinBox(label="pool stride", min=1, max=4, value=2)
+        from expertloop.engine.flim.params import FlimFit
+
+        # parameters from the engine's FlimFit (defaults, ranges, help live there)
+        self.params = ConfigControls(FlimFit)
+        p = self.params
+        self.n_layers, self.kernel, self.filters, self.stride = (
+            p["n_layers"], p["kernel_size"], p["filters_per_class"], p["pool_stride"])
         self.spec_file = FileEdit(label="or spec (JSON/YAML)", mode="r", filter="*.json *.yaml *.yml",
                                   value="")
         self.fit_btn = PushButton(text="Fit encoder")
-        self.decoder = ComboBox(label="decoder", choices=["pixel", "unet"], value="pixel")
-        self.steps = SpinBox(label="decoder steps", min=1, max=10000, value=100)
+        self.decoder, self.steps = p["decoder"], p["steps"]
         self.train_labels = ComboBox(label="decoder labels",
                                      choices=lambda _: [MARKERS_CHOICE] + _labels_choices(viewer))
         self.binary_mask = CheckBox(text="decoder labels are a mask (0 = background)", value=True)
@@ -203,8 +208,10 @@ class FlimEncoderWidget(_Base):
         if got is None:
             return None
         layer, imgs, mks = got
-        spec = _spec_from(self.n_layers.value, self.kernel.value, self.filters.value, self.stride.value,
-                          self._ndim(layer), self.spec_file.value)
+        from expertloop.engine.config import build
+        from expertloop.engine.flim.params import FlimFit
+
+        spec = _spec_from(build(FlimFit, self.params.values()), self._ndim(layer), self.spec_file.value)
         plane = min(self._current_plane(layer), len(imgs) - 1)
 
         def job():
@@ -332,10 +339,12 @@ class FlimRecommendWidget(_Base):
         self.open_btn = PushButton(text="Open folder as stack")
         self.markers = ComboBox(label="markers", choices=lambda _: _labels_choices(viewer))
         self.new_btn = PushButton(text="New markers layer")
-        self.k = SpinBox(label="recommend k", min=1, max=50, value=3)
-        self.n_segments = SpinBox(label="superpixels", min=4, max=2000, value=40)
-        self.filters = SpinBox(label="filters per class", min=1, max=64, value=8)
-        self.projection = ComboBox(label="projection", choices=["tsne", "pca"], value="tsne")
+        from expertloop.engine.flim.params import FlimRecommend
+
+        self.params = ConfigControls(FlimRecommend)
+        p = self.params
+        self.k, self.n_segments, self.filters, self.projection = (
+            p["k"], p["n_segments"], p["filters_per_class"], p["projection"])
         self.run_btn = PushButton(text="Recommend images")
         self.plot = PlotWidget("FLIM descriptors", "", "", on_pick=self._picked)
         self.hover = Label(value="hover a point to see its file")
@@ -371,10 +380,12 @@ class FlimRecommendWidget(_Base):
         layer, imgs, mks = got
         self.names = list(layer.metadata.get(FILES_KEY, [])) or [f"{layer.name} [{i}]" for i in range(len(imgs))]
         self._images = imgs
-        spec = {"ndim": 2, "layers": [{"kernel_size": 3, "filters_per_class": self.filters.value,
-                                       "pool_stride": 2}]}
-        job = recommend_images(imgs, mks, spec, k=self.k.value, n_segments=self.n_segments.value,
-                               projection=self.projection.value)
+        from expertloop.engine.config import build
+        from expertloop.engine.flim.params import FlimRecommend
+
+        cfg = build(FlimRecommend, self.params.values())
+        job = recommend_images(imgs, mks, cfg.spec(2), k=cfg.k, n_segments=cfg.n_segments,
+                               projection=cfg.projection)
         return self.runner.start(job, description="recommending images", on_result=self.show_result)
 
     def show_result(self, result) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from expertloop.engine.flim.encoder import as_channels_first, encode, upsample
+from expertloop.engine.flim.params import FlimRecommend
 from expertloop.engine.jobs import Job, Progress
 
 
@@ -245,9 +246,9 @@ def recommend_images(
     markers: Sequence[np.ndarray | None],
     spec=None,
     *,
-    k: int = 3,
-    n_segments: int = 40,
-    projection: str = "tsne",
+    k: int = FlimRecommend.k,
+    n_segments: int = FlimRecommend.n_segments,
+    projection: str = FlimRecommend.projection,
     perplexity: float = 10.0,
     seed: int | None = 0,
 ) -> Job:
