@@ -201,3 +201,29 @@ def test_store_read_only_and_full_disk_are_not_called_corrupt():
     assert "read-only" in _db_error_hint(sqlite3.OperationalError("attempt to write a readonly database"))
     assert "disk is full" in _db_error_hint(sqlite3.OperationalError("database or disk is full"))
     assert "damaged" in _db_error_hint(sqlite3.DatabaseError("file is not a database"))
+
+
+def _leaf_parsers(parser, prefix=()):
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield prefix, parser
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from _leaf_parsers(sub, prefix + (name,))
+
+
+def test_every_subcommand_that_writes_declares_its_outputs():
+    """Future subcommands keep the 'check outputs before work' guarantee:
+    an -o/--output, --project or --save-* option must be in ``outputs``."""
+    writes = {"output", "project", "save_source", "history"}
+    missing = []
+    for names, p in _leaf_parsers(cli.build_parser()):
+        declared = set(p.get_default("outputs") or {})
+        opts = {a.dest for a in p._actions if a.option_strings}
+        for dest in (opts & writes) - declared:
+            missing.append(f"{' '.join(names)} --{dest}")
+        if names[:2] == ("flim", "convert-markers"):
+            assert "output" in declared
+    assert not missing, missing

@@ -148,3 +148,30 @@ def test_cmyk_jpeg_is_rgb_and_palette_png_says_so(tmp_path):
         (item,) = read_image(tmp_path / "p.png")
     assert item.meta["metadata"]["colour_mode"] == "P"
     assert "palette" in item.meta["metadata"]["warnings"][0]
+
+
+# ------------------------------------------------------------ box annotation files
+@pytest.mark.parametrize("bbox", [[1, 2, float("nan"), 4], [1, 2, -3, 4], "1234", [1, 2, 3], None])
+def test_blood_coco_boxes_must_be_finite_and_not_negative(tmp_path, bbox):
+    import json
+
+    from expertloop.io.blood_formats import AnnotationFileError, read_coco
+
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}],
+                             "categories": [{"id": 1, "name": "RBC"}],
+                             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": bbox}]}))
+    with pytest.raises(AnnotationFileError, match="bbox|box"):
+        read_coco(p)
+
+
+def test_voc_box_with_negative_size_is_refused(tmp_path, data_dir):
+    from expertloop.io.blood_formats import AnnotationFileError, read_voc
+
+    xml = (data_dir / "blood" / "BloodImage_00001.xml").read_text()
+    import re
+
+    p = tmp_path / "a.xml"
+    p.write_text(re.sub(r"<xmax>\d+</xmax>", "<xmax>-50</xmax>", xml, count=1))
+    with pytest.raises(AnnotationFileError, match="negative width"):
+        read_voc(p)

@@ -43,6 +43,13 @@ class BoxAnnotation:
             raise ValueError(f"{self.filename}: {len(self.boxes)} boxes but {len(self.labels)} labels")
 
 
+def _check_box(path, what, box) -> None:
+    """A box ``[x0, y0, x1, y1]`` of finite numbers with x1 >= x0 and y1 >= y0."""
+    if not all(np.isfinite(box)) or box[2] < box[0] or box[3] < box[1]:
+        raise AnnotationFileError(f"{path}: box {[float(v) for v in box]} of {what} is not finite "
+                                  "or has a negative width or height")
+
+
 def _read_text(path) -> str:
     p = Path(path)
     if not p.is_file():
@@ -79,6 +86,7 @@ def read_voc(path: str | os.PathLike) -> BoxAnnotation:
             xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (TypeError, ValueError) as exc:
             raise AnnotationFileError(f"{path}: bad <bndbox> for {name!r}: {exc}") from exc
+        _check_box(path, name, [xmin - 1, ymin - 1, xmax, ymax])
         boxes.append([xmin - 1, ymin - 1, xmax, ymax])
         labels.append(name)
     return BoxAnnotation(root.findtext("filename") or Path(path).with_suffix(".jpg").name, w, h,
@@ -177,21 +185,38 @@ def read_coco(path: str | os.PathLike) -> list[BoxAnnotation]:
         raise AnnotationFileError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or "images" not in doc or "annotations" not in doc:
         raise AnnotationFileError(f"{path} is not a COCO file (needs 'images' and 'annotations')")
-    cats = {c["id"]: c["name"] for c in doc.get("categories", [])}
-    per: dict[int, list] = {im["id"]: [] for im in doc["images"]}
-    for a in doc["annotations"]:
+    try:
+        cats = {c["id"]: c["name"] for c in doc.get("categories", [])}
+        per: dict[int, list] = {im["id"]: [] for im in doc["images"]}
+    except (KeyError, TypeError) as exc:
+        raise AnnotationFileError(f"{path}: an image or category without id/name ({exc})") from exc
+    for k, a in enumerate(doc["annotations"], 1):
+        if not isinstance(a, dict):
+            raise AnnotationFileError(f"{path}: annotation {k} is not a JSON object")
         if a.get("image_id") not in per:
             raise AnnotationFileError(f"{path}: annotation {a.get('id')} refers to unknown image {a.get('image_id')}")
         if a.get("category_id") not in cats:
             raise AnnotationFileError(f"{path}: annotation {a.get('id')} has unknown category {a.get('category_id')}")
+        bb = a.get("bbox")
+        try:
+            if not isinstance(bb, list) or len(bb) != 4 or any(isinstance(v, (str, bool)) for v in bb):
+                raise ValueError(f"bbox {bb!r}")
+            x, y, w, h = (float(v) for v in bb)
+        except (TypeError, ValueError) as exc:
+            raise AnnotationFileError(f"{path}: annotation {a.get('id')} needs a bbox [x, y, w, h]") from exc
+        _check_box(path, f"annotation {a.get('id')}", [x, y, x + w, y + h])
         per[a["image_id"]].append(a)
     out = []
     for im in doc["images"]:
         recs = per[im["id"]]
         boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in recs]
         has_score = bool(recs) and all("score" in a for a in recs)
+        try:
+            width, height = int(im.get("width", 0)), int(im.get("height", 0))
+        except (TypeError, ValueError) as exc:
+            raise AnnotationFileError(f"{path}: image {im['id']} has a bad width/height") from exc
         out.append(BoxAnnotation(
-            im.get("file_name", str(im["id"])), int(im.get("width", 0)), int(im.get("height", 0)),
+            im.get("file_name", str(im["id"])), width, height,
             np.asarray(boxes, np.float64).reshape(-1, 4), [cats[a["category_id"]] for a in recs],
             np.asarray([a["score"] for a in recs]) if has_score else None,
             [a.get("attributes", {}) for a in recs] if any("attributes" in a for a in recs) else [],

@@ -235,7 +235,7 @@ def read_labels_csv(path, collection: Collection, class_names: Sequence[str]) ->
     # also accept bare file names for images given with a sub-folder
     base = {os.path.basename(n): i for n, i in index.items()}
     labels = np.full(len(collection), UNLABELLED, np.int64)
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM (Excel) is not a column name
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"name", "label"} <= set(reader.fieldnames):
             raise ValueError(f"{path.name}: needs a header with columns 'name' and 'label'")
