@@ -160,14 +160,18 @@ def test_images_by_opaque_id_only(served, client_for, tmp_path):
 def test_script_in_names_is_escaped_everywhere(served, client_for):
     store, _, root = served
     evil = "<script>alert(1)</script>"
-    store.add_user("ada", evil, expertise=[evil])
-    store.assign("ada", "scans", evil)
+    from expertloop.store.core import StoreValidationError
+
+    with pytest.raises(StoreValidationError, match="not a valid user name"):
+        store.add_user("ada", evil)  # markup never becomes a user name
+    store.add_user("ada", "eve", expertise=[evil])
+    store.assign("ada", "scans", "eve")
     store.add_template("ada", "t" + evil, "label", labels=[evil, "ok"])
     store.add_collection("ada", "c" + evil, "t" + evil, description=evil,
                          images=[str(root / "scan0.png")])
     store.push_predictions("ada", "c" + evil, [{"uri": str(root / "scan0.png"),
                                                 "label": evil}])
-    store.annotate("ada", "scans", 1, label="normal", annotator=evil)
+    store.annotate("ada", "scans", 1, label="normal", annotator="eve")
     c = client_for("ada")
     cid = next(col.id for col in store.collections("ada") if col.name == "c" + evil)
     from urllib.parse import quote
