@@ -42,9 +42,9 @@ def test_predict_folder_writes_csv_and_coco(tiny_model, tmp_path, data_dir, caps
     imsave(src / "grey16.png", (np.arange(60 * 80).reshape(60, 80) * 9).astype(np.uint16))
     (src / "broken.png").write_bytes(b"not a png")
     rc = main(["blood", "predict", str(src), "-m", str(tiny_model), "-o", str(tmp_path / "out"),
-               "--score-threshold", "0"])
+               "--score-threshold", "0", "--in-process"])
     err = capsys.readouterr().err
-    assert rc == 1 and "broken.png" in err and "skipped" in err  # one unreadable file
+    assert rc == 1 and "broken.png" in err and "failed" in err  # one unreadable file
     with open(tmp_path / "out" / "regions.csv") as f:
         rows = list(csv.DictReader(f))
     coco = json.loads((tmp_path / "out" / "regions_coco.json").read_text())
@@ -80,7 +80,7 @@ def test_train_from_voc_folder(tmp_path, data_dir):
     assert m.abnormal is not None and m.abnormal.a["init"].shape == ()
     assert m.abnormal.predict_proba(np.full((2, len(m.type_names)), 0.5)).shape == (2,)
     rc = main(["blood", "predict", str(root / "JPEGImages"), "-m", str(out), "-o", str(tmp_path / "pred"),
-               "--score-threshold", "0"])
+               "--score-threshold", "0", "--in-process"])
     assert rc == 0
     assert (tmp_path / "pred" / "regions.csv").exists()
 
@@ -91,7 +91,7 @@ def test_predict_two_folders_with_the_same_file_names_keeps_them_apart(tiny_mode
         (tmp_path / sub).mkdir()
         shutil.copy(data_dir / "blood" / "BloodImage_00001.jpg", tmp_path / sub / "img.jpg")
     rc = main(["blood", "predict", str(tmp_path / "x"), str(tmp_path / "y"), "-m", str(tiny_model),
-               "-o", str(tmp_path / "out"), "--score-threshold", "0"])
+               "-o", str(tmp_path / "out"), "--score-threshold", "0", "--in-process"])
     assert rc == 0
     coco = json.loads((tmp_path / "out" / "regions_coco.json").read_text())
     assert [im["file_name"] for im in coco["images"]] == ["x/img.jpg", "y/img.jpg"]

@@ -58,7 +58,7 @@ def test_features_batch(tmp_path, data_dir):
     out = tmp_path / "out"
     rc = main([
         "features", str(data_dir / "nuclei_crop.tif"), str(bad),
-        "-o", str(out), "--backbone", "resnet18", "--pretrained", "no", "--tile", "64",
+        "-o", str(out), "--backbone", "resnet18", "--pretrained", "no", "--tile", "64", "--in-process",
     ])
     assert rc == 1  # one file failed, and said so
     written = tifffile.imread(out / "nuclei_crop_resnet18_features.tif")

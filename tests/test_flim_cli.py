@@ -19,7 +19,7 @@ def test_fit_segment_recommend_convert(data_dir, tmp_path, capsys):
     assert main(["flim", "fit", str(img), "--markers", str(mk), "--spec", str(spec), "-o", str(tmp_path / "m")]) == 0
     assert "encoder fitted" in capsys.readouterr().out
     assert main(["flim", "segment", str(tmp_path / "m.pt"), str(img), "-o", str(tmp_path / "out"),
-                 "--background-zero"]) == 0
+                 "--background-zero", "--in-process"]) == 0
     seg = tifffile.imread(tmp_path / "out" / "dsb2018_nuclei_128_flim_labels.tif")
     assert dice(seg == 2, tifffile.imread(mask) > 0) > 0.6 and (seg == 1).sum() == 0
     full = tifffile.imread(img)

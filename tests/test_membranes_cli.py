@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from expertloop.cli import main
 
 
@@ -81,3 +83,42 @@ def test_bad_inputs_give_clear_errors(data_dir, tmp_path, capsys):
     assert main(["membranes", "loop", "--project", str(tmp_path / "d"), "--target-images",
                  str(d / "nope.png"), "--target-truth", str(d / "nope.png"),
                  "--target-membrane-value", "255"]) == 2
+
+
+def test_membranes_predict_stack_and_bad_inputs(tmp_path, capsys):
+    """``membranes predict MODEL IMAGES -o OUT``: a stack is predicted plane by
+    plane and equals predict_dense of each plane; bad inputs are one line."""
+    import tifffile
+
+    from expertloop.engine.jobs import run_job
+    from expertloop.engine.membranes.net import (
+        NetConfig,
+        build_net,
+        predict_dense,
+        save_net,
+    )
+
+    net = build_net(NetConfig(window=16, channels=(4, 4, 4), hidden=(8, 8)), seed=5)
+    model = save_net(tmp_path / "m", net, kind="target")
+    stack = np.random.default_rng(1).integers(0, 255, (3, 40, 36), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, imagej=True, metadata={"axes": "ZYX", "spacing": 2.0},
+                     resolution=(2.0, 2.0))
+    (tmp_path / "list.txt").write_text("stack.tif\n")
+    rc = main(["membranes", "predict", str(model), f"@{tmp_path / 'list.txt'}", "-o", str(tmp_path / "out"),
+               "--tile", "16", "--in-process"])
+    assert rc == 0
+    with tifffile.TiffFile(tmp_path / "out" / "stack_membranes.tif") as tif:
+        prob = tif.asarray()
+        assert tif.imagej_metadata["spacing"] == 2.0
+    assert prob.shape == stack.shape and prob.dtype == np.float32
+    for z in range(3):
+        np.testing.assert_allclose(prob[z], run_job(predict_dense(net, stack[z])), atol=1e-6)
+    capsys.readouterr()
+    for argv, words in [([str(model), str(tmp_path / "*.png")], "no image matches"),
+                        ([str(tmp_path / "nomodel.pt"), str(tmp_path / "stack.tif")], "nomodel"),
+                        ([str(model), str(tmp_path / "stack.tif"), "--scheduler", "tcp://127.0.0.1:9",
+                          "--scheduler-timeout", "1"],
+                         "cannot reach the dask scheduler")]:
+        assert main(["membranes", "predict", *argv, "-o", str(tmp_path / "o2")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and "Traceback" not in err[0], err

@@ -18,7 +18,8 @@ def test_spots_cli_end_to_end(tmp_path, data_dir, capsys):
     assert main(["spots", "train", str(vol), str(clicks), "-o", str(model), "--epochs", "2",
                  "--source-epochs", "2", "--max-negatives", "500"]) == 0
     assert (tmp_path / "m.pt").exists() and (tmp_path / "m.json").exists()
-    assert main(["spots", "detect", str(model), str(vol), "-o", str(tmp_path / "out"), "--threshold", "0"]) == 0
+    assert main(["spots", "detect", str(model), str(vol), "-o", str(tmp_path / "out"), "--threshold", "0",
+                 "--in-process"]) == 0
     table = np.loadtxt(tmp_path / "out" / "colin27_crop_phantom_spots.csv", delimiter=",", skiprows=1, ndmin=2)
     assert table.shape[1] == 6 and len(table) > 0 and (table[:, 3] >= 0).all()
 

@@ -175,35 +175,15 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    import numpy as np
+    from expertloop.commands._batch import exit_code, run_batch_command
+    from expertloop.engine.batch import expand_inputs
+    from expertloop.engine.batch_tasks import feature_pca_image
 
-    from expertloop.engine.features import feature_pca
-    from expertloop.engine.jobs import run_job
-    from expertloop.io import ImageReadError, read_image, write_tiff
-
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for i, path in enumerate(args.images, 1):
-        print(f"[{i}/{len(args.images)}] {path}", file=sys.stderr)
-        try:
-            item = read_image(path)[0]
-        except ImageReadError as exc:
-            print(f"  skipped: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        job = feature_pca(
-            item.data, args.backbone, pretrained=args.pretrained, tile=args.tile,
-            rgb=bool(item.meta.get("rgb")), device=args.device, seed=args.seed,
-        )
-        rgb, stride = run_job(job, on_progress=_progress_printer())
-        print(file=sys.stderr)
-        target = out_dir / f"{item.meta['name']}_{args.backbone}_features.tif"
-        scale = [float(s) for s in item.meta.get("scale", [1.0] * (rgb.ndim - 1))]
-        scale[-2:] = [s * stride for s in scale[-2:]]
-        write_tiff(target, (rgb * 255).astype(np.uint8), {"rgb": True, "scale": scale})
-        print(f"  wrote {target}", file=sys.stderr)
-    return 1 if failures else 0
+    files = expand_inputs(args.images)
+    params = {"backbone": args.backbone, "pretrained": args.pretrained, "tile": args.tile,
+              "device": args.device, "seed": args.seed}
+    return exit_code(run_batch_command(args, feature_pca_image, files,
+                                      (f"_{args.backbone}_features.tif",), params))
 
 
 # --------------------------------------------------------------- parser
@@ -229,17 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--widget", action="append", help="widget to dock (repeatable)")
     s.set_defaults(func=cmd_gui)
 
+    from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
     from expertloop.engine.features import BACKBONES
 
-    s = sub.add_parser("features", help="CNN feature PCA images for a batch of files")
-    s.add_argument("images", nargs="+", help="NIfTI, TIFF, PNG or JPEG files")
-    s.add_argument("-o", "--output", required=True, help="output folder")
-    s.add_argument("--backbone", default="mobilenet_v2", choices=sorted(BACKBONES))
+    s = sub.add_parser("features", help="CNN feature PCA images for a batch of files",
+                       description="Write OUT/<image>_<backbone>_features.tif (RGB) per image.")
+    s.add_argument("images", nargs="+", help=INPUTS_HELP + "; NIfTI, TIFF, PNG or JPEG")
+    s.add_argument("--backbone", default="mobilenet_v2", choices=sorted(BACKBONES),
+                   help="torchvision backbone (default mobilenet_v2)")
     s.add_argument("--pretrained", default="auto", type=_pretrained,
                    help="auto (default), yes or no")
-    s.add_argument("--tile", type=int, default=512)
-    s.add_argument("--device", default=None)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the PCA and random weights (default 0)")
+    add_batch_arguments(s)
     s.set_defaults(func=cmd_features, outputs={"output": "folder"})
 
     # Workflow subcommands live in expertloop.commands.<workflow> modules,

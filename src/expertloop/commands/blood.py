@@ -2,7 +2,7 @@
 
 ::
 
-    expertloop blood predict FOLDER_OR_IMAGES... -m model.pt -o out/ [--score-threshold 0.5]
+    expertloop blood predict IMAGES... -m model.pt -o out/ [--score-threshold 0.5] [--scheduler ADDR]
     expertloop blood train VOC_FOLDER -o model.pt [--det-epochs 20] [--detector mobilenet_v2]
 """
 
@@ -11,25 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
-
-
-def _image_files(inputs) -> list[Path]:
-    from expertloop.io.readers import SUPPORTED_SUFFIXES
-
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(SUPPORTED_SUFFIXES))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"{p} not found")
-    if not files:
-        raise FileNotFoundError(f"no images found in {', '.join(map(str, inputs))}")
-    return files
 
 
 def _image_names(files: list[Path]) -> list[str]:
@@ -46,61 +28,27 @@ def _image_names(files: list[Path]) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
+    from expertloop.commands._batch import exit_code, run_batch_command
+    from expertloop.engine.batch import expand_inputs, worker_cache
+    from expertloop.engine.batch_tasks import OUTPUTS, _blood_model, blood_predict
+    from expertloop.io.blood_formats import merge_coco, merge_csv
 
-    from expertloop.cli import _progress_printer
-    from expertloop.engine.blood import load_blood_model, predict_image
-    from expertloop.engine.jobs import run_job
-    from expertloop.io import ImageReadError, read_image
-    from expertloop.io.blood_formats import (
-        results_to_annotations,
-        results_to_rows,
-        write_coco,
-        write_csv,
-    )
-
-    model = load_blood_model(args.model, device=args.device)
-    model.set_thresholds(candidate_floor=args.candidate_floor, score_threshold=args.score_threshold,
-                         type_threshold=args.type_threshold)
-    thr, tthr = model.score_threshold, model.type_threshold
-    files = _image_files(args.inputs)
-    names = _image_names(files)
+    # a bad model file: one error line before any worker starts (and the
+    # in-process runs reuse the loaded model)
+    worker_cache(_blood_model, str(args.model), args.device)
+    files = expand_inputs(args.inputs)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    results, failures = [], 0
-    show = _progress_printer()
-    for i, (f, name) in enumerate(zip(files, names), 1):
-        print(f"[{i}/{len(files)}] {f}", file=sys.stderr)
-        try:
-            item = read_image(f)[0]
-            data = np.asarray(item.data)
-            rgb = bool(item.meta.get("rgb"))
-            if data.ndim > (3 if rgb else 2):
-                print(f"  {f.name} is a stack: using its first plane", file=sys.stderr)
-                data = data.reshape((-1,) + data.shape[-(3 if rgb else 2):])[0]
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                res = run_job(predict_image(model, data, name=name, device=args.device), on_progress=show)
-            print(file=sys.stderr)
-            for w in caught:
-                print(f"  warning: {w.message}", file=sys.stderr)
-        except (ImageReadError, ValueError) as exc:
-            print(f"  skipped: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        s = res.summary(thr, tthr)
-        print(f"  {s['regions']} regions, {s['abnormal_regions']} abnormal; "
-              + ", ".join(f"{t} {n}" for t, n in s["per_type"].items() if n), file=sys.stderr)
-        results.append(res)
+    thresholds = {"candidate_floor": args.candidate_floor, "score_threshold": args.score_threshold,
+                  "type_threshold": args.type_threshold}
+    params = {"model": str(args.model), "device": args.device, "thresholds": thresholds,
+              "display_names": dict(zip(map(str, files), _image_names(files)))}
+    report = run_batch_command(args, blood_predict, files, OUTPUTS["blood"], params, out / "per_image")
+    ok = [o for o in report.outcomes if o.ok]
     if "csv" in args.format:
-        p = write_csv(out / "regions.csv", results_to_rows(results, thr, tthr))
-        print(f"wrote {p}", file=sys.stderr)
+        print(f"wrote {merge_csv([o.outputs[0] for o in ok], out / 'regions.csv')}", file=sys.stderr)
     if "coco" in args.format:
-        p = write_coco(out / "regions_coco.json",
-                       results_to_annotations(results, thr, tthr),
-                       categories=model.det_classes)
-        print(f"wrote {p}", file=sys.stderr)
-    return 1 if failures else 0
+        print(f"wrote {merge_coco([o.outputs[1] for o in ok], out / 'regions_coco.json')}", file=sys.stderr)
+    return exit_code(report)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -159,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     from expertloop.cli import _pretrained
+    from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
     from expertloop.engine.blood.model import THRESHOLDS, BloodModel
     from expertloop.engine.blood.pipeline import BloodTraining
     from expertloop.engine.config import add_arguments
@@ -166,13 +115,16 @@ def add_commands(sub) -> None:
     p = sub.add_parser("blood", help="blood-cell detection and multi-label classification")
     bsub = p.add_subparsers(dest="blood_command", metavar="ACTION", required=True)
 
-    s = bsub.add_parser("predict", help="detect and classify cells in images or folders")
-    s.add_argument("inputs", nargs="+", help="image files and/or folders (PNG, JPEG, TIFF)")
+    s = bsub.add_parser("predict", help="detect and classify cells in images or folders",
+                        description="Detect and classify cells. Each image's regions are written to "
+                                    "OUT/per_image/ as soon as it is done; OUT/regions.csv and "
+                                    "OUT/regions_coco.json are merged from them at the end.")
+    s.add_argument("inputs", nargs="+", help=INPUTS_HELP)
     s.add_argument("-m", "--model", required=True, help="model file (.pt with its .json)")
-    s.add_argument("-o", "--output", required=True, help="output folder")
-    s.add_argument("--format", nargs="+", choices=["csv", "coco"], default=["csv", "coco"])
+    s.add_argument("--format", nargs="+", choices=["csv", "coco"], default=["csv", "coco"],
+                   help="merged summaries to write (default: both)")
     add_arguments(s, BloodModel, THRESHOLDS, when_absent="the value saved in the model")
-    s.add_argument("--device", default=None)
+    add_batch_arguments(s)
     s.set_defaults(func=cmd_predict, outputs={"output": "folder"})
 
     s = bsub.add_parser("train", help="train a model from a Pascal VOC folder (Annotations/, JPEGImages/)")

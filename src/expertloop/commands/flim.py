@@ -89,23 +89,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    import numpy as np
+    from expertloop.commands._batch import exit_code, run_batch_command
+    from expertloop.engine.batch import expand_inputs, worker_cache
+    from expertloop.engine.batch_tasks import OUTPUTS, _flim_network, flim_segment
 
-    from expertloop.engine.flim import load_network, predict
-    from expertloop.io import write_tiff
-
-    net = load_network(args.model)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, p in enumerate(args.images, 1):
-        cls, _ = predict(net, _read(p))
-        cls = cls.astype(np.int32)
-        if args.background_zero:
-            cls[cls == 1] = 0
-        target = out / f"{Path(p).name.split('.')[0]}_flim_labels.tif"
-        write_tiff(target, cls, {"name": target.stem})
-        print(f"[{i}/{len(args.images)}] wrote {target}")
-    return 0
+    worker_cache(_flim_network, str(args.model), args.device)  # a bad model: one error line first
+    files = expand_inputs(args.images)
+    params = {"model": str(args.model), "device": args.device, "background_zero": args.background_zero}
+    return exit_code(run_batch_command(args, flim_segment, files, OUTPUTS["flim"], params))
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -156,6 +147,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
+    from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
     from expertloop.engine.config import add_arguments
     from expertloop.engine.flim.params import FlimFit, FlimRecommend
 
@@ -175,11 +167,12 @@ def add_commands(sub) -> None:
     s.add_argument("--device", default=None)
     s.set_defaults(func=cmd_fit, outputs={"output": "model"})
 
-    s = fs.add_parser("segment", help="segment images with a saved FLIM network")
-    s.add_argument("model")
-    s.add_argument("images", nargs="+")
-    s.add_argument("-o", "--output", required=True, help="output folder (TIFF labels)")
+    s = fs.add_parser("segment", help="segment images with a saved FLIM network",
+                      description="Write OUT/<image>_flim_labels.tif (int32 classes) per image.")
+    s.add_argument("model", help="a FLIM network saved by 'flim fit' or the widget (.pt)")
+    s.add_argument("images", nargs="+", help=INPUTS_HELP)
     s.add_argument("--background-zero", action="store_true", help="write class 1 as 0")
+    add_batch_arguments(s, output_help="output folder (TIFF labels)")
     s.set_defaults(func=cmd_segment, outputs={"output": "folder"})
 
     s = fs.add_parser("recommend", help="recommend the next images to mark (no ground truth)")

@@ -1,4 +1,6 @@
-"""``expertloop membranes loop``: the membrane active-learning loop without a GUI.
+"""``expertloop membranes loop`` (the membrane active-learning loop without a
+GUI) and ``expertloop membranes predict MODEL IMAGES -o OUT`` (apply a saved
+membrane network to images and stacks, as a batch on dask.distributed).
 
 A *simulated expert* stands in for the person: each round it copies the
 ground truth inside the proposed region (documented as such; for
@@ -54,6 +56,31 @@ def add_commands(sub) -> None:
     add_arguments(p, MembraneConfig, when_absent="the project's value when resuming")
     p.add_argument("--json", action="store_true", help="print the per-round records as JSON (last line)")
     p.set_defaults(func=cmd_membranes_loop, outputs={"project": "folder", "save_source": "model"})
+
+    from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
+
+    p = ms.add_parser(
+        "predict", help="P(membrane) maps of images and stacks with a saved membrane network",
+        description="Write OUT/<image>_membranes.tif (float32 P(membrane), same shape and pixel "
+                    "size as the image; a stack is read and predicted one plane at a time).")
+    p.add_argument("model", help="a membrane network saved by the widget or 'membranes loop' (.pt)")
+    p.add_argument("images", nargs="+", help=INPUTS_HELP)
+    p.add_argument("--tile", type=int, default=256, help="tile size of the dense evaluation (default 256)")
+    add_batch_arguments(p)
+    p.set_defaults(func=cmd_membranes_predict)
+
+
+def cmd_membranes_predict(args: argparse.Namespace) -> int:
+    from expertloop.commands._batch import exit_code, run_batch_command
+    from expertloop.engine.batch import expand_inputs, worker_cache
+    from expertloop.engine.batch_tasks import OUTPUTS, _membrane_net, membranes_predict
+
+    if args.tile < 1:
+        raise ValueError("--tile must be at least 1")
+    worker_cache(_membrane_net, str(args.model), args.device)  # a bad model: one error line first
+    files = expand_inputs(args.images)
+    params = {"model": str(args.model), "device": args.device, "tile": args.tile}
+    return exit_code(run_batch_command(args, membranes_predict, files, OUTPUTS["membranes"], params))
 
 
 def _read_all(paths, what):

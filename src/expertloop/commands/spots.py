@@ -99,44 +99,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from expertloop.engine.jobs import run_job
+    from expertloop.commands._batch import exit_code, run_batch_command
+    from expertloop.engine.batch import expand_inputs, worker_cache
+    from expertloop.engine.batch_tasks import OUTPUTS, _spot_detector, spots_detect
     from expertloop.engine.persistence import ModelFileError
-    from expertloop.engine.spots.lcnn import SpotDetector, detect_spots
-    from expertloop.io import ImageReadError, read_image
 
     try:
-        det = SpotDetector.load(args.model)
+        worker_cache(_spot_detector, str(args.model), args.device)  # a bad model: one error line first
     except (ModelFileError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for path in args.images:
-        try:
-            item = read_image(path)[0]
-            if item.meta.get("rgb") or item.data.ndim != 3:
-                raise ValueError(f"a {'colour' if item.meta.get('rgb') else f'{item.data.ndim}D'} image "
-                                 f"(shape {tuple(item.data.shape)}); the spot detector works on 3D "
-                                 "grey-level volumes")
-            found = run_job(detect_spots(det, item.data), on_progress=_progress())
-        except (ImageReadError, OSError, ValueError) as exc:
-            print(f"\n{path}: skipped: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        s = found.spots(args.threshold, args.join_radius)  # None: SpotSelection's defaults
-        table = np.column_stack([s["points"], s["probability"], s["n_slices"], s["n_patches"]])
-        target = out / f"{item.meta.get('name', Path(path).stem)}_spots.csv"
-        np.savetxt(target, table, delimiter=",", header="z,y,x,probability,n_slices,n_patches",
-                   comments="", fmt=["%.2f", "%.2f", "%.2f", "%.4f", "%d", "%d"])
-        print(f"\n{path}: {len(table)} spots -> {target}", file=sys.stderr)
-    return 1 if failures else 0
+    files = expand_inputs(args.images)
+    params = {"model": str(args.model), "device": args.device, "threshold": args.threshold,
+              "join_radius": args.join_radius}
+    return exit_code(run_batch_command(args, spots_detect, files, OUTPUTS["spots"], params))
 
 
 def add_commands(sub) -> None:
     from expertloop.cli import positive_int
+    from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
     from expertloop.engine.config import add_arguments
     from expertloop.engine.spots.lcnn import SpotConfig, SpotSelection
 
@@ -158,9 +139,11 @@ def add_commands(sub) -> None:
     s.add_argument("--device", default=None)
     s.set_defaults(func=cmd_train, outputs={"output": "model"})
 
-    s = ss.add_parser("detect", help="detect 3D spots with a trained spot model")
+    s = ss.add_parser("detect", help="detect 3D spots with a trained spot model",
+                      description="Write OUT/<image>_spots.csv (z, y, x, probability, n_slices, "
+                                  "n_patches) per image.")
     s.add_argument("model", help="model path (.pt with its .json)")
-    s.add_argument("images", nargs="+")
-    s.add_argument("-o", "--output", required=True, help="output folder (one CSV per image)")
+    s.add_argument("images", nargs="+", help=INPUTS_HELP)
     add_arguments(s, SpotSelection)
+    add_batch_arguments(s, output_help="output folder (one CSV per image)")
     s.set_defaults(func=cmd_detect, outputs={"output": "folder"})

@@ -168,12 +168,7 @@ def write_coco(path: str | os.PathLike, anns: Sequence[BoxAnnotation],
             annotations.append(rec)
     doc = {"images": images, "annotations": annotations,
            "categories": [{"id": v, "name": k} for k, v in cat_id.items()]}
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    return _replace_atomically(Path(path), json.dumps(doc, indent=1))
 
 
 def read_coco(path: str | os.PathLike) -> list[BoxAnnotation]:
@@ -271,3 +266,54 @@ def results_to_annotations(results, score_threshold: float = 0.5, type_threshold
         out.append(BoxAnnotation(res.name, w, h, res.boxes[m], [lab for lab, k in zip(res.labels, m) if k],
                                  res.scores[m], attrs))
     return out
+
+
+# ------------------------------------------------------------ merging per-image files
+def _replace_atomically(target: Path, text: str) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".part-{os.getpid()}-{target.name}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def merge_csv(paths: Sequence[str | os.PathLike], target: str | os.PathLike) -> Path:
+    """Concatenate CSV files (columns: the union, in first-seen order) into ``target``, atomically."""
+    import io
+
+    rows, keys = [], {}
+    for p in paths:
+        with open(p, newline="", encoding="utf-8") as f:
+            r = csv.DictReader(f)
+            keys.update(dict.fromkeys(r.fieldnames or []))
+            rows += list(r)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(keys) or ["image"], restval="")
+    w.writeheader()
+    w.writerows(rows)
+    return _replace_atomically(Path(target), buf.getvalue())
+
+
+def merge_coco(paths: Sequence[str | os.PathLike], target: str | os.PathLike) -> Path:
+    """Merge COCO files into one (image and annotation ids renumbered,
+    categories matched by name) written atomically to ``target``."""
+    cats: dict[str, int] = {}
+    images, annotations = [], []
+    for p in paths:
+        try:
+            doc = json.loads(_read_text(p))
+        except json.JSONDecodeError as exc:
+            raise AnnotationFileError(f"{p} is not valid JSON: {exc}") from exc
+        cat_name = {c["id"]: c["name"] for c in doc.get("categories", [])}
+        for name in cat_name.values():
+            cats.setdefault(name, len(cats) + 1)
+        image_id = {}
+        for im in doc.get("images", []):
+            image_id[im["id"]] = len(images) + 1
+            images.append({**im, "id": len(images) + 1})
+        for a in doc.get("annotations", []):
+            annotations.append({**a, "id": len(annotations) + 1, "image_id": image_id[a["image_id"]],
+                                "category_id": cats[cat_name[a["category_id"]]]})
+    doc = {"images": images, "annotations": annotations,
+           "categories": [{"id": v, "name": k} for k, v in cats.items()]}
+    return _replace_atomically(Path(target), json.dumps(doc, indent=1))
