@@ -29,7 +29,8 @@ What is written
 Each image's outputs are written under temporary names in the output folder
 and renamed into place (``os.replace``, atomic on one file system) only when
 the whole image succeeded, so a crash or a killed worker never leaves a
-half-written output. ``skip_existing=True`` skips images whose outputs all
+half-written output (the temporary files of a killed worker are removed at
+the end of the batch, those of a crashed run at the start of the next). ``skip_existing=True`` skips images whose outputs all
 exist: rerun the same command to finish a crashed batch. An image that fails
 is listed in the report with its reason and does not stop the others.
 Output names come from :func:`output_names` (unique even for files of the
@@ -204,10 +205,31 @@ def limit_threads(n: int) -> None:
     get_torch().set_num_threads(n)
 
 
+def local_array(a) -> Any:
+    """``a`` as a numpy array; a dask array is computed in this thread with
+    dask's synchronous scheduler (inside a dask worker the default would send
+    the lazy file reads back to the cluster, which cannot pickle them)."""
+    import numpy as np
+
+    compute = getattr(a, "compute", None)
+    return np.asarray(compute(scheduler="synchronous") if compute else a)
+
+
 def temporary_name(target: Path) -> Path:
     """Where ``target`` is written before it is renamed into place (same
     folder, same suffix, hidden)."""
     return target.with_name(f".part-{uuid.uuid4().hex[:10]}-{target.name}")
+
+
+def remove_leftovers(targets: Iterable[Path]) -> int:
+    """Delete temporary files of ``targets`` left by a killed worker or a
+    crashed run (see :func:`temporary_name`); returns how many."""
+    n = 0
+    for t in targets:
+        for p in t.parent.glob(f".part-{'[0-9a-f]' * 10}-{glob.escape(t.name)}"):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 @dataclass
@@ -232,18 +254,15 @@ def run_one(task: Callable, source: Path, name: str, targets: list[Path], params
 
     ``task(source, paths, name, params) -> str`` must write every one of
     ``paths`` (temporary names of ``targets``) and return a one-line summary.
+    It computes lazy (dask) reads with :func:`local_array` (in the worker, not
+    through the cluster's scheduler).
     """
     t0 = time.perf_counter()
     tmp = [temporary_name(t) for t in targets]
     try:
         if threads:
             limit_threads(threads)
-        import dask
-
-        # an image's lazy (dask) reads are computed here, in this worker, not
-        # sent back to the cluster's scheduler
-        with dask.config.set(scheduler="synchronous"):
-            message = task(source, tmp, name, params) or ""
+        message = task(source, tmp, name, params) or ""
         missing = [t.name for t, p in zip(targets, tmp) if not p.exists()]
         if missing:
             raise RuntimeError(f"the step wrote no {', '.join(missing)}")
@@ -348,7 +367,11 @@ def _run(task, files, names, targets, params, skip_existing, client, scheduler, 
     done = total - len(todo)
     yield Progress(done, total, f"{done} of {total} images already done" if done else "starting")
 
+    every = [p for t in targets for p in t]
+    remove_leftovers(every)  # of a crashed earlier run
+
     def finish(where: str) -> BatchReport:
+        remove_leftovers(every)  # of workers killed during this run
         return BatchReport([o for o in outcomes if o is not None], time.perf_counter() - t0, where)
 
     if not todo:

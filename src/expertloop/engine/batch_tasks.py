@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from expertloop.engine.batch import worker_cache
+from expertloop.engine.batch import local_array, worker_cache
 from expertloop.engine.jobs import run_job
 
 #: output suffixes of each step
@@ -178,7 +178,7 @@ def membranes_predict(source: Path, paths, name: str, params: dict[str, Any]) ->
         meta["spacing"] = float(scale[0])
     def probabilities():
         for z in range(len(planes)):
-            yield run_job(predict_dense(model, np.asarray(planes[z]), tile=params.get("tile", 256),
+            yield run_job(predict_dense(model, local_array(planes[z]), tile=params.get("tile", 256),
                                         device=params.get("device")))
 
     tifffile.imwrite(str(paths[0]), probabilities(), shape=tuple(data.shape), dtype=np.float32,
