@@ -99,3 +99,40 @@ def test_rescale_composes_sub_jobs():
 def test_progress_fraction_unknown_total():
     assert Progress(3).fraction is None
     assert "3" in str(Progress(3, None, "x"))
+
+
+def test_checks_first_raises_at_the_call_then_runs_from_the_checks():
+    from expertloop.engine.jobs import CHECKED, checks_first
+
+    ran = []
+
+    @checks_first
+    def job(n):
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        ran.append("checked")
+        yield CHECKED
+        for i in range(n):
+            yield Progress(i + 1, n)
+        return n * 10
+
+    with pytest.raises(ValueError, match="n must be"):
+        job(-1)  # no run_job needed: the call itself raises
+    j = job(2)
+    assert ran == ["checked"]
+    seen = []
+    assert run_job(j, on_progress=seen.append) == 20 and [p.step for p in seen] == [1, 2]
+
+    @checks_first
+    def forgot():
+        yield Progress(1, 1)
+
+    with pytest.raises(TypeError, match="yields CHECKED"):
+        forgot()
+
+    @checks_first
+    def trivial():
+        yield CHECKED
+        return "done"
+
+    assert run_job(trivial()) == "done"

@@ -120,6 +120,8 @@ def test_bad_inputs_become_notifications(make_napari_viewer, em, tmp_path, notif
     viewer.add_image(em["tgt"], name="vnc")
     w.target_image.value = "vnc"
     assert w.open_project() is not None
+    assert w.transfer() is None and not w.runner.running  # refused at once, nothing started
+    assert any("no source model yet" in str(n.message) for n in notifications)
     viewer.add_image(em["src"][0], name="isbi")
     viewer.add_labels(np.ones((96, 96), np.uint8), name="one class")
     w.source_image.value, w.source_labels.value, w.source_value.value = "isbi", "one class", 1

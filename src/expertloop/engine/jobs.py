@@ -27,6 +27,7 @@ napari widgets drive the same generator in a worker thread
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -160,6 +161,52 @@ def rescale(job: Job[T], start: float, stop: float, total: int) -> Job[T]:
             yield Progress(step, total, record.message, record.partial)
     finally:
         job.close()
+
+
+class _Checked:
+    def __repr__(self) -> str:
+        return "CHECKED"
+
+
+#: what a :func:`checks_first` job yields once its input checks have passed
+CHECKED: Any = _Checked()
+
+
+def _returning(value: T) -> Job[T]:
+    return value
+    yield  # pragma: no cover  (makes this a generator)
+
+
+def checks_first(job_function: Callable[..., Job[T]]) -> Callable[..., Job[T]]:
+    """Decorator: the job's input checks run when it is *called*, not at its first step.
+
+    The decorated generator function checks its inputs, then ``yield CHECKED``;
+    calling it runs it up to that point, so a bad input raises right away,
+    in the caller's thread (a widget can say so before starting a worker),
+    and returns the job, which goes on from there. Keep the code before
+    ``CHECKED`` cheap: it runs in the caller's thread. ::
+
+        @checks_first
+        def smooth(stack, sigma) -> Job[np.ndarray]:
+            if sigma <= 0:
+                raise ValueError("sigma must be positive")
+            yield CHECKED
+            ...
+    """
+    @functools.wraps(job_function)
+    def call(*args: Any, **kwargs: Any) -> Job[T]:
+        job = job_function(*args, **kwargs)
+        try:
+            first = next(job)
+        except StopIteration as stop:
+            return _returning(stop.value)
+        if first is not CHECKED:
+            job.close()
+            raise TypeError(f"{job_function.__qualname__}: a @checks_first job yields CHECKED "
+                            "after its checks, before any progress")
+        return job
+
+    return call
 
 
 def print_progress(record: Progress) -> None:

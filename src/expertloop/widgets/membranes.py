@@ -150,6 +150,16 @@ class MembraneWidget(Container):
             return False
         return True
 
+    def _start(self, make_job, **kw) -> Any:
+        """Make the job (its input checks run now: engine.jobs.checks_first) and run it;
+        a refused input becomes a notification instead of a started step."""
+        try:
+            job = make_job()
+        except (ValueError, RuntimeError, FileNotFoundError) as exc:
+            _show(str(exc))
+            return None
+        return self.runner.start(job, **kw)
+
     def _target_layer_name(self, i: int) -> str:
         return f"membranes target {i}"
 
@@ -241,13 +251,13 @@ class MembraneWidget(Container):
         except Exception as exc:  # bad files and inputs become notifications
             _show(str(exc))
             return None
-        return self.runner.start(self.project.train_source(images, labels), description="source training",
+        return self._start(lambda: self.project.train_source(images, labels), description="source training",
                                  on_result=lambda _: self._refresh())
 
     def transfer(self, *_) -> Any:
         if not self._need_project("transfer"):
             return None
-        return self.runner.start(self.project.transfer(), description="transfer",
+        return self._start(self.project.transfer, description="transfer",
                                  on_result=lambda _: self._refresh())
 
     def propose(self, *_) -> Any:
@@ -258,7 +268,7 @@ class MembraneWidget(Container):
             self._show_proposal(out["region"], out["prob"])
             self._refresh()
 
-        return self.runner.start(self.project.propose(), description="region proposal", on_result=show)
+        return self._start(self.project.propose, description="region proposal", on_result=show)
 
     def _show_proposal(self, region, prob) -> None:
         from expertloop.engine.membranes.loop import prefill_region
@@ -306,4 +316,4 @@ class MembraneWidget(Container):
             self._show_project_layers()
             self._refresh()
 
-        return self.runner.start(self.project.retrain(), description="retraining", on_result=done)
+        return self._start(self.project.retrain, description="retraining", on_result=done)

@@ -82,17 +82,6 @@ def _read_path_image(path: str | None):
     return np.asarray(read_image(path)[0].data)
 
 
-def _primed(job):
-    """Run a job's checks now (up to its first yield), so bad input is reported at once."""
-    first = next(job)
-
-    def resumed():
-        yield first
-        return (yield from job)
-
-    return resumed()
-
-
 class ReviewQueueWidget(Container):
     """One hard case at a time; decisions are saved immediately."""
 
@@ -450,8 +439,8 @@ class SemiAutoWidget(Container):
             _show_info("Semi-automatic labelling: load a project first")
             return None
         try:
+            # checks run at the call (engine.jobs.checks_first): a bad state is reported at once
             job = random_baseline(self.loop, make_classifier(self.classifier.value), float(self.params['rate'].value))
-            job = _primed(job)
         except ValueError as exc:
             _show_info(f"Semi-automatic labelling: {exc}")
             return None

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from expertloop.engine.config import apply_values, param, validate
-from expertloop.engine.jobs import Job, Progress, rescale
+from expertloop.engine.jobs import CHECKED, Job, Progress, checks_first, rescale
 from expertloop.engine.membranes import net as _net
 from expertloop.engine.membranes import region as _region
 
@@ -299,6 +299,11 @@ class MembraneProject:
         return (self.folder / "models" / "source.json").exists()
 
     @property
+    def has_target(self) -> bool:
+        """A target network exists (after the transfer step)."""
+        return (self.folder / "models" / "target.json").exists()
+
+    @property
     def model(self):
         """The current target network (loaded lazily), or None before transfer."""
         if self._model is None and (self.folder / "models" / "target.json").exists():
@@ -325,9 +330,11 @@ class MembraneProject:
         self.save()
         self.log({"event": "source model set"})
 
+    @checks_first
     def train_source(self, images: Sequence[Any], labels: Sequence[Any]) -> Job[Any]:
         """Job: train the source network on ``images`` with 0/1/2 ``labels``."""
         _net.check_domains(images, self.target_images)
+        yield CHECKED
         c = self.config
         model = _net.build_net(c.net_config(), seed=c.seed)
         hist = yield from _net.train_net(
@@ -338,9 +345,14 @@ class MembraneProject:
         self.log({"event": "source trained", "history": hist.epochs})
         return model
 
+    @checks_first
     def transfer(self) -> Job[dict[str, Any]]:
         """Job: copy the first k layers of the source network into a new target
         network, train it on the target labels, score it (round 0)."""
+        if not self.has_source:
+            raise FileNotFoundError("the project has no source model yet: train or load one")
+        self._labelled()  # raises when there is nothing to train on
+        yield CHECKED
         c = self.config
         src = self.source_model()
         model = _net.transfer(src, c.k, c.mode, seed=c.seed)
@@ -415,17 +427,21 @@ class MembraneProject:
         w = self.config.window
         return [~_region.windows(lab > 0, w).any(axis=(2, 3)) for lab in self.target_labels]
 
+    @checks_first
     def propose(self, *, strategy: str | None = None, n_windows: int | None = None) -> Job[dict[str, Any]]:
         """Job: predict every target image, search the region (or draw a random
         one), store it as the current proposal. Returns ``{"region", "prob",
         "uncertainty", "search_seconds"}`` for the region's image."""
         import time
 
-        model = self.model
-        if model is None:
+        if not self.has_target:
             raise RuntimeError("no target network yet: run the transfer step first")
         c = self.config
         strategy = strategy or c.strategy
+        if strategy not in ("objective", "random"):
+            raise ValueError(f"strategy must be 'objective' or 'random', got {strategy!r}")
+        yield CHECKED
+        model = self.model
         free = self.free_windows()
         probs = []
         n = len(self.target_images)
@@ -490,16 +506,20 @@ class MembraneProject:
         self.log({"event": "accepted", "image": reg.image, "pixels": int(mask.sum())})
         return int(mask.sum())
 
+    @checks_first
     def retrain(self) -> Job[dict[str, Any]]:
         """Job: fine-tune the current network on all target labels, score it."""
-        model = self.model
-        if model is None:
+        if not self.has_target:
             raise RuntimeError("no target network yet: run the transfer step first")
+        self._labelled()
+        yield CHECKED
+        model = self.model
         r = self.round + 1
         return (yield from self._train_and_score(model, self.config.round_epochs, round_=r,
                                                  desc=f"round {r}"))
 
 
+@checks_first
 def simulated_round(project: MembraneProject, truths: Sequence[Any], *, strategy: str | None = None
                     ) -> Job[dict[str, Any]]:
     """Job: one round with a simulated expert that copies ``truths`` (1/2
@@ -512,6 +532,7 @@ def simulated_round(project: MembraneProject, truths: Sequence[Any], *, strategy
         raise ValueError(f"need one truth per target image ({len(project.target_images)}), got {len(truths)}")
     if strategy not in (None, "objective", "random", "none"):
         raise ValueError(f"strategy must be 'objective', 'random' or 'none', got {strategy!r}")
+    yield CHECKED
     region = None
     if strategy != "none":
         out = yield from rescale(project.propose(strategy=strategy), 0, 50, 100)
@@ -523,10 +544,14 @@ def simulated_round(project: MembraneProject, truths: Sequence[Any], *, strategy
     return dict(rec, region=region)
 
 
+@checks_first
 def run_simulated_rounds(project: MembraneProject, truths: Sequence[Any], rounds: int,
                          *, strategy: str | None = None) -> Job[list[dict[str, Any]]]:
     """Job: ``rounds`` rounds of :func:`simulated_round` (the one round loop
     the command line, the benchmark and scripts share)."""
+    if len(truths) != len(project.target_images):
+        raise ValueError(f"need one truth per target image ({len(project.target_images)}), got {len(truths)}")
+    yield CHECKED
     records = []
     for r in range(rounds):
         records.append((yield from rescale(simulated_round(project, truths, strategy=strategy),

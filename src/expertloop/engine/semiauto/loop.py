@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from expertloop.engine.config import param
-from expertloop.engine.jobs import Job, Progress, rescale
+from expertloop.engine.jobs import CHECKED, Job, Progress, checks_first, rescale
 from expertloop.engine.semiauto.data import Collection
 from expertloop.engine.semiauto.models import (
     Classifier,
@@ -431,6 +431,7 @@ def simulate(loop: SemiAutoLoop, truth, *, max_iterations: int | None = None) ->
     return loop.history
 
 
+@checks_first
 def random_baseline(loop: SemiAutoLoop, classifier: Classifier, rate: float = 0.25) -> Job[list[dict]]:
     """Job: what random sampling at ``rate`` would have given on the images labelled so far.
 
@@ -448,6 +449,7 @@ def random_baseline(loop: SemiAutoLoop, classifier: Classifier, rate: float = 0.
     val = np.flatnonzero(src == "validation")
     if (init >= 0).sum() == len(known) - len(val):
         raise ValueError("nothing labelled beyond D0 and V yet: run and review an iteration first")
+    yield CHECKED
     x = loop._x[known] if loop._x is not None else None
     sub = Collection(loop.collection.images[known], [loop.collection.names[i] for i in known])
     clf = Precomputed(classifier, x) if x is not None else classifier
