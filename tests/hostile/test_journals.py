@@ -86,3 +86,14 @@ def test_queue_replay_skips_unknown_items_and_actions(tmp_path):
     q2 = ReviewQueue.restore(storage)
     assert q2.decisions() == {1: 1}
     assert [line for line, _ in q2.replay_problems] == [1, 2, 3]
+
+
+def test_napari_click_reader_warns_about_skipped_records(tmp_path):
+    from expertloop.io.napari_annotations import read_clicks_layer
+
+    p = tmp_path / "scan.spots.jsonl"
+    ClickLog(p, shape=(4, 20, 20)).click((1, 2, 3))
+    _append_lines(p, ["[1]"])
+    with pytest.warns(UserWarning, match=r"1 unreadable record\(s\) skipped \(line 3\)"):
+        (layer,) = read_clicks_layer(str(p))
+    assert len(layer[0]) == 1

@@ -18,6 +18,7 @@ inside functions.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,15 @@ def read_clicks_layer(path) -> list[tuple]:
     The points are 3D ``(z, y, x)``, or 2D ``(y, x)`` when every ``z`` is 0
     (clicks on a 2D image)."""
     p = _single(path)
+    problems: list = []
     try:
-        table = read_clicks(p) if p.endswith(".jsonl") else import_csv(p)
+        table = read_clicks(p, problems=problems) if p.endswith(".jsonl") else import_csv(p)
     except (OSError, ValueError) as exc:
         return _fail(p, exc)
+    if problems:  # napari shows a warning as a notification
+        lines = ", ".join(str(line) for line, _ in problems[:10])
+        warnings.warn(f"{Path(p).name}: {len(problems)} unreadable record(s) skipped (line "
+                      f"{lines}{', ...' if len(problems) > 10 else ''}): {problems[0][1]}", stacklevel=2)
     ndim = 2 if not np.any(table["z"]) else 3
     features = {c: table[c] for c in FEATURE_COLUMNS}
     name = Path(p).name.split(".")[0]

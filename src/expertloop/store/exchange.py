@@ -206,7 +206,9 @@ def import_coco(store: Store, actor: str, collection: str, path: str | os.PathLi
         anns = coco["annotations"]
         if not isinstance(anns, list):
             raise TypeError("'annotations' is not a list")
-    except (ValueError, KeyError, TypeError) as exc:
+    except KeyError as exc:
+        raise StoreValidationError(f"{path.name} is not COCO JSON: an entry has no {exc} key") from exc
+    except (ValueError, TypeError) as exc:
         raise StoreValidationError(f"{path.name} is not COCO JSON: {exc}") from exc
     grouped: dict[tuple[str, str], list] = defaultdict(list)
     for i, a in enumerate(anns):
