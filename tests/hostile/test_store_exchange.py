@@ -223,3 +223,12 @@ def test_csv_with_a_bom_imports(tmp_path):
         p.write_text("uri,label,time_spent\n/d/1.png,a,inf\n")
         with pytest.raises(StoreValidationError, match="time_spent"):
             import_csv(st, "ada", "one", p)
+
+
+def test_mask_index_without_uri_is_a_clear_error(tmp_path, store):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    tifffile.imwrite(pkg / "ok.tif", np.full((3, 3), 1, np.uint16))
+    (pkg / "masks.csv").write_text("annotator,file\nbob,ok.tif\n")
+    with pytest.raises(StoreValidationError, match="line 2: no uri"):
+        import_masks(store, "bob", "masks", pkg)

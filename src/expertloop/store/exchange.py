@@ -308,6 +308,8 @@ def import_masks(store: Store, actor: str, collection: str,
                 raise StoreValidationError(f"masks.csv, line {i}: {exc}") from exc
             if not path.is_file():
                 raise StoreValidationError(f"masks.csv, line {i}: no file {row['file']!r}")
+            if not (row.get("uri") or "").strip():
+                raise StoreValidationError(f"masks.csv, line {i}: no uri")
             try:
                 names = {int(k): v for k, v in
                          json.loads(row.get("label_names") or "{}").items()}
