@@ -28,12 +28,13 @@ def test_fit_segment_recommend_convert(data_dir, tmp_path, capsys):
         tifffile.imwrite(tmp_path / f"c{i}.tif", full[sl])
         others.append(str(tmp_path / f"c{i}.tif"))
     tifffile.imwrite(tmp_path / "c0_markers.tif", _markers64(mk))
-    out_json = tmp_path / "rec.json"
-    assert main(["flim", "recommend", *others, "--marker", others[0], str(tmp_path / "c0_markers.tif"),
-                 "-k", "1", "--superpixels", "12", "--json", str(out_json),
-                 "--spec", '{"layers": [{"filters_per_class": 2}]}']) == 0
-    rec = json.loads(out_json.read_text())
+    rec_args = ["flim", "recommend", *others, "--marker", others[0], str(tmp_path / "c0_markers.tif"),
+                "-k", "1", "--superpixels", "12", "--spec", '{"layers": [{"filters_per_class": 2}]}']
+    capsys.readouterr()
+    assert main([*rec_args, "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)  # --json: stdout is the one JSON document
     assert rec["marked"] == [0] and len(rec["points"]) == 3 and rec["projection"] == "pca"
+    assert main(rec_args) == 0
     assert "farthest:" in capsys.readouterr().out
     assert main(["flim", "convert-markers", str(mk), str(tmp_path / "mk.tif")]) == 0
     assert main(["flim", "convert-markers", str(tmp_path / "mk.tif"), str(tmp_path / "back.txt")]) == 0

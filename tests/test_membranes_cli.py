@@ -36,13 +36,13 @@ def test_loop_runs_rounds_and_resumes(data_dir, tmp_path, capsys):
     assert records[1]["labelled_pixels"] > records[0]["labelled_pixels"] == 32 * 32
     assert (tmp_path / "src.pt").exists() and (project / "models" / "round_001.pt").exists()
     assert main(_args(data_dir, project, 2)) == 0  # continue the same project
-    out = capsys.readouterr().out
-    assert "resuming" in out
-    assert [r["round"] for r in json.loads(out.strip().splitlines()[-1])] == [0, 1, 2]
+    cap = capsys.readouterr()
+    assert "resuming" in cap.err
+    assert [r["round"] for r in json.loads(cap.out)] == [0, 1, 2]  # --json: stdout is the JSON alone
 
     # on resume a changed parameter is applied and recorded, never ignored ...
     assert main(_args(data_dir, project, 2, "--lam", "0.3", "--round-epochs", "2")) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # messages on stderr (stdout: the --json document)
     assert "lam: 0.8 -> 0.3" in out and "round_epochs: 1 -> 2" in out
     saved = json.loads((project / "project.json").read_text())["config"]
     assert saved["lam"] == 0.3 and saved["round_epochs"] == 2 and saved["net"]["window"] == 16

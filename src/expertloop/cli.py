@@ -132,18 +132,21 @@ def positive_int(text: str) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import importlib.metadata as md
 
+    from expertloop.commands._cli import emit
     from expertloop.engine.device import device_info
 
-    print(f"napari-expertloop {__version__}")
-    print(f"python {platform.python_version()} on {platform.platform()}")
+    versions = {"napari-expertloop": __version__, "python": platform.python_version()}
     for pkg in ("napari", "npe2", "magicgui", "torch", "torchvision", "numpy",
                 "scikit-image", "scikit-learn", "tifffile", "nibabel"):
         try:
-            print(f"{pkg} {md.version(pkg)}")
+            versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
-            print(f"{pkg} (not installed)")
+            versions[pkg] = None
     info = device_info(args.device)
-    print(f"device: {info}")
+    lines = [f"napari-expertloop {__version__}", f"python {platform.python_version()} on {platform.platform()}"]
+    lines += [f"{k} {v or '(not installed)'}" for k, v in list(versions.items())[2:]]
+    emit(args, {"versions": versions, "platform": platform.platform(), "device": str(info)},
+         lines + [f"device: {info}"])
     return 0
 
 
@@ -188,9 +191,19 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from expertloop.commands._cli import (
+        EXIT_CODES,
+        HelpFormatter,
+        action,
+        add_device,
+        add_json,
+    )
+
     p = argparse.ArgumentParser(
         prog="expertloop",
-        description="napari-expertloop: learn from scarce expert labels in bioimages.",
+        description="napari-expertloop: learn from scarce expert labels in bioimages. "
+                    "'expertloop COMMAND --help' describes a command, with examples.",
+        epilog=EXIT_CODES, formatter_class=HelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"napari-expertloop {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -198,27 +211,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the full traceback of an error (for bug reports)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("info", help="print versions and the compute device")
-    s.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: auto)")
+    s = action(sub, "info", "print versions and the compute device",
+               ["expertloop info", "expertloop info --device cpu --json"],
+               description="Print the versions of napari-expertloop and the main packages, and which "
+                           "compute device would be used (and why).")
+    add_device(s)
+    add_json(s)
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("gui", help="open napari with the expertloop widgets")
+    s = action(sub, "gui", "open napari with the expertloop widgets", [
+        "expertloop gui --sample blood --widget \"Blood cell detector\"",
+        "expertloop gui scan.nii.gz --widget \"Spot annotator\" --widget \"Spot detector\"",
+    ], description="Open napari with files and/or a sample and dock expertloop widgets (default: Deep "
+                   "features). NIfTI and TIFF open with expertloop's reader, other files with napari's.")
     s.add_argument("paths", nargs="*", help="images to open")
     s.add_argument("--sample", choices=["mri", "nuclei", "spots", "membranes", "flim", "blood"],
                    help="open a sample (one per workflow: spots, membranes, flim, blood; docs/data.md)")
-    s.add_argument("--widget", action="append", help="widget to dock (repeatable)")
+    s.add_argument("--widget", action="append",
+                   help="widget to dock, by its name in the Plugins menu (repeatable)")
     s.set_defaults(func=cmd_gui)
 
     from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
     from expertloop.engine.features import BACKBONES
 
-    s = sub.add_parser("features", help="CNN feature PCA images for a batch of files",
-                       description="Write OUT/<image>_<backbone>_features.tif (RGB) per image.")
+    s = action(sub, "features", "CNN feature PCA images for a batch of files", [
+        "expertloop features *.tif -o features/",
+        "expertloop features scans/ -o out/ --backbone resnet18 --pretrained no --workers 2",
+    ], description="Write OUT/<image>_<backbone>_features.tif (RGB: the first 3 principal components "
+                   "of the backbone's features, pixel size times its stride) per image.")
     s.add_argument("images", nargs="+", help=INPUTS_HELP + "; NIfTI, TIFF, PNG or JPEG")
     s.add_argument("--backbone", default="mobilenet_v2", choices=sorted(BACKBONES),
                    help="torchvision backbone (default mobilenet_v2)")
     s.add_argument("--pretrained", default="auto", type=_pretrained,
-                   help="auto (default), yes or no")
+                   help="ImageNet weights: auto (if available, default), yes or no")
     s.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     s.add_argument("--seed", type=int, default=0, help="seed of the PCA and random weights (default 0)")
     add_batch_arguments(s)

@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from expertloop.commands._cli import batch_result, emit
+
 
 def _image_names(files: list[Path]) -> list[str]:
     """The name written for each image in the CSV/COCO output: the file name,
@@ -44,10 +46,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
               "display_names": dict(zip(map(str, files), _image_names(files)))}
     report = run_batch_command(args, blood_predict, files, OUTPUTS["blood"], params, out / "per_image")
     ok = [o for o in report.outcomes if o.ok]
+    written = []
     if "csv" in args.format:
-        print(f"wrote {merge_csv([o.outputs[0] for o in ok], out / 'regions.csv')}", file=sys.stderr)
+        written.append(merge_csv([o.outputs[0] for o in ok], out / "regions.csv"))
     if "coco" in args.format:
-        print(f"wrote {merge_coco([o.outputs[1] for o in ok], out / 'regions_coco.json')}", file=sys.stderr)
+        written.append(merge_coco([o.outputs[1] for o in ok], out / "regions_coco.json"))
+    for p in written:
+        print(f"wrote {p}", file=sys.stderr)
+    emit(args, batch_result(report, files=[str(p) for p in written]))
     return exit_code(report)
 
 
@@ -101,39 +107,58 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_job(train_blood_model(model, samples, det_epochs=cfg.det_epochs, head_epochs=cfg.head_epochs,
                               time_limit=cfg.time_limit, device=args.device), on_progress=_progress_printer())
     print(file=sys.stderr)
-    print(f"wrote {save_blood_model(args.output, model)}", file=sys.stderr)
+    path = save_blood_model(args.output, model)
+    print(f"wrote {path}", file=sys.stderr)
+    emit(args, {"model": str(path), "images": len(samples), "classes": classes,
+                "abnormal": list(args.abnormal or [])})
     return 0
 
 
 def add_commands(sub) -> None:
     from expertloop.cli import _pretrained
     from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
+    from expertloop.commands._cli import action, add_device, add_json, group
     from expertloop.engine.blood.model import THRESHOLDS, BloodModel
     from expertloop.engine.blood.pipeline import BloodTraining
     from expertloop.engine.config import add_arguments
 
-    p = sub.add_parser("blood", help="blood-cell detection and multi-label classification")
-    bsub = p.add_subparsers(dest="blood_command", metavar="ACTION", required=True)
+    _, bsub = group(sub, "blood", "blood-cell detection and multi-label classification",
+                    "Blood smears: detect cells (single or touching) with Faster R-CNN, give each region "
+                    "its cell types and an abnormal flag; train from Pascal VOC boxes.",
+                    dest="blood_command")
 
-    s = bsub.add_parser("predict", help="detect and classify cells in images or folders",
-                        description="Detect and classify cells. Each image's regions are written to "
-                                    "OUT/per_image/ as soon as it is done; OUT/regions.csv and "
-                                    "OUT/regions_coco.json are merged from them at the end.")
+    s = action(bsub, "predict", "detect and classify cells in images or folders", [
+        "expertloop blood predict smears/ -m blood.pt -o results/",
+        "expertloop blood predict a.jpg b.jpg -m blood.pt -o results/ --format coco --score-threshold 0.7",
+        "expertloop blood predict smears/ -m blood.pt -o results/ --skip-existing --json > summary.json",
+    ], description="Detect and classify cells. Each image's regions are written to "
+                   "OUT/per_image/ as soon as it is done; OUT/regions.csv and "
+                   "OUT/regions_coco.json are merged from them at the end. Images that fail are "
+                   "listed (exit code 1).")
     s.add_argument("inputs", nargs="+", help=INPUTS_HELP)
     s.add_argument("-m", "--model", required=True, help="model file (.pt with its .json)")
     s.add_argument("--format", nargs="+", choices=["csv", "coco"], default=["csv", "coco"],
                    help="merged summaries to write (default: both)")
     add_arguments(s, BloodModel, THRESHOLDS, when_absent="the value saved in the model")
     add_batch_arguments(s)
+    add_json(s)
     s.set_defaults(func=cmd_predict, outputs={"output": "folder"})
 
-    s = bsub.add_parser("train", help="train a model from a Pascal VOC folder (Annotations/, JPEGImages/)")
-    s.add_argument("folder")
+    s = action(bsub, "train", "train a model from a Pascal VOC folder (Annotations/, JPEGImages/)", [
+        "expertloop blood train BCCD/ -o blood.pt",
+        "expertloop blood train BCCD/ -o blood.pt --abnormal WBC Platelets --det-epochs 10 --time-limit 600",
+        "expertloop blood train BCCD/ -o regions.pt --merge 0.3",
+    ], description="Train the detector and the cell-type heads from a Pascal VOC folder (Annotations/*.xml "
+                   "with JPEGImages/, or the XML files next to the images). The box classes become the "
+                   "cell types; --abnormal names those counted as abnormal.")
+    s.add_argument("folder", help="Pascal VOC folder")
     s.add_argument("-o", "--output", required=True, help="model file to write")
-    s.add_argument("--pretrained", default="auto", type=_pretrained, help="auto (default), yes or no")
+    s.add_argument("--pretrained", default="auto", type=_pretrained,
+                   help="ImageNet weights: auto (if available, default), yes or no")
     s.add_argument("--merge", type=float, default=None, metavar="MIN_OVERLAP",
                    help="merge overlapping boxes into multi-cell regions (types = their classes)")
     s.add_argument("--abnormal", nargs="*", help="classes counted as abnormal")
     add_arguments(s, BloodTraining)  # --detector, --embedder, --det-epochs, ... from the engine
-    s.add_argument("--device", default=None)
+    add_device(s)
+    add_json(s)
     s.set_defaults(func=cmd_train, outputs={"output": "model"})

@@ -4,7 +4,7 @@
 
     expertloop flim fit IMG... --markers M... [--spec arch.yaml] [--decoder pixel|unet|none] -o model
     expertloop flim segment model IMG... -o OUTDIR
-    expertloop flim recommend IMG... --marker IMG M [--marker IMG M ...] [-k 3] [--json out.json]
+    expertloop flim recommend IMG... --marker IMG M [--marker IMG M ...] [-k 3] [--json]
     expertloop flim convert-markers IN OUT      # LIDS .txt <-> labels .tif
 
 Markers are LIDS text files (``.txt``) or label images (0 unmarked, 1..K classes).
@@ -13,9 +13,10 @@ Markers are LIDS text files (``.txt``) or label images (0 unmarked, 1..K classes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from expertloop.commands._cli import batch_result, emit
 
 
 def _read_markers(path: str, shape=None):
@@ -71,8 +72,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     enc, report = run_job(fit_encoder(images, markers, spec, seed=args.seed, device=args.device),
                           on_progress=_printer())
     print(file=sys.stderr)
-    print(f"encoder fitted in {report.seconds:.2f} s: filters per layer {report.filters_per_layer}, "
-          f"marker patches {report.patches_per_layer}")
+    fitted = (f"encoder fitted in {report.seconds:.2f} s: filters per layer {report.filters_per_layer}, "
+              f"marker patches {report.patches_per_layer}")
     decoder = args.decoder or cfg.decoder
     if decoder == "none":
         path = save_encoder(args.output, enc)
@@ -84,7 +85,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
             run_job(train_decoder(net, images, markers, steps=cfg.steps, seed=args.seed), on_progress=_printer())
             print(file=sys.stderr)
         path = save_network(args.output, net)
-    print(f"wrote {path}")
+    emit(args, {"model": str(path), "seconds": report.seconds, "filters_per_layer": report.filters_per_layer,
+                "patches_per_layer": report.patches_per_layer, "decoder": decoder},
+         [fitted, f"wrote {path}"])
     return 0
 
 
@@ -96,7 +99,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     worker_cache(_flim_network, str(args.model), args.device)  # a bad model: one error line first
     files = expand_inputs(args.images)
     params = {"model": str(args.model), "device": args.device, "background_zero": args.background_zero}
-    return exit_code(run_batch_command(args, flim_segment, files, OUTPUTS["flim"], params))
+    report = run_batch_command(args, flim_segment, files, OUTPUTS["flim"], params)
+    emit(args, batch_result(report))
+    return exit_code(report)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -119,15 +124,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                    projection=cfg.projection, seed=args.seed), on_progress=_printer())
     print(file=sys.stderr)
     rec = res.recommendation
-    print("marked:   " + ", ".join(Path(names[i]).name for i in rec.marked))
-    print("nearest:  " + ", ".join(f"{Path(names[i]).name} ({rec.distance[i]:.3g})" for i in rec.nearest))
-    print("farthest: " + ", ".join(f"{Path(names[i]).name} ({rec.distance[i]:.3g})" for i in rec.farthest))
-    if args.json:
-        data = {"images": names, "marked": rec.marked, "nearest": rec.nearest, "farthest": rec.farthest,
+    emit(args, {"images": names, "marked": rec.marked, "nearest": rec.nearest, "farthest": rec.farthest,
                 "distance": [float(d) for d in rec.distance], "projection": res.projection,
-                "points": res.points.tolist()}
-        Path(args.json).write_text(json.dumps(data, indent=1), encoding="utf-8")
-        print(f"wrote {args.json}")
+                "points": res.points.tolist()}, [
+        "marked:   " + ", ".join(Path(names[i]).name for i in rec.marked),
+        "nearest:  " + ", ".join(f"{Path(names[i]).name} ({rec.distance[i]:.3g})" for i in rec.nearest),
+        "farthest: " + ", ".join(f"{Path(names[i]).name} ({rec.distance[i]:.3g})" for i in rec.farthest),
+    ])
     return 0
 
 
@@ -142,20 +145,31 @@ def cmd_convert(args: argparse.Namespace) -> int:
         write_lids_markers(args.output, mk)
     else:
         write_tiff(args.output, mk.astype(np.int32), {"name": Path(args.output).stem})
-    print(f"wrote {args.output} ({int((mk > 0).sum())} marked pixels)")
+    n = int((mk > 0).sum())
+    emit(args, {"output": str(args.output), "marked_pixels": n}, [f"wrote {args.output} ({n} marked pixels)"])
     return 0
 
 
 def add_commands(sub) -> None:
     from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
+    from expertloop.commands._cli import action, add_device, add_json, add_seed, group
     from expertloop.engine.config import add_arguments
     from expertloop.engine.flim.params import FlimFit, FlimRecommend
 
-    p = sub.add_parser("flim", help="FLIM: encoders learnt from markers, image recommendation")
-    fs = p.add_subparsers(dest="flim_command", metavar="STEP", required=True)
+    _, fs = group(sub, "flim", "FLIM: encoders learnt from markers, image recommendation",
+                  "FLIM: convolutional encoders computed from a few scribbles (markers) without "
+                  "backpropagation, a decoder, and which image to mark next. Markers are LIDS text "
+                  "files (.txt) or label images (0 unmarked, 1..K classes).",
+                  dest="flim_command", metavar="STEP")
 
-    s = fs.add_parser("fit", help="fit a FLIM encoder (and decoder) from images and markers")
-    s.add_argument("images", nargs="+")
+    s = action(fs, "fit", "fit a FLIM encoder (and decoder) from images and markers", [
+        "expertloop flim fit a.tif b.tif --markers a.txt b.txt -o nuclei_flim",
+        "expertloop flim fit a.tif --markers a_markers.tif --decoder unet -o model",
+        "expertloop flim fit a.tif --markers a.txt --spec arch.yaml --decoder none -o encoder --json",
+    ], description="Fit a FLIM encoder from images and their markers (one marker file per image), "
+                   "then a decoder: 'pixel' (a linear head on the features, instant), 'unet' (the "
+                   "paper's small decoder, trained) or none. Writes MODEL.pt and MODEL.json.")
+    s.add_argument("images", nargs="+", help="grey 2D or 3D images (TIFF, PNG, NIfTI)")
     s.add_argument("--markers", nargs="+", required=True, help="one marker file per image (.txt LIDS or labels)")
     s.add_argument("--spec", default=None, help="architecture (JSON/YAML file or text); replaces "
                    "--layers, --kernel-size, --filters and --pool-stride")
@@ -163,30 +177,44 @@ def add_commands(sub) -> None:
     s.add_argument("--decoder", choices=["pixel", "unet", "none"], default=None,
                    help=f"the decoder, or none (encoder only); absent: {FlimFit.decoder}")
     s.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default=None)
+    add_seed(s)
+    add_device(s)
+    add_json(s)
     s.set_defaults(func=cmd_fit, outputs={"output": "model"})
 
-    s = fs.add_parser("segment", help="segment images with a saved FLIM network",
-                      description="Write OUT/<image>_flim_labels.tif (int32 classes) per image.")
+    s = action(fs, "segment", "segment images with a saved FLIM network", [
+        "expertloop flim segment nuclei_flim.pt new/*.tif -o labels/",
+        "expertloop flim segment nuclei_flim.pt img.tif -o labels/ --background-zero --json",
+    ], description="Write OUT/<image>_flim_labels.tif (int32 classes) per image.")
     s.add_argument("model", help="a FLIM network saved by 'flim fit' or the widget (.pt)")
     s.add_argument("images", nargs="+", help=INPUTS_HELP)
     s.add_argument("--background-zero", action="store_true", help="write class 1 as 0")
     add_batch_arguments(s, output_help="output folder (TIFF labels)")
+    add_json(s)
     s.set_defaults(func=cmd_segment, outputs={"output": "folder"})
 
-    s = fs.add_parser("recommend", help="recommend the next images to mark (no ground truth)")
-    s.add_argument("images", nargs="+")
+    s = action(fs, "recommend", "recommend the next images to mark (no ground truth)", [
+        "expertloop flim recommend pool/*.tif --marker pool/a.tif a.txt -k 3",
+        "expertloop flim recommend pool/*.tif --marker pool/a.tif a.txt --projection pca --json > rec.json",
+    ], description="Describe every image by FLIM features of its superpixels and list the k unmarked "
+                   "images nearest to and the k farthest from the marked ones, with their distances: "
+                   "the candidates to mark next.")
+    s.add_argument("images", nargs="+", help="the pool of grey images")
     s.add_argument("--marker", nargs=2, action="append", metavar=("IMAGE", "MARKERS"),
                    help="markers of an already marked image (repeatable)")
     s.add_argument("--spec", default=None, help="encoder architecture (JSON/YAML file or text); "
                    "replaces --filters")
     add_arguments(s, FlimRecommend)
-    s.add_argument("--json", default=None, help="write distances, lists and 2D points here")
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_recommend, outputs={"json": "file"})
+    add_json(s)
+    add_seed(s)
+    s.set_defaults(func=cmd_recommend)
 
-    s = fs.add_parser("convert-markers", help="convert markers between LIDS .txt and a labels image")
-    s.add_argument("input")
-    s.add_argument("output")
+    s = action(fs, "convert-markers", "convert markers between LIDS .txt and a labels image", [
+        "expertloop flim convert-markers a.txt a_markers.tif",
+        "expertloop flim convert-markers a_markers.tif a.txt",
+    ], description="Convert markers between the LIDS text format (.txt) and a labels image "
+                   "(TIFF; 0 unmarked, 1..K classes). The output format follows OUTPUT's extension.")
+    s.add_argument("input", help="markers: a LIDS .txt file or a labels image")
+    s.add_argument("output", help="markers to write: .txt for LIDS, .tif for a labels image")
+    add_json(s)
     s.set_defaults(func=cmd_convert, outputs={"output": "file"})

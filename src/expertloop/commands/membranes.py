@@ -10,19 +10,28 @@ benchmarking and for choosing parameters before an expert's time is spent).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from expertloop.commands._cli import action, add_json, emit, group
 from expertloop.engine.config import add_arguments, build, given_values
 from expertloop.engine.membranes.loop import MembraneConfig
 
 
 def add_commands(sub) -> None:
-    group = sub.add_parser("membranes", help="membrane transfer learning with active-learning regions")
-    ms = group.add_subparsers(dest="membranes_command", metavar="ACTION", required=True)
-    p = ms.add_parser(
-        "loop",
-        help="membrane transfer + active learning with a simulated expert (copies ground truth)",
+    _, ms = group(sub, "membranes", "membrane transfer learning with active-learning regions",
+                  "Membranes in electron microscopy: transfer a membrane classifier from a labelled "
+                  "source domain to a new target domain, with expert-guided active-learning regions.",
+                  dest="membranes_command")
+    p = action(
+        ms, "loop",
+        "membrane transfer + active learning with a simulated expert (copies ground truth)",
+        [
+            "expertloop membranes loop --project proj --source-images isbi_*.png --source-truth isbi_*_label.png \\",
+            "    --source-membrane-value 0 --target-images vnc_*.png --target-truth vnc_*_mem.png \\",
+            "    --target-membrane-value 255 --rounds 5",
+            "expertloop membranes loop --project proj ... --rounds 8      # continue the same project to round 8",
+            "expertloop membranes loop --project ctrl --source-model src.pt ... --strategy random --json",
+        ],
         description=(
             "Train a membrane classifier on a source domain (or load one), transfer its first "
             "layers to the target domain, then run rounds: propose a region, let a simulated "
@@ -42,8 +51,10 @@ def add_commands(sub) -> None:
                    help="their dense masks: the simulated expert copies them")
     p.add_argument("--target-membrane-value", type=float, required=True,
                    help="value marking membrane in target and validation masks (VNC stack: 255)")
-    p.add_argument("--validation-images", nargs="*", default=[])
-    p.add_argument("--validation-truth", nargs="*", default=[])
+    p.add_argument("--validation-images", nargs="*", default=[],
+                   help="target-domain images held out to score each round (F-score)")
+    p.add_argument("--validation-truth", nargs="*", default=[],
+                   help="their dense masks (membrane value: --target-membrane-value)")
     p.add_argument("--initial-size", type=int, default=128,
                    help="the few initial target labels: truth of a centred square this big "
                         "in the first target image (default 128)")
@@ -54,7 +65,7 @@ def add_commands(sub) -> None:
                         "(new project: objective)")
     # every parameter of the project, from MembraneConfig (defaults, ranges, help live there)
     add_arguments(p, MembraneConfig, when_absent="the project's value when resuming")
-    p.add_argument("--json", action="store_true", help="print the per-round records as JSON (last line)")
+    add_json(p)
     p.set_defaults(func=cmd_membranes_loop, outputs={"project": "folder", "save_source": "model"})
 
     from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
@@ -124,10 +135,10 @@ def cmd_membranes_loop(args: argparse.Namespace) -> int:
         values["strategy"] = args.strategy
     if (folder / PROJECT_FILE).exists():
         project = MembraneProject.open(folder)
-        print(f"resuming {folder} at round {project.round}")
+        print(f"resuming {folder} at round {project.round}", file=sys.stderr)
         # a changed parameter is applied (saved, journalled), a fixed one refused: never ignored
         for name, (old, new) in project.update_config(values, source="command line").items():
-            print(f"  {name}: {old} -> {new} (from the command line, saved in the project)")
+            print(f"  {name}: {old} -> {new} (from the command line, saved in the project)", file=sys.stderr)
     else:
         vimgs = _read_all(args.validation_images, "validation image")
         vtru = [membrane_labels(t, args.target_membrane_value)
@@ -165,10 +176,7 @@ def cmd_membranes_loop(args: argparse.Namespace) -> int:
     run_job(run_simulated_rounds(project, truths, max(0, args.rounds - project.round), strategy=strategy),
             on_progress=progress)
     sys.stderr.write("\n")
-    print("round  labelled_px  F-score  precision  recall")
-    for r in project.scores:
-        print(f"{r['round']:5d}  {r['labelled_pixels']:11d}  {r.get('f1', float('nan')):7.3f}  "
-              f"{r.get('precision', float('nan')):9.3f}  {r.get('recall', float('nan')):6.3f}")
-    if args.json:
-        print(json.dumps(project.scores))
+    emit(args, project.scores, ["round  labelled_px  F-score  precision  recall"] + [
+        f"{r['round']:5d}  {r['labelled_pixels']:11d}  {r.get('f1', float('nan')):7.3f}  "
+        f"{r.get('precision', float('nan')):9.3f}  {r.get('recall', float('nan')):6.3f}" for r in project.scores])
     return 0

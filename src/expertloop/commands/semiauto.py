@@ -23,8 +23,11 @@ decisions (then "Apply review" in the widget, or resume the project).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+
+from expertloop.commands._cli import emit
 
 
 def _dataset(args):
@@ -66,15 +69,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
           file=sys.stderr)
     hist = run_job(simulate(loop, truth), on_progress=_progress_printer())
     print(file=sys.stderr)
-    print("iter  labelled  val_acc  ECE(before->after)  batch  accepted  reviewed  corrected  manual%")
+    lines = ["iter  labelled  val_acc  ECE(before->after)  batch  accepted  reviewed  corrected  manual%"]
     for h in hist:
         if h.get("final"):
-            print(f"final {h['n_labelled']:8d}  {h['val_acc']:.4f}   manual labels in total: {h['manual_total']}"
-                  f", wrong labels in the set: {h['label_errors']}")
+            lines.append(f"final {h['n_labelled']:8d}  {h['val_acc']:.4f}   manual labels in total: "
+                         f"{h['manual_total']}, wrong labels in the set: {h['label_errors']}")
         else:
             ece = f"{h.get('ece_before', float('nan')):.3f}->{h.get('ece_after', float('nan')):.3f}"
-            print(f"{h['iteration']:4d}  {h['n_labelled']:8d}  {h['val_acc']:.4f}   {ece:>17}  {h['batch']:5d}"
-                  f"  {h['accepted']:8d}  {h['reviewed']:8d}  {h['corrected']:9d}  {100 * h['manual_fraction']:6.1f}")
+            lines.append(f"{h['iteration']:4d}  {h['n_labelled']:8d}  {h['val_acc']:.4f}   {ece:>17}  "
+                         f"{h['batch']:5d}  {h['accepted']:8d}  {h['reviewed']:8d}  {h['corrected']:9d}  "
+                         f"{100 * h['manual_fraction']:6.1f}")
+    emit(args, hist, lines)
     if args.label_rest:
         run_job(loop.predict_rest())
     out = loop.export_csv(args.output)
@@ -97,6 +102,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = loop.export_csv(args.output)
     n = int((loop.labels >= 0).sum())
     print(f"{n}/{len(col)} labelled; written to {out}", file=sys.stderr)
+    emit(args, {"labelled": n, "images": len(col), "csv": str(out)})
     return 0
 
 
@@ -123,9 +129,10 @@ def cmd_push_to_store(store, args) -> int:
     assign = [a.strip() for a in (args.assign_to or "").split(",") if a.strip()]
     res = push_queue_to_store(args.project, store, args.collection, actor=args.actor, assign_to=assign,
                               stack_name=args.stack_name, include_decided=args.include_decided)
-    print(f"queue {res['queue']}: {res['pushed']} hard case(s) pushed to {res['collection']!r}"
-          f" ({res['skipped_decided']} already decided locally)"
-          + (f"; assigned to {', '.join(assign)}" if assign else ""))
+    emit(args, {**res, "assigned_to": assign}, [
+        f"queue {res['queue']}: {res['pushed']} hard case(s) pushed to {res['collection']!r}"
+        f" ({res['skipped_decided']} already decided locally)"
+        + (f"; assigned to {', '.join(assign)}" if assign else "")])
     return 0
 
 
@@ -135,7 +142,7 @@ def cmd_pull_from_store(store, args) -> int:
 
     rep = pull_decisions_from_store(args.project, store, args.collection, actor=args.actor,
                                     resolve=args.resolve)
-    print(rep.summary())
+    emit(args, dataclasses.asdict(rep), [rep.summary()])
     for r in rep.rejected:
         print(f"refused: {r['name']} labelled {r['label']!r} by {', '.join(r['annotators'])}: not a class",
               file=sys.stderr)
@@ -145,41 +152,61 @@ def cmd_pull_from_store(store, args) -> int:
 
 
 def add_commands(sub) -> None:
+    from expertloop.commands._cli import action, add_device, add_json, group
     from expertloop.engine.config import add_arguments
     from expertloop.engine.semiauto.loop import LoopConfig
     from expertloop.engine.semiauto.models import CLASSIFIERS, DEFAULT_CLASSIFIER
 
-    p = sub.add_parser("semiauto", help="semi-automatic labelling (self-training + review queue)")
-    ss = p.add_subparsers(dest="semiauto_command", metavar="ACTION", required=True)
+    _, ss = group(sub, "semiauto", "semi-automatic labelling (self-training + review queue)",
+                  "Semi-automatic labelling: a classifier trained on a few labels labels the confident "
+                  "images itself and queues the hard cases for a person to review.",
+                  dest="semiauto_command")
 
-    s = ss.add_parser("simulate", help="run the whole loop with a simulated annotator (ground truth)")
+    s = action(ss, "simulate", "run the whole loop with a simulated annotator (ground truth)", [
+        "expertloop semiauto simulate --digits -o labels.csv",
+        "expertloop semiauto simulate --voc /data/bccd --strategy margin --budget 20 -o labels.csv",
+        "expertloop semiauto simulate --folders crops_by_class/ --classifier cnn-mobilenet_v2 -o labels.csv --json",
+    ], description="Run the whole loop with a SIMULATED annotator that answers each hard case from the "
+                   "ground truth, to try a setting before experts spend time on it. Prints one line per "
+                   "iteration and writes the labels as CSV.")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--digits", action="store_true", help="scikit-learn's bundled handwritten digits")
     src.add_argument("--voc", metavar="DIR", help="crops around Pascal VOC boxes (Annotations/, JPEGImages/)")
     src.add_argument("--folders", metavar="DIR", help="folder-per-class layout used as ground truth")
     s.add_argument("--size", type=int, default=32, help="crop / image size in pixels (default 32)")
-    s.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=sorted(CLASSIFIERS))
+    s.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=sorted(CLASSIFIERS),
+                   help=f"classifier retrained each iteration (default {DEFAULT_CLASSIFIER})")
     add_arguments(s, LoopConfig)  # -t/--threshold, --batch-size, --strategy, --rate, --budget, --seed
     s.add_argument("--initial", type=int, default=10, help="initial labels per class (D0)")
     s.add_argument("--val", type=int, default=30, help="validation images per class (V)")
     s.add_argument("--project", default=None, help="project folder for the queue and decisions")
     s.add_argument("--label-rest", action="store_true", help="label what is left with the final model")
     s.add_argument("--history", default=None, help="write the per-iteration figures as JSON here")
-    s.add_argument("--device", default=None)
+    add_device(s)
     s.add_argument("-o", "--output", required=True, help="labels CSV to write")
+    add_json(s)
     s.set_defaults(func=cmd_simulate, outputs={"output": "file", "project": "folder", "history": "file"})
 
-    s = ss.add_parser("export", help="write the labels of a project as CSV")
+    s = action(ss, "export", "write the labels of a project as CSV", [
+        "expertloop semiauto export images/semiauto_project --folder images -o labels.csv",
+    ], description="Write the labels of a project made in the napari widget (or by 'simulate "
+                   "--project') as CSV: name, label, class_index, source, confidence.")
     s.add_argument("project", help="project folder (state.json, queue.json, decisions.jsonl)")
     s.add_argument("--folder", required=True, help="the project's image folder")
     s.add_argument("-o", "--output", required=True, help="labels CSV to write")
+    add_json(s)
     s.set_defaults(func=cmd_export, outputs={"output": "file"})
 
-    for name, fn, hlp in (("push-to-store", cmd_push_to_store,
-                           "push the open queue's hard cases into an annotation project collection"),
-                          ("pull-from-store", cmd_pull_from_store,
-                           "record the labels reviewed in an annotation project as queue decisions")):
-        s = ss.add_parser(name, help=hlp)
+    for name, fn, hlp, examples in (
+            ("push-to-store", cmd_push_to_store,
+             "push the open queue's hard cases into an annotation project collection",
+             ['expertloop semiauto push-to-store images/semiauto_project --store team.db '
+              '--collection "round 1" --as ada --assign-to bob,cy']),
+            ("pull-from-store", cmd_pull_from_store,
+             "record the labels reviewed in an annotation project as queue decisions",
+             ['expertloop semiauto pull-from-store images/semiauto_project --store team.db '
+              '--collection "round 1" --as ada --resolve latest'])):
+        s = action(ss, name, hlp, examples)
         s.add_argument("project", help="semi-automatic labelling project folder (with an open queue)")
         s.add_argument("--store", required=True, help="annotation project folder, .db file or SQLAlchemy URL")
         s.add_argument("--collection", required=True, help="collection of review tasks")
@@ -194,4 +221,5 @@ def add_commands(sub) -> None:
         else:
             s.add_argument("--resolve", choices=["majority", "latest"], default="majority",
                            help="several annotators per image: majority label or latest (default majority)")
+        add_json(s)
         s.set_defaults(func=fn)

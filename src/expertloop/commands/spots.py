@@ -17,6 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from expertloop.commands._cli import batch_result, emit
+
 
 def _progress():
     from expertloop.cli import _progress_printer
@@ -60,6 +62,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     truth = truth_points(ph)
     np.savetxt(out / f"{name}.truth.csv", truth, delimiter=",", header="z,y,x", comments="", fmt="%d")
     print(f"{ph.n_spots} spots, {len(clicks['z'])} simulated clicks -> {out / name}.*", file=sys.stderr)
+    emit(args, {"spots": ph.n_spots, "clicks": len(clicks["z"]),
+                "files": [str(out / f"{name}{ext}") for ext in (".nii.gz", ".clicks.csv", ".truth.csv")]})
     return 0
 
 
@@ -95,6 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     path = det.save(args.output)
     print(f"\n{det.info}\nwrote {path}", file=sys.stderr)
+    emit(args, {"model": str(path), "info": det.info,
+                "scans": [{"name": t.name, "spot_patches": int(t.n_positive), "patches": len(t.y)} for t in sets]})
     return 0
 
 
@@ -112,38 +118,62 @@ def cmd_detect(args: argparse.Namespace) -> int:
     files = expand_inputs(args.images)
     params = {"model": str(args.model), "device": args.device, "threshold": args.threshold,
               "join_radius": args.join_radius}
-    return exit_code(run_batch_command(args, spots_detect, files, OUTPUTS["spots"], params))
+    report = run_batch_command(args, spots_detect, files, OUTPUTS["spots"], params)
+    emit(args, batch_result(report))
+    return exit_code(report)
 
 
 def add_commands(sub) -> None:
     from expertloop.cli import positive_int
     from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
+    from expertloop.commands._cli import action, add_device, add_json, add_seed, group
     from expertloop.engine.config import add_arguments
     from expertloop.engine.spots.lcnn import SpotConfig, SpotSelection
 
-    p = sub.add_parser("spots", help="timed spot annotation and the L-CNN spot detector")
-    ss = p.add_subparsers(dest="spots_command", metavar="ACTION", required=True)
+    _, ss = group(sub, "spots", "timed spot annotation and the L-CNN spot detector",
+                  "Spots in 3D MRI: simulate spot data, train the L-CNN spot detector from timed "
+                  "clicks (the Spot annotator's tables or click logs), detect spots in new scans.",
+                  dest="spots_command")
 
-    s = ss.add_parser("phantom", help="plant spots into a real volume + a SIMULATED expert's clicks")
+    s = action(ss, "phantom", "plant spots into a real volume + a SIMULATED expert's clicks", [
+        "expertloop spots phantom colin27_t1.nii.gz -o phantom/",
+        "expertloop spots phantom scan.nii.gz -o phantom/ --spots 80 --noise 0.05 --seed 1",
+    ], description="Plant dark spots into a copy of a real 3D volume and let a SIMULATED expert click "
+                   "them (a documented simulation, for trying the detector without an expert). Writes "
+                   "NAME_phantom.nii.gz, NAME_phantom.clicks.csv (timed clicks) and NAME_phantom.truth.csv "
+                   "(every planted spot).")
     s.add_argument("volume", help="a 3D NIfTI or TIFF volume")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--spots", type=positive_int, default=150, help="number of spots to plant (>= 1)")
-    s.add_argument("--noise", type=float, default=0.02)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--noise", type=float, default=0.02,
+                   help="Gaussian noise added, in units of the scaled intensity (default 0.02)")
+    add_seed(s)
+    add_json(s)
     s.set_defaults(func=cmd_phantom, outputs={"output": "folder"})
 
-    s = ss.add_parser("train", help="train the L-CNN spot detector from timed clicks")
+    s = action(ss, "train", "train the L-CNN spot detector from timed clicks", [
+        "expertloop spots train scan1.nii.gz scan1.clicks.csv -o spots_model",
+        "expertloop spots train a.nii.gz a.spots.jsonl b.nii.gz b.clicks.csv -o m",
+        "expertloop spots train scan.nii.gz scan.clicks.csv -o cnn_control --method cnn",
+    ], description="Train the L-CNN spot detector from images and their click tables (CSV from the "
+                   "Spot annotator's Export CSV, or a .spots.jsonl click log). The click latencies "
+                   "pre-train a source network whose first layers are transferred. Writes MODEL.pt and "
+                   "MODEL.json.")
     s.add_argument("pairs", nargs="+", metavar="IMAGE TABLE", help="image, click table (CSV or .jsonl) pairs")
     s.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
     add_arguments(s, SpotConfig)  # defaults, ranges and help from the engine's SpotConfig
-    s.add_argument("--device", default=None)
+    add_device(s)
+    add_json(s)
     s.set_defaults(func=cmd_train, outputs={"output": "model"})
 
-    s = ss.add_parser("detect", help="detect 3D spots with a trained spot model",
-                      description="Write OUT/<image>_spots.csv (z, y, x, probability, n_slices, "
-                                  "n_patches) per image.")
+    s = action(ss, "detect", "detect 3D spots with a trained spot model", [
+        "expertloop spots detect spots_model.pt scan2.nii.gz -o detections/",
+        "expertloop spots detect spots_model.pt scans/ -o out/ --skip-existing --json",
+    ], description="Write OUT/<image>_spots.csv (z, y, x, probability, n_slices, "
+                   "n_patches) per image.")
     s.add_argument("model", help="model path (.pt with its .json)")
     s.add_argument("images", nargs="+", help=INPUTS_HELP)
     add_arguments(s, SpotSelection)
     add_batch_arguments(s, output_help="output folder (one CSV per image)")
+    add_json(s)
     s.set_defaults(func=cmd_detect, outputs={"output": "folder"})

@@ -28,8 +28,9 @@ PROJECT is a project folder, a SQLite file or a database URL
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from expertloop.commands._cli import emit
 
 
 def _open(args, create: bool = False):
@@ -173,7 +174,7 @@ def cmd_report(args) -> int:
 
     with _open(args) as st:
         rep = st.report(args.as_user, args.collection)
-    print(json.dumps(rep, indent=1) if args.json else format_report(rep))
+    emit(args, rep, [format_report(rep)])
     return 0
 
 
@@ -191,14 +192,9 @@ def cmd_search(args) -> int:
                          annotator=args.annotator, tag=args.tag, where=where or None,
                          task=args.task, source=args.source, agreement=args.agreement,
                          limit=args.limit)
-    for r in recs:
-        if args.json:
-            print(json.dumps({"collection": r.collection, "uri": r.uri,
-                              "annotator": r.annotator, "label": r.label,
-                              "source": r.source, "value": r.value,
-                              "updated_at": r.updated_at.isoformat()}))
-        else:
-            print(f"{r.collection}\t{r.uri}\t{r.annotator}\t{r.label}\t{r.source}")
+    emit(args, [{"collection": r.collection, "uri": r.uri, "annotator": r.annotator, "label": r.label,
+                 "source": r.source, "value": r.value, "updated_at": r.updated_at.isoformat()} for r in recs],
+         [f"{r.collection}\t{r.uri}\t{r.annotator}\t{r.label}\t{r.source}" for r in recs])
     print(f"{len(recs)} annotation(s)", file=sys.stderr)
     return 0
 
@@ -206,8 +202,7 @@ def cmd_search(args) -> int:
 def cmd_missing(args) -> int:
     with _open(args) as st:
         missing = st.missing_images(args.as_user, args.collection)
-    for m in missing:
-        print(m.uri)
+    emit(args, [m.uri for m in missing], [m.uri for m in missing])
     print(f"{len(missing)} missing image(s)", file=sys.stderr)
     return 1 if missing else 0
 
@@ -244,13 +239,15 @@ def cmd_import(args) -> int:
 
 
 def add_commands(sub) -> None:
+    from expertloop.commands._cli import action, add_json
+
     p = sub.add_parser("store", help="annotation projects: users, collections, annotations",
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ss = p.add_subparsers(dest="store_command", metavar="STORE_COMMAND", required=True)
 
-    def cmd(name, fn, help, admin_as=True, as_required=True):
-        c = ss.add_parser(name, help=help)
+    def cmd(name, fn, help, examples, admin_as=True, as_required=True):
+        c = action(ss, name, help, [f"expertloop store {e}" for e in examples])
         c.add_argument("project", help="project folder, SQLite file or database URL")
         c.add_argument("--files-dir", help="folder for mask files (default: project folder)")
         if admin_as:
@@ -263,60 +260,81 @@ def add_commands(sub) -> None:
     # does not import SQLAlchemy; the service layer validates again
     ROLES, TASK_TYPES = ("admin", "annotator"), ("label", "points", "contour", "mask")
 
-    c = cmd("init", cmd_init, "create a project (and its first admin)", admin_as=False)
+    c = cmd("init", cmd_init, "create a project (and its first admin)",
+            ["init lab-project --admin ada", "init postgresql+psycopg://me@db/lab --admin ada"], admin_as=False)
     c.add_argument("--admin", required=True, help="name of the first admin")
-    cmd("upgrade", cmd_upgrade, "migrate a project to this version's schema", admin_as=False)
-    c = cmd("user", cmd_user, "add a user (admins)")
-    c.add_argument("name")
-    c.add_argument("--role", choices=ROLES, default="annotator")
+    cmd("upgrade", cmd_upgrade, "migrate a project to this version's schema", ["upgrade lab-project"],
+        admin_as=False)
+    c = cmd("user", cmd_user, "add a user (admins)",
+            ["user lab-project bob --as ada", "user lab-project cy --role admin --expertise cardio,us --as ada"])
+    c.add_argument("name", help="the new user's name")
+    c.add_argument("--role", choices=ROLES, default="annotator", help="admin or annotator (default annotator)")
     c.add_argument("--expertise", help="comma-separated tags")
     c = cmd("passwd", cmd_passwd, "set a password (your own, or an initial one as admin)",
+            ["passwd lab-project bob", "passwd lab-project bob --as ada --password-stdin < initial.txt"],
             as_required=False)
     c.add_argument("name", help="whose password")
     c.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of standard input")
-    c = cmd("token", cmd_token, "create or revoke an API token for scripts")
+    c = cmd("token", cmd_token, "create or revoke an API token for scripts",
+            ["token lab-project --as bob --name nightly --days 30", "token lab-project --as bob --revoke 3"])
     c.add_argument("--user", help="for another user (admins)")
     c.add_argument("--name", help="what the token is for")
     c.add_argument("--days", type=float, help="expire after this many days")
     c.add_argument("--revoke", type=int, metavar="ID", help="revoke token ID instead")
-    c = cmd("template", cmd_template, "add a task template (admins)")
-    c.add_argument("name")
-    c.add_argument("--type", choices=TASK_TYPES, required=True)
+    c = cmd("template", cmd_template, "add a task template (admins)",
+            ["template lab-project kind --type label --labels normal,abnormal --as ada",
+             "template lab-project cells --type points --as ada"])
+    c.add_argument("name", help="template name")
+    c.add_argument("--type", choices=TASK_TYPES, required=True, help="what an annotation is")
     c.add_argument("--labels", help="comma-separated label set")
-    c = cmd("collection", cmd_collection, "add a collection or images to it (admins)")
-    c.add_argument("name")
-    c.add_argument("--template")
-    c.add_argument("--description", default="")
+    c = cmd("collection", cmd_collection, "add a collection or images to it (admins)",
+            ["collection lab-project scans --template kind --images 'data/*.tif' --as ada",
+             "collection lab-project scans --images more/*.tif --as ada"])
+    c.add_argument("name", help="collection name (an existing one gets the images added)")
+    c.add_argument("--template", help="task template of a new collection")
+    c.add_argument("--description", default="", help="free text shown to annotators")
     c.add_argument("--images", nargs="*", help="paths, globs or URLs")
-    c = cmd("assign", cmd_assign, "assign annotators to a collection (admins)")
-    c.add_argument("collection")
-    c.add_argument("users", nargs="+")
-    c = cmd("report", cmd_report, "completeness and agreement of a collection (admins)")
-    c.add_argument("collection")
-    c.add_argument("--json", action="store_true")
-    c = cmd("search", cmd_search, "find annotations")
-    c.add_argument("--collection")
-    c.add_argument("--label", action="append")
-    c.add_argument("--annotator")
-    c.add_argument("--tag")
+    c = cmd("assign", cmd_assign, "assign annotators to a collection (admins)",
+            ["assign lab-project scans bob cy --as ada"])
+    c.add_argument("collection", help="collection name")
+    c.add_argument("users", nargs="+", help="annotators to assign")
+    c = cmd("report", cmd_report, "completeness and agreement of a collection (admins)",
+            ["report lab-project scans --as ada", "report lab-project scans --as ada --json"])
+    c.add_argument("collection", help="collection name")
+    add_json(c)
+    c = cmd("search", cmd_search, "find annotations",
+            ["search lab-project --as ada --label abnormal --annotator bob",
+             "search lab-project --as ada --where modality=US --agreement disagree --json"])
+    c.add_argument("--collection", help="only this collection")
+    c.add_argument("--label", action="append", help="only this label (repeatable: any of them)")
+    c.add_argument("--annotator", help="only this annotator's annotations")
+    c.add_argument("--tag", help="only images with this tag")
     c.add_argument("--where", action="append", help="image metadata key=value")
     c.add_argument("--task", help="template name or task type")
-    c.add_argument("--source", choices=["manual", "model", "accepted-model"])
-    c.add_argument("--agreement", choices=["agree", "disagree"])
-    c.add_argument("--limit", type=int)
-    c.add_argument("--json", action="store_true")
-    c = cmd("missing", cmd_missing, "list images whose file is gone (exit 1 if any)")
-    c.add_argument("collection")
-    c = cmd("export", cmd_export, "export annotations: csv, coco or masks (TIFF folder)")
-    c.add_argument("collection")
-    c.add_argument("--format", choices=["csv", "coco", "masks"], required=True)
-    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--source", choices=["manual", "model", "accepted-model"],
+                   help="who made the annotation: a person, a model, or a model's answer a person accepted")
+    c.add_argument("--agreement", choices=["agree", "disagree"],
+                   help="only images where the annotators agree / disagree")
+    c.add_argument("--limit", type=int, help="at most this many annotations")
+    add_json(c)
+    c = cmd("missing", cmd_missing, "list images whose file is gone (exit 1 if any)",
+            ["missing lab-project scans --as bob", "missing lab-project scans --as bob --json"])
+    c.add_argument("collection", help="collection name")
+    add_json(c)
+    c = cmd("export", cmd_export, "export annotations: csv, coco or masks (TIFF folder)",
+            ["export lab-project scans --format csv -o scans.csv --as ada",
+             "export lab-project scans --format masks -o masks/ --as ada"])
+    c.add_argument("collection", help="collection name")
+    c.add_argument("--format", choices=["csv", "coco", "masks"], required=True, help="what to write")
+    c.add_argument("-o", "--output", required=True, help="file (csv, coco) or folder (masks) to write")
     c.set_defaults(outputs={"output": lambda a: "folder" if a.format == "masks" else "file"})
-    c = cmd("import", cmd_import, "import annotations: csv, coco or masks (TIFF folder)")
-    c.add_argument("collection")
-    c.add_argument("file")
-    c.add_argument("--format", choices=["csv", "coco", "masks"], required=True)
+    c = cmd("import", cmd_import, "import annotations: csv, coco or masks (TIFF folder)",
+            ["import lab-project scans labels.csv --format csv --as ada",
+             "import lab-project scans boxes_coco.json --format coco --add-images --as ada"])
+    c.add_argument("collection", help="collection name")
+    c.add_argument("file", help="CSV or COCO file, or a masks folder (with masks.csv)")
+    c.add_argument("--format", choices=["csv", "coco", "masks"], required=True, help="what FILE is")
     c.add_argument("--add-images", action="store_true",
                    help="index images not yet in the collection (admins)")
     c.add_argument("--on-existing", choices=["refuse", "replace", "merge"], default="refuse",
