@@ -33,7 +33,8 @@ def test_there_are_commands():
 
 @pytest.mark.parametrize(("path", "parser"), COMMANDS, ids=lambda x: " ".join(x) if isinstance(x, tuple) else "")
 def test_every_command_has_description_examples_and_option_help(path, parser):
-    assert parser.description and len(parser.description) >= 12 and parser.description.endswith("."), path
+    desc = (parser.description or "").strip()
+    assert len(desc) >= 12 and desc.endswith("."), path
     assert parser.epilog and parser.epilog.startswith("examples:"), path
     examples = [ln.strip() for ln in parser.epilog.splitlines()[1:] if ln.strip().startswith("expertloop")]
     assert examples, path

@@ -39,11 +39,15 @@ def cmd_serve(args) -> int:
 def add_commands(sub) -> None:
     p = sub.add_parser("serve", help="serve an annotation project to web browsers",
                        description=__doc__,
+                       epilog="examples:\n  expertloop serve lab-project\n"
+                              "  expertloop serve lab-project --port 8080 --image-root /data/scans\n"
+                              "  expertloop serve postgresql+psycopg://me@db/lab --host 0.0.0.0 "
+                              "--secure-cookies --proxy",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("project", help="project folder, SQLite file or database URL")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--image-root", action="append", metavar="DIR",
                    help="folder whose images may be shown (repeatable; default: the "
                         "project folder)")
