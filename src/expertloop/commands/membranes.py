@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from expertloop.commands._cli import action, add_json, emit, group
+from expertloop.commands._cli import action, add_json, batch_result, emit, group
 from expertloop.engine.config import add_arguments, build, given_values
 from expertloop.engine.membranes.loop import MembraneConfig
 
@@ -70,14 +70,17 @@ def add_commands(sub) -> None:
 
     from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
 
-    p = ms.add_parser(
-        "predict", help="P(membrane) maps of images and stacks with a saved membrane network",
-        description="Write OUT/<image>_membranes.tif (float32 P(membrane), same shape and pixel "
-                    "size as the image; a stack is read and predicted one plane at a time).")
+    p = action(
+        ms, "predict", "P(membrane) maps of images and stacks with a saved membrane network", [
+            "expertloop membranes predict proj/models/round_005.pt new/*.png -o maps/",
+            "expertloop membranes predict net.pt stack.tif -o maps/ --tile 512 --workers 0 --json",
+        ], description="Write OUT/<image>_membranes.tif (float32 P(membrane), same shape and pixel "
+                       "size as the image; a stack is read and predicted one plane at a time).")
     p.add_argument("model", help="a membrane network saved by the widget or 'membranes loop' (.pt)")
     p.add_argument("images", nargs="+", help=INPUTS_HELP)
     p.add_argument("--tile", type=int, default=256, help="tile size of the dense evaluation (default 256)")
     add_batch_arguments(p)
+    add_json(p)
     p.set_defaults(func=cmd_membranes_predict)
 
 
@@ -91,7 +94,9 @@ def cmd_membranes_predict(args: argparse.Namespace) -> int:
     worker_cache(_membrane_net, str(args.model), args.device)  # a bad model: one error line first
     files = expand_inputs(args.images)
     params = {"model": str(args.model), "device": args.device, "tile": args.tile}
-    return exit_code(run_batch_command(args, membranes_predict, files, OUTPUTS["membranes"], params))
+    report = run_batch_command(args, membranes_predict, files, OUTPUTS["membranes"], params)
+    emit(args, batch_result(report))
+    return exit_code(report)
 
 
 def _read_all(paths, what):
