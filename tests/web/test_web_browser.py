@@ -5,8 +5,6 @@ thumbnails in the grid review; then a fresh ``Store`` sees exactly that."""
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
 import time
 
 import pytest
@@ -28,34 +26,17 @@ pytestmark = pytest.mark.skipif(
     reason="needs Debian's chromium and chromium-driver (installed by .ci/run)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live(tmp_path):
     """(base URL, project location, image root) of a uvicorn server in a thread."""
-    import uvicorn
-
     from expertloop.web.app import WebConfig, create_app
+    from expertloop.web.testing import serve_in_thread
 
     loc, root = str(tmp_path / "project"), tmp_path / "images"
     store = build_project(loc, tmp_path / "project", root)
     app = create_app(store, WebConfig(image_roots=[root]))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", loc, root
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app) as url:
+        yield url, loc, root
     store.close()
 
 

@@ -173,6 +173,11 @@ def test_script_in_names_is_escaped_everywhere(served, client_for):
                                                 "label": evil}])
     store.annotate("ada", "scans", 1, label="normal", annotator="eve")
     c = client_for("ada")
+    # a user name with markup is refused, and the refusal page escapes it
+    r = c.post("/admin/users", data={"csrf": page_csrf(c, "/admin"), "name": evil,
+                                     "password": "evil-pass-1"})
+    assert r.status_code == 400 and "<script>alert" not in r.text
+    assert "&lt;script&gt;" in r.text
     cid = next(col.id for col in store.collections("ada") if col.name == "c" + evil)
     from urllib.parse import quote
 

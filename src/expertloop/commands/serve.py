@@ -4,6 +4,7 @@
 
     expertloop serve PROJECT [--host 127.0.0.1] [--port 8000] [--image-root DIR ...]
                              [--files-dir DIR] [--secure-cookies] [--proxy]
+                             [--log-level warning]
 
 Users log in with the passwords set by ``expertloop store passwd`` (or by an
 admin in the web admin page). Images are shown only from the ``--image-root``
@@ -29,7 +30,7 @@ def cmd_serve(args) -> int:
     config = WebConfig(image_roots=args.image_root or (), secure_cookies=args.secure_cookies)
     try:
         serve(args.project, host=args.host, port=args.port, config=config,
-              files_dir=args.files_dir, proxy=args.proxy)
+              files_dir=args.files_dir, proxy=args.proxy, log_level=args.log_level)
     except StoreError as exc:
         print(f"expertloop serve: error: {exc}", file=sys.stderr)
         return 2
@@ -56,4 +57,7 @@ def add_commands(sub) -> None:
                    help="mark cookies Secure (set this behind an HTTPS proxy)")
     p.add_argument("--proxy", action="store_true",
                    help="trust X-Forwarded-Proto/For from a reverse proxy on 127.0.0.1")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (info logs every request)")
     p.set_defaults(func=cmd_serve)

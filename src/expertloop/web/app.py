@@ -216,6 +216,16 @@ def create_app(store: Store, config: WebConfig | None = None) -> FastAPI:
                 raise HTTPException(403, "missing or wrong CSRF token: reload the page")
         return me
 
+    # SQLite has one writer at a time: queue this server's annotation writes on a
+    # lock instead of letting 20 threads poll SQLite's busy handler (long tails)
+    write_lock = threading.Lock() if store.dialect == "sqlite" else None
+
+    def save_many(me: Caller, cid: int, items: list[dict]) -> int:
+        if write_lock is None:
+            return store.annotate_many(me.id, cid, items)
+        with write_lock:
+            return store.annotate_many(me.id, cid, items)
+
     def admin(me: Caller) -> None:
         if not me.is_admin:
             raise HTTPException(403, "only admins can do this")
@@ -430,7 +440,7 @@ def create_app(store: Store, config: WebConfig | None = None) -> FastAPI:
                           "source": review_source(pred.label, chosen),
                           "time_spent": elapsed / len(ids)})
         if items:
-            checked(store.annotate_many, me.id, cid, items)
+            checked(save_many, me, cid, items)
         return RedirectResponse(f"/c/{info.id}/review?label={quote(label)}", status_code=303)
 
     # ------------------------------------------------------------ images
@@ -500,7 +510,7 @@ def create_app(store: Store, config: WebConfig | None = None) -> FastAPI:
             pred = visible(store.prediction, me.id, cid, iid)
             source = review_source(pred.label if pred else None, label)
         try:  # refused like a read: an unassigned collection is 404, not 403
-            visible(store.annotate_many, me.id, cid, [dict(
+            visible(save_many, me, cid, [dict(
                 image=iid, label=label, value=value, source=source, time_spent=ts)])
         except StoreValidationError as exc:
             raise HTTPException(400, str(exc)) from exc

@@ -49,8 +49,11 @@ def make_annotators(store: Store, admin: str, collection: str, n: int,
 
 async def save_storm(tokens: dict[str, str], collection_id: int, image_ids: list[int],
                      labels: list[str], saves: int, *, base_url: str = "http://test",
-                     app=None) -> StormResult:
-    """All annotators save ``saves`` annotations each, concurrently (httpx)."""
+                     app=None, pace: float = 0.0) -> StormResult:
+    """All annotators save ``saves`` annotations each, concurrently (httpx).
+
+    ``pace`` > 0: each annotator starts a save every ``pace`` seconds (a person
+    working), instead of back to back (the worst case)."""
     import httpx
 
     out = StormResult()
@@ -59,7 +62,10 @@ async def save_storm(tokens: dict[str, str], collection_id: int, image_ids: list
 
     async def annotator(u: int, name: str, client) -> None:
         hdr = {"Authorization": f"Bearer {tokens[name]}"}
+        start = time.perf_counter() + pace * u / max(1, len(tokens))  # staggered
         for j in range(saves):
+            if pace > 0:
+                await asyncio.sleep(max(0.0, start + j * pace - time.perf_counter()))
             iid = image_ids[(u + j) % len(image_ids)]
             label = labels[(u + 2 * j) % len(labels)]
             t0 = time.perf_counter()

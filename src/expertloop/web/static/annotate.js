@@ -85,6 +85,8 @@
         canvas.height = img.naturalHeight;
         if (keepView) apply(); else fit();
         img.dataset.ready = String(it.id);
+        // time to first render (ms since navigation start), read by benchmarks/bench_web.py
+        if (!document.body.dataset.firstImageMs) document.body.dataset.firstImageMs = performance.now().toFixed(1);
       };
       img.src = objectUrl;
     }).catch(function (e) { say(e.message, true); });
