@@ -34,7 +34,9 @@ def live(tmp_path):
 
     loc, root = str(tmp_path / "project"), tmp_path / "images"
     store = build_project(loc, tmp_path / "project", root)
-    app = create_app(store, WebConfig(image_roots=[root]))
+    # views at most 32 pixels on a side: the 40 x 60 images are sent at 20 x 30,
+    # and the page must still save marks in full-resolution pixels
+    app = create_app(store, WebConfig(image_roots=[root], max_side=32))
     with serve_in_thread(app) as url:
         yield url, loc, root
     store.close()

@@ -204,3 +204,35 @@ def test_sql_looking_strings_are_stored_verbatim(served, client_for):
     assert r.status_code == 200
     assert [a.label for a in store.annotations("ada", "sqlc")] == [sql]
     assert len(store.annotations("ada", "scans")) == 0  # the table is still there
+
+
+def test_big_images_are_sent_reduced_from_the_right_level(served, tmp_path):
+    import io
+
+    import tifffile
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from expertloop.web.app import WebConfig, create_app
+
+    store, _, root = served
+    # a 2-level pyramid whose levels differ in value, to see which one is read
+    pyr = root / "pyramid.tif"
+    with tifffile.TiffWriter(pyr) as tw:
+        tw.write(np.full((64, 96), 50, np.uint8), subifds=1)
+        tw.write(np.full((32, 48), 200, np.uint8), subfiletype=1)
+    (iid,) = store.add_images("ada", "scans", [str(pyr)])
+    app = create_app(store, WebConfig(image_roots=[root], max_side=40))
+    with TestClient(app) as c:
+        from conftest import login
+
+        login(c, "ada")
+        r = c.get("/img/1/1")  # 40 x 60 PNG, longest side above 40: every 2nd pixel
+        assert r.headers["x-image-shape"] == "40,60"
+        assert Image.open(io.BytesIO(r.content)).size == (30, 20)
+        full = c.get(f"/img/1/{iid}?lo=0&hi=255")  # 96 > 40: level 1 (48), strided
+        px = np.asarray(Image.open(io.BytesIO(full.content)))
+        assert full.headers["x-image-shape"] == "64,96" and px.shape == (16, 24)
+        assert int(px.mean()) == 200
+        thumb = c.get(f"/img/1/{iid}?lo=0&hi=255&size=16")
+        assert int(np.asarray(Image.open(io.BytesIO(thumb.content))).mean()) == 200

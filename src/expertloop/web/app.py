@@ -65,6 +65,7 @@ class WebConfig:
     login_failures_per_ip: int = 20
     login_window_s: float = 600.0
     cache_items: int = 256
+    max_side: int = 4096  # longest side of a rendered view (bigger images are reduced)
 
 
 class LoginRequired(Exception):
@@ -121,7 +122,8 @@ def create_app(store: Store, config: WebConfig | None = None) -> FastAPI:
     config = config or WebConfig()
     if not config.image_roots and store.project_dir is not None:
         config.image_roots = [store.project_dir]
-    renderer = Renderer(config.image_roots, cache_items=config.cache_items)
+    renderer = Renderer(config.image_roots, cache_items=config.cache_items,
+                        max_side=config.max_side)
     limiter = _RateLimiter(config.login_failures_per_ip, config.login_window_s)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                              autoescape=True, trim_blocks=True, lstrip_blocks=True)

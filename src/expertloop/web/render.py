@@ -5,7 +5,10 @@ The browser never sees a path or URI: it asks for an image by its store id
 that id is read here only when it lies inside one of the server's image roots
 (after resolving ``..`` and symbolic links). A 3D image is sent one slice at a
 time; contrast limits are applied here (default: the 0.5 and 99.5 percentiles
-of the slice), so 16-bit or float data become 8-bit pixels.
+of the slice), so 16-bit or float data become 8-bit pixels. TIFFs are read
+lazily (only the asked slice's chunks); a view is at most ``max_side`` pixels
+on a side, from the smallest big-enough pyramid level and then a stride, and
+reports the full-size shape so that annotations stay in full-resolution pixels.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class ImageRefused(Exception):
 class Rendered:
     body: bytes
     media_type: str
-    shape: tuple  # (rows, cols) of the full-size slice
+    shape: tuple  # (rows, cols) of the full-size slice (the pixels may be smaller)
     n_slices: int
     z: int
     limits: tuple[float, float]
@@ -82,8 +85,9 @@ def _to_uint8(plane: np.ndarray, lo: float | None, hi: float | None,
 class Renderer:
     """Renders images by URI with a small LRU cache of encoded results."""
 
-    def __init__(self, roots, cache_items: int = 256) -> None:
+    def __init__(self, roots, cache_items: int = 256, max_side: int = 4096) -> None:
         self.roots = [Path(os.path.realpath(Path(r).expanduser())) for r in roots]
+        self.max_side = int(max_side)
         self._cache: OrderedDict = OrderedDict()
         self._cache_items = int(cache_items)
         self._lock = threading.Lock()
@@ -91,11 +95,41 @@ class Renderer:
     def _read(self, path: Path):
         from expertloop.io import ImageReadError, read_image
 
-        try:
-            item = read_image(path)[0]
+        try:  # TIFFs lazily (dask, one chunk per plane or tile; pyramids as levels)
+            item = read_image(path, lazy=True)[0]
         except (ImageReadError, OSError) as exc:
             raise ImageRefused(f"the image cannot be read: {exc}") from exc
-        return np.asarray(item.data), bool(item.meta.get("rgb"))
+        levels = item.data if isinstance(item.data, list) else [item.data]
+        return levels, bool(item.meta.get("rgb"))
+
+    def _plane(self, levels: list, rgb: bool, z: int | None, size: int | None):
+        """(full-size plane shape, slice count, z, pixels of the plane at <= the asked
+        size): the smallest pyramid level that is big enough, then a stride."""
+        full = levels[0]
+        spatial = full.ndim - (1 if rgb else 0)
+        if spatial not in (2, 3):
+            raise ImageRefused(f"only 2D and 3D images are shown, not {tuple(full.shape)}")
+        planes = full.shape[0] if spatial == 3 else 1
+        if spatial == 3:
+            z = planes // 2 if z is None else int(z)
+            if not 0 <= z < planes:
+                raise ImageRefused(f"slice {z} is outside 0..{planes - 1}")
+        else:
+            z = 0
+        yx = tuple(int(n) for n in full.shape[spatial - 2:spatial])
+        want = min(self.max_side, size) if size is not None else self.max_side
+        level = full
+        for lv in levels[1:]:
+            if max(lv.shape[spatial - 2:spatial]) >= want:
+                level = lv
+        if spatial == 3:
+            plane = level[min(level.shape[0] - 1, z * level.shape[0] // planes)]
+        else:
+            plane = level
+        step = max(1, -(-max(plane.shape[:2]) // want))
+        if step > 1:
+            plane = plane[::step, ::step]
+        return yx, planes, z, np.asarray(plane)
 
     def render(self, uri: str, *, z: int | None = None, lo: float | None = None,
                hi: float | None = None, size: int | None = None,
@@ -110,21 +144,10 @@ class Renderer:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        data, rgb = self._read(path)
-        spatial = data.ndim - (1 if rgb else 0)
-        if spatial == 2:
-            planes, plane = 1, data
-            z = 0
-        elif spatial == 3:
-            planes = data.shape[0]
-            z = planes // 2 if z is None else int(z)
-            if not 0 <= z < planes:
-                raise ImageRefused(f"slice {z} is outside 0..{planes - 1}")
-            plane = data[z]
-        else:
-            raise ImageRefused(f"only 2D and 3D images are shown, not {data.shape}")
+        levels, rgb = self._read(path)
+        shape, planes, z, plane = self._plane(levels, rgb, z, size)
         pixels, limits = _to_uint8(plane, lo, hi, rgb)
-        rendered = self._encode(pixels, fmt, size, planes, z, limits)
+        rendered = self._encode(pixels, fmt, size, planes, z, limits, shape)
         with self._lock:
             self._cache[key] = rendered
             while len(self._cache) > self._cache_items:
@@ -133,11 +156,10 @@ class Renderer:
 
     @staticmethod
     def _encode(pixels: np.ndarray, fmt: str, size: int | None, planes: int, z: int,
-                limits: tuple[float, float]) -> Rendered:
+                limits: tuple[float, float], shape: tuple) -> Rendered:
         from PIL import Image as PILImage
 
         img = PILImage.fromarray(pixels)
-        shape = (pixels.shape[0], pixels.shape[1])
         if size is not None and max(img.size) > size:
             img.thumbnail((int(size), int(size)))
         buf = io.BytesIO()

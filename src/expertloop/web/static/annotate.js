@@ -30,6 +30,8 @@
   const labelButtons = Array.prototype.slice.call(document.querySelectorAll("#labels .label"));
   let current = -1, shownAt = 0, tool = "pan";
   let scale = 1, tx = 0, ty = 0, drag = null, pending = [], z = null, objectUrl = null;
+  // marks are kept in full-resolution pixels; a big image may be sent reduced
+  let fullShape = null, ry = 1, rx = 1;
 
   function say(text, bad) {
     statusEl.textContent = text;
@@ -70,6 +72,7 @@
     fetch(imageUrl(it), {credentials: "same-origin"}).then(function (r) {
       if (!r.ok) throw new Error("the image cannot be shown (" + r.status + ")");
       const n = parseInt(r.headers.get("X-Image-Slices") || "1", 10);
+      fullShape = (r.headers.get("X-Image-Shape") || "").split(",").map(Number);
       sliceBox.hidden = n <= 1;
       if (n > 1) {
         slice.max = String(n - 1);
@@ -83,6 +86,8 @@
       img.onload = function () {
         canvas.width = img.naturalWidth;
         canvas.height = img.naturalHeight;
+        ry = fullShape && fullShape[0] ? fullShape[0] / img.naturalHeight : 1;
+        rx = fullShape && fullShape[1] ? fullShape[1] / img.naturalWidth : 1;
         if (keepView) apply(); else fit();
         img.dataset.ready = String(it.id);
         // time to first render (ms since navigation start), read by benchmarks/bench_web.py
@@ -117,15 +122,17 @@
     markLabel();
   }
   function draw() {
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     if (current < 0) return;
-    const it = item(), w = 2 / scale;
+    ctx.setTransform(1 / rx, 0, 0, 1 / ry, 0, 0);  // draw in full-resolution pixels
+    const it = item(), w = 2 * rx / scale;
     ctx.lineWidth = w;
     ctx.strokeStyle = "#ffd400";
     ctx.fillStyle = "#ffd400";
     it.points.forEach(function (p) {
       ctx.beginPath();
-      ctx.arc(p[1], p[0], 4 / scale, 0, 2 * Math.PI);
+      ctx.arc(p[1], p[0], 4 * rx / scale, 0, 2 * Math.PI);
       ctx.fill();
     });
     it.shapes.concat(pending.length ? [{points: pending, open: true}] : []).forEach(function (s) {
@@ -140,7 +147,8 @@
   }
   function pos(ev) {
     const r = canvas.getBoundingClientRect();
-    return [(ev.clientY - r.top) / r.height * canvas.height, (ev.clientX - r.left) / r.width * canvas.width];
+    return [(ev.clientY - r.top) / r.height * canvas.height * ry,
+            (ev.clientX - r.left) / r.width * canvas.width * rx];
   }
   function value() {
     const it = item(), v = {};
@@ -243,7 +251,7 @@
     if (tool === "point") { item().points.push(p); draw(); }
     else if (tool === "polygon") {
       const last = pending[pending.length - 1];
-      if (!last || Math.hypot(last[0] - p[0], last[1] - p[1]) * scale > 3) pending.push(p);
+      if (!last || Math.hypot(last[0] - p[0], last[1] - p[1]) * scale / rx > 3) pending.push(p);
       draw();
     }
   });
