@@ -45,11 +45,15 @@ def layer_array(layer, level: int = 0) -> tuple[Any, Any, Any]:
     return data, scale * factor, translate
 
 
-def notify(title: str, message: str) -> None:
-    """One napari notification ``"title: message"`` (the widgets' one way to tell the user)."""
-    from napari.utils.notifications import show_info
+def notify(title: str, message: str, level: str = "info") -> None:
+    """Tell the user ``"title: message"`` as a napari notification: the
+    widgets' one way to do it. ``title`` names the widget; ``level`` is
+    "info", "warning" or "error"."""
+    from napari.utils import notifications
 
-    show_info(f"{title}: {message}")
+    if level not in ("info", "warning", "error"):
+        raise ValueError(f"level must be info, warning or error, got {level!r}")
+    getattr(notifications, f"show_{level}")(f"{title}: {message}")
 
 
 class ConfigControls:

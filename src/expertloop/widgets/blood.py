@@ -32,6 +32,7 @@ from expertloop.widgets._common import (
     image_layer_choices,
     layer_array,
     layer_by_name,
+    notify,
 )
 from expertloop.widgets._jobs import JobRunner
 
@@ -136,11 +137,6 @@ class BloodWidget(Container):
             viewer.layers.events.removed.connect(combo.reset_choices)
 
     # ------------------------------------------------------------ helpers
-    def _info(self, msg: str) -> None:
-        from napari.utils.notifications import show_info
-
-        show_info(f"Blood cell detector: {msg}")
-
     def _new_model_kwargs(self) -> dict:
         types = _names(self.types.value)
         return dict(det_classes=_names(self.det_classes.value) or ["cell"], type_names=types,
@@ -154,7 +150,7 @@ class BloodWidget(Container):
 
         path = Path(str(self.model_file.value))
         if not path.name or not path.exists():
-            self._info(f"model file {path} not found")
+            notify("Blood cell detector", f"model file {path} not found")
             return None
 
         def job():
@@ -164,7 +160,7 @@ class BloodWidget(Container):
         def done(model):
             self.model = model
             self.score.value, self.type_thr.value = model.score_threshold, model.type_threshold
-            self._info(f"loaded {path.name}: types {', '.join(model.type_names)}")
+            notify("Blood cell detector", f"loaded {path.name}: types {', '.join(model.type_names)}")
 
         return self.runner.start(job(), description="loading blood model", on_result=done)
 
@@ -172,14 +168,14 @@ class BloodWidget(Container):
         from expertloop.engine.blood.model import save_blood_model
 
         if self.model is None:
-            self._info("no model to save: train or load one first")
+            notify("Blood cell detector", "no model to save: train or load one first")
             return None
         path = Path(str(self.save_file.value))
         if not path.name:
-            self._info("choose a file to save the model to")
+            notify("Blood cell detector", "choose a file to save the model to")
             return None
         out = save_blood_model(path, self.model)
-        self._info(f"model saved to {out}")
+        notify("Blood cell detector", f"model saved to {out}")
         return out
 
     # ------------------------------------------------------------ detection
@@ -188,10 +184,10 @@ class BloodWidget(Container):
 
         layer = layer_by_name(self._viewer, self.image.value)
         if layer is None:
-            self._info("open an image first")
+            notify("Blood cell detector", "open an image first")
             return None
         if self.model is None:
-            self._info("load or train a model first")
+            notify("Blood cell detector", "load or train a model first")
             return None
         plane = _plane(layer, self._viewer)
         self._source = layer
@@ -305,7 +301,7 @@ class BloodWidget(Container):
         try:
             _, sample = self._samples()
         except (ValueError, KeyError) as exc:
-            self._info(str(exc))
+            notify("Blood cell detector", str(exc))
             return None
         kwargs = self._new_model_kwargs() if self.model is None else None
         if kwargs is not None:
@@ -329,18 +325,18 @@ class BloodWidget(Container):
             msg = f"trained: detector {len(det)} iteration{'' if len(det) == 1 else 's'}" + (f" (loss {det[0]:.3f} -> {det[-1]:.3f})" if det else "")
             if hist["heads"]:
                 msg += f", type heads loss {hist['heads'][-1]:.3f}"
-            self._info(msg)
+            notify("Blood cell detector", msg)
 
         return self.runner.start(job(), description="training blood model", on_result=done)
 
     # ------------------------------------------------------------ export
     def _export_path(self, suffix: str) -> Path | None:
         if self.result is None:
-            self._info("nothing to export: run a detection first")
+            notify("Blood cell detector", "nothing to export: run a detection first")
             return None
         p = Path(str(self.export_file.value))
         if not p.name or p.is_dir():
-            self._info("choose a file to export to")
+            notify("Blood cell detector", "choose a file to export to")
             return None
         return p.with_suffix(suffix)
 
@@ -351,7 +347,7 @@ class BloodWidget(Container):
         if p is None:
             return None
         write_csv(p, results_to_rows([self.result], float(self.score.value), float(self.type_thr.value)))
-        self._info(f"regions written to {p}")
+        notify("Blood cell detector", f"regions written to {p}")
         return p
 
     def export_coco(self, *_):
@@ -362,7 +358,7 @@ class BloodWidget(Container):
             return None
         anns = results_to_annotations([self.result], float(self.score.value), float(self.type_thr.value))
         write_coco(p, anns, categories=self.model.det_classes if self.model else None)
-        self._info(f"COCO annotations written to {p}")
+        notify("Blood cell detector", f"COCO annotations written to {p}")
         return p
 
     # ------------------------------------------------------------ batch
@@ -380,18 +376,18 @@ class BloodWidget(Container):
         from expertloop.io.readers import SUPPORTED_SUFFIXES
 
         if self.model is None:
-            self._info("load or train a model first")
+            notify("Blood cell detector", "load or train a model first")
             return None
         folder = Path(str(self.folder.value))
         files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(SUPPORTED_SUFFIXES)) \
             if folder.is_dir() else []
         if not files:
-            self._info(f"no images in {folder}")
+            notify("Blood cell detector", f"no images in {folder}")
             return None
         target = Path(str(self.export_file.value))
         out_dir = target if target.is_dir() else target.parent
         if not target.name:
-            self._info("choose where to export (export to)")
+            notify("Blood cell detector", "choose where to export (export to)")
             return None
         self.refresh()  # the sliders' values are the model's thresholds
         model = self.model
@@ -408,6 +404,6 @@ class BloodWidget(Container):
 
         def done(results):
             n = sum(r.summary(thr, tthr)["regions"] for r in results)
-            self._info(f"{len(results)} images, {n} regions: written to {out_dir}")
+            notify("Blood cell detector", f"{len(results)} images, {n} regions: written to {out_dir}")
 
         return self.runner.start(job(), description="detecting blood cells in a folder", on_result=done)

@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 
 from expertloop.engine.features import available_backbones, feature_pca
-from expertloop.widgets._common import image_layer_choices, layer_array, layer_by_name
+from expertloop.widgets._common import (
+    image_layer_choices,
+    layer_array,
+    layer_by_name,
+    notify,
+)
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -38,9 +43,8 @@ class FeaturesWidget(Container):
     def run(self, *_):
         layer = layer_by_name(self._viewer, self.image.value)
         if layer is None:
-            from napari.utils.notifications import show_info
 
-            show_info("Deep features: open an image first")
+            notify("Deep features", "open an image first")
             return None
         # pass the layer's data as is: the job converts it (e.g. a lazy dask
         # array is read) in the worker thread, not here on the GUI thread

@@ -28,6 +28,7 @@ from expertloop.widgets._common import (
     image_layer_choices,
     layer_array,
     layer_by_name,
+    notify,
 )
 from expertloop.widgets._jobs import JobRunner
 
@@ -42,12 +43,6 @@ def _labels_choices(viewer) -> list[str]:
     from napari.layers import Labels
 
     return [layer.name for layer in viewer.layers if isinstance(layer, Labels)]
-
-
-def _info(msg: str) -> None:
-    from napari.utils.notifications import show_info
-
-    show_info(msg)
 
 
 def _spec_from(config, ndim: int, path):
@@ -84,13 +79,13 @@ class _Base(Container):
     def _image_layer(self):
         layer = layer_by_name(self._viewer, self.image.value)
         if layer is None:
-            _info("FLIM: open an image first")
+            notify("FLIM", "open an image first")
         return layer
 
     def _markers_layer(self):
         layer = layer_by_name(self._viewer, self.markers.value)
         if layer is None:
-            _info("FLIM: add a markers (Labels) layer and draw scribbles: 1 = background, 2 = object")
+            notify("FLIM", "add a markers (Labels) layer and draw scribbles: 1 = background, 2 = object")
         return layer
 
     def _gather(self, stack: bool):
@@ -99,12 +94,12 @@ class _Base(Container):
         if layer is None or mlayer is None:
             return None
         if layer.rgb:
-            _info("FLIM: convert the RGB image to greyscale (or one channel) first")
+            notify("FLIM", "convert the RGB image to greyscale (or one channel) first")
             return None
         try:
             imgs, mks, _ = _images_and_markers(layer_array(layer)[0], layer_array(mlayer)[0], stack)
         except ValueError as exc:
-            _info(f"FLIM: {exc}")
+            notify("FLIM", str(exc))
             return None
         return layer, imgs, mks
 
@@ -115,9 +110,8 @@ class _Base(Container):
         try:
             stack, names = read_image_folder(folder)
         except (OSError, ValueError) as exc:
-            from napari.utils.notifications import show_error
 
-            show_error(f"FLIM: {exc}")
+            notify("FLIM", str(exc), "error")
             return None
         layer = self._viewer.add_image(stack, name=f"{folder.name or 'images'} stack",
                                        metadata={FILES_KEY: names})
@@ -235,8 +229,8 @@ class FlimEncoderWidget(_Base):
             self._viewer.add_image(data, name=name, colormap="magma", blending="additive", opacity=0.6,
                                    scale=scale, translate=translate)
             r = self.report
-            _info(f"FLIM encoder fitted in {r.seconds:.2f} s: {r.filters_per_layer} filters, "
-                  f"marker patches per layer {r.patches_per_layer}")
+            notify("FLIM", f"encoder fitted in {r.seconds:.2f} s: {r.filters_per_layer} filters, "
+                   f"marker patches per layer {r.patches_per_layer}")
 
         return self.runner.start(job(), description="fitting FLIM encoder", on_result=show)
 
@@ -244,7 +238,7 @@ class FlimEncoderWidget(_Base):
         from expertloop.engine.flim import build_network, fit_pixel_head, train_decoder
 
         if self.encoder is None:
-            _info("FLIM: fit the encoder first")
+            notify("FLIM", "fit the encoder first")
             return None
         got = self._gather(self.stack.value)
         if got is None:
@@ -256,7 +250,7 @@ class FlimEncoderWidget(_Base):
             lab = layer_array(self._viewer.layers[self.train_labels.value])[0]
             planes = list(lab) if self.stack.value else [lab]
             if len(planes) != len(imgs) or any(p.shape != i.shape for p, i in zip(planes, imgs)):
-                _info(f"FLIM: decoder labels of shape {lab.shape} do not match the images")
+                notify("FLIM", f"decoder labels of shape {lab.shape} do not match the images")
                 return None
             mks = [(p > 0).astype(np.int64) + 1 for p in planes] if self.binary_mask.value else planes
 
@@ -270,7 +264,7 @@ class FlimEncoderWidget(_Base):
 
         def done(net):
             self.network = net
-            _info(f"FLIM: {kind} decoder trained (classes {net.classes})")
+            notify("FLIM", f"{kind} decoder trained (classes {net.classes})")
 
         return self.runner.start(job(), description=f"training {kind} decoder", on_result=done)
 
@@ -278,7 +272,7 @@ class FlimEncoderWidget(_Base):
         from expertloop.engine.flim import segment
 
         if self.network is None:
-            _info("FLIM: train (or load) a decoder first")
+            notify("FLIM", "train (or load) a decoder first")
             return None
         layer = self._image_layer()
         if layer is None:
@@ -304,10 +298,10 @@ class FlimEncoderWidget(_Base):
         from expertloop.engine.flim import save_network
 
         if self.network is None:
-            _info("FLIM: nothing to save yet: train a decoder first")
+            notify("FLIM", "nothing to save yet: train a decoder first")
             return None
         path = save_network(self.model_file.value, self.network)
-        _info(f"FLIM: network saved to {path}")
+        notify("FLIM", f"network saved to {path}")
         return path
 
     def load(self, *_):
@@ -317,12 +311,11 @@ class FlimEncoderWidget(_Base):
         try:
             self.network = load_network(self.model_file.value)
         except (ModelFileError, OSError) as exc:
-            from napari.utils.notifications import show_error
 
-            show_error(f"FLIM: {exc}")
+            notify("FLIM", str(exc), "error")
             return None
         self.encoder = self.network.encoder
-        _info(f"FLIM: loaded {self.network.kind} network (classes {self.network.classes})")
+        notify("FLIM", f"loaded {self.network.kind} network (classes {self.network.classes})")
         return self.network
 
 
@@ -458,7 +451,7 @@ class FlimRecommendWidget(_Base):
     def mark_next(self, *_) -> None:
         """Go to the inspected image and switch the markers layer to painting."""
         if self.inspected is None:
-            _info("FLIM: click a point (or pick a recommended image) first")
+            notify("FLIM", "click a point (or pick a recommended image) first")
             return
         self.next_image = self.inspected
         step = list(self._viewer.dims.current_step)
@@ -471,4 +464,4 @@ class FlimRecommendWidget(_Base):
         if mlayer is not None:
             self._viewer.layers.selection.active = mlayer
             mlayer.mode = "paint"
-        _info(f"FLIM: mark {self.names[self.next_image]} (image {self.next_image}), then recommend again")
+        notify("FLIM", f"mark {self.names[self.next_image]} (image {self.next_image}), then recommend again")

@@ -20,8 +20,8 @@ from expertloop.widgets._common import (
     image_layer_choices,
     layer_array,
     layer_by_name,
+    notify,
 )
-from expertloop.widgets._common import notify as _notify
 from expertloop.widgets._jobs import JobRunner
 from expertloop.widgets._plot import PlotWidget
 
@@ -53,10 +53,6 @@ def _planes(data: Any) -> list[np.ndarray]:
     if arr.ndim == 3:
         return list(arr)
     raise ValueError(f"expected a 2D image or a stack of 2D images, got shape {arr.shape}")
-
-
-def _show(message: str) -> None:
-    _notify("Membranes", message)
 
 
 class MembraneWidget(Container):
@@ -121,13 +117,13 @@ class MembraneWidget(Container):
         if p is None:
             return  # taken when the project is created
         if self.runner.running:
-            _show("parameters not changed while a step runs: wait for it (or cancel it)")
+            notify("Membranes", "parameters not changed while a step runs: wait for it (or cancel it)")
         else:
             try:
                 for name, (old, new) in p.update_config(values, source="widget").items():
                     self.info.value = f"{name}: {old} -> {new} (saved in the project)"
             except ValueError as exc:
-                _show(str(exc))
+                notify("Membranes", str(exc))
         self.params.fill(p.config)  # show what is in force
 
     def _folder_changed(self, *_) -> None:
@@ -143,10 +139,10 @@ class MembraneWidget(Container):
 
     def _need_project(self, what: str) -> bool:
         if self.project is None:
-            _show(f"open or create a project before '{what}'")
+            notify("Membranes", f"open or create a project before '{what}'")
             return False
         if self.runner.running:
-            _show(f"'{what}' not started: wait for the running step to finish (or cancel it)")
+            notify("Membranes", f"'{what}' not started: wait for the running step to finish (or cancel it)")
             return False
         return True
 
@@ -156,7 +152,7 @@ class MembraneWidget(Container):
         try:
             job = make_job()
         except (ValueError, RuntimeError, FileNotFoundError) as exc:
-            _show(str(exc))
+            notify("Membranes", str(exc))
             return None
         return self.runner.start(job, **kw)
 
@@ -195,7 +191,7 @@ class MembraneWidget(Container):
 
         folder = Path(str(self.folder.value))
         if not str(self.folder.value) or str(self.folder.value) == ".":
-            _show("choose a project folder first")
+            notify("Membranes", "choose a project folder first")
             return None
         try:
             if (folder / PROJECT_FILE).exists():
@@ -203,7 +199,7 @@ class MembraneWidget(Container):
             else:
                 timg = self._layer_data(self.target_image)
                 if timg is None:
-                    _show("choose the target images to create a project")
+                    notify("Membranes", "choose the target images to create a project")
                     return None
                 targets = _planes(timg)
                 tl = self._layer_data(self.target_labels)
@@ -216,7 +212,7 @@ class MembraneWidget(Container):
                 self.project = MembraneProject.create(folder, targets, tlabels, validation_images=vimgs,
                                                       validation_truths=vtruths, config=self._config())
         except (ValueError, OSError) as exc:
-            _show(str(exc))
+            notify("Membranes", str(exc))
             return None
         self.params.fill(self.project.config)  # the values in force, fixed ones read-only
         self._show_project_layers()
@@ -238,18 +234,18 @@ class MembraneWidget(Container):
             if img is None and model_path not in ("", "."):
                 model, _ = load_net(Path(model_path).with_suffix(""))
                 self.project.set_source_model(model)
-                _show(f"source model {Path(model_path).name} loaded")
+                notify("Membranes", f"source model {Path(model_path).name} loaded")
                 self._refresh()
                 return None
             if img is None or truth is None:
-                _show("choose source images and their truth (or a saved source model)")
+                notify("Membranes", "choose source images and their truth (or a saved source model)")
                 return None
             images = _planes(img)
             labels = [membrane_labels(t, self.source_value.value) for t in _planes(truth)]
             if len(images) != len(labels):
                 raise ValueError(f"{len(images)} source images but {len(labels)} truth images")
         except Exception as exc:  # bad files and inputs become notifications
-            _show(str(exc))
+            notify("Membranes", str(exc))
             return None
         return self._start(lambda: self.project.train_source(images, labels), description="source training",
                                  on_result=lambda _: self._refresh())
@@ -297,16 +293,16 @@ class MembraneWidget(Container):
             return None
         reg = self.project.proposal
         if reg is None:
-            _show("propose a region first")
+            notify("Membranes", "propose a region first")
             return None
         layer = layer_by_name(self._viewer, self._labels_layer_name(reg.image))
         if layer is None:
-            _show(f"the labels layer '{self._labels_layer_name(reg.image)}' is missing")
+            notify("Membranes", f"the labels layer '{self._labels_layer_name(reg.image)}' is missing")
             return None
         try:
             self.project.accept(np.asarray(layer_array(layer)[0]))
         except ValueError as exc:
-            _show(str(exc))
+            notify("Membranes", str(exc))
             return None
         for name in (REGION_LAYER, UNCERTAINTY_LAYER):
             if name in self._viewer.layers:

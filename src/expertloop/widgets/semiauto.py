@@ -49,7 +49,12 @@ from expertloop.engine.semiauto.models import (
 )
 from expertloop.engine.semiauto.queue import ReviewQueue
 from expertloop.io.semiauto_storage import FolderQueueStorage
-from expertloop.widgets._common import ConfigControls, layer_array, layer_by_name
+from expertloop.widgets._common import (
+    ConfigControls,
+    layer_array,
+    layer_by_name,
+    notify,
+)
 from expertloop.widgets._jobs import JobRunner
 from expertloop.widgets._plot import PlotWidget
 from expertloop.widgets.semiauto_store import StoreReviewPanel
@@ -66,12 +71,6 @@ def _default_annotator() -> str:
         return getpass.getuser()
     except Exception:  # no user name in the environment
         return ""
-
-
-def _show_info(msg: str) -> None:
-    from napari.utils.notifications import show_info
-
-    show_info(msg)
 
 
 def _read_path_image(path: str | None):
@@ -150,11 +149,11 @@ class ReviewQueueWidget(Container):
         """Reopen the open queue of a project folder (e.g. after a crash)."""
         folder = Path(str(self.project.value))
         if not (folder / "queue.json").is_file():
-            _show_info(f"Review queue: no open queue in {folder}")
+            notify("Review queue", f"no open queue in {folder}")
             return None
         q = ReviewQueue.restore(FolderQueueStorage(folder), annotator=self.annotator.value)
         if q is None:
-            _show_info(f"Review queue: the queue in {folder} is empty")
+            notify("Review queue", f"the queue in {folder} is empty")
         self.set_queue(q)
         return q
 
@@ -167,7 +166,7 @@ class ReviewQueueWidget(Container):
         if self.queue is None or self.queue.current is None:
             return
         if not self.annotator.value.strip():
-            _show_info("Review queue: enter the annotator's name first")
+            notify("Review queue", "enter the annotator's name first")
             return
         fn()
         self._refresh()
@@ -191,7 +190,7 @@ class ReviewQueueWidget(Container):
         if self.queue is None:
             return
         if not self.queue.undo():
-            _show_info("Review queue: nothing to undo")
+            notify("Review queue", "nothing to undo")
         self._refresh()
         if self.on_change is not None:
             self.on_change()
@@ -227,7 +226,7 @@ class ReviewQueueWidget(Container):
         try:
             data = self.image_for(it.index) if self.image_for is not None else _read_path_image(it.path)
         except Exception as exc:  # unreadable file: say so, keep the queue usable
-            _show_info(f"Review queue: cannot show {it.name}: {exc}")
+            notify("Review queue", f"cannot show {it.name}: {exc}")
             return
         if data is None:
             return
@@ -310,13 +309,13 @@ class SemiAutoWidget(Container):
         if self.loop is None:
             return  # taken when the project is created
         if self.runner.running:
-            _show_info("Semi-automatic labelling: parameters not changed while a step runs")
+            notify("Semi-automatic labelling", "parameters not changed while a step runs")
         else:
             try:
                 self.loop.config = apply_values(self.loop.config, values)[0].check()
                 self.loop.save()
             except ValueError as exc:
-                _show_info(f"Semi-automatic labelling: {exc}")
+                notify("Semi-automatic labelling", str(exc))
         self.params.fill(self.loop.config)
 
     def _source(self):
@@ -350,7 +349,6 @@ class SemiAutoWidget(Container):
 
     def load(self, *_):
         """Read the images and labels, or resume the project saved in the project folder."""
-        from napari.utils.notifications import show_error, show_warning
 
         try:
             col, labels, names, project = self._source()
@@ -358,19 +356,19 @@ class SemiAutoWidget(Container):
             clf = make_classifier(self.classifier.value)
             if storage.load_state():
                 self.loop = SemiAutoLoop.restore(storage, col, clf, annotator=self.review.annotator.value)
-                _show_info(f"Semi-automatic labelling: resumed the project in {project}")
+                notify("Semi-automatic labelling", f"resumed the project in {project}")
             else:
                 self.loop = SemiAutoLoop(col, names, labels, clf, config=self._config(), storage=storage,
                                          allow_missing_classes=True)
         except (ValueError, FileNotFoundError) as exc:
-            show_error(f"Semi-automatic labelling: {exc}")
+            notify("Semi-automatic labelling", str(exc), "error")
             return None
         self.params.fill(self.loop.config)  # the project's values in force, fixed ones read-only
         if col.skipped:
             listed = "; ".join(f"{n}" for n, _ in col.skipped[:10])
-            show_warning(f"Semi-automatic labelling: skipped {len(col.skipped)} unreadable file(s): {listed}")
+            notify("Semi-automatic labelling", f"skipped {len(col.skipped)} unreadable file(s): {listed}", "warning")
         if col.resized:
-            show_warning(f"Semi-automatic labelling: resized {len(col.resized)} image(s) to {col.shape[:2]}")
+            notify("Semi-automatic labelling", f"resized {len(col.resized)} image(s) to {col.shape[:2]}", "warning")
         self._after_step()
         if self.loop.queue is not None:
             self._show_queue()
@@ -381,7 +379,7 @@ class SemiAutoWidget(Container):
         if self.loop is None and self.load() is None:
             return None
         if self.loop.proposal is not None:
-            _show_info("Semi-automatic labelling: finish and apply the open review first")
+            notify("Semi-automatic labelling", "finish and apply the open review first")
             return None
         return self.runner.start(self.loop.run_iteration(), description="semi-automatic labelling",
                                  on_result=self._proposal_ready)
@@ -389,8 +387,8 @@ class SemiAutoWidget(Container):
     def _proposal_ready(self, proposal):
         if proposal is None:
             self._after_step()
-            _show_info("Semi-automatic labelling: no batch left" if not self.loop.pool
-                       else "Semi-automatic labelling: target accuracy reached")
+            notify("Semi-automatic labelling", "no batch left" if not self.loop.pool
+                   else "Semi-automatic labelling: target accuracy reached")
             return
         self._show_queue()
         self._after_step()
@@ -417,15 +415,15 @@ class SemiAutoWidget(Container):
 
     def apply_and_continue(self, *_):
         if self.loop is None or self.loop.proposal is None:
-            _show_info("Semi-automatic labelling: no batch to apply; run an iteration")
+            notify("Semi-automatic labelling", "no batch to apply; run an iteration")
             return None
         if self.runner.running:
             return None
         rec = self.loop.apply_review()
         self.review.set_queue(None)
         self._after_step()
-        _show_info(f"Semi-automatic labelling: batch {rec['iteration']}: {rec['accepted']} accepted, "
-                   f"{rec['reviewed']} reviewed ({rec['corrected']} corrected)")
+        notify("Semi-automatic labelling", f"batch {rec['iteration']}: {rec['accepted']} accepted, "
+               f"{rec['reviewed']} reviewed ({rec['corrected']} corrected)")
         if self.loop.pool:
             return self.run_iteration()
         return self.runner.start(self.loop.finish(), description="final training",
@@ -436,13 +434,13 @@ class SemiAutoWidget(Container):
         from expertloop.engine.semiauto.loop import random_baseline
 
         if self.loop is None:
-            _show_info("Semi-automatic labelling: load a project first")
+            notify("Semi-automatic labelling", "load a project first")
             return None
         try:
             # checks run at the call (engine.jobs.checks_first): a bad state is reported at once
             job = random_baseline(self.loop, make_classifier(self.classifier.value), float(self.params['rate'].value))
         except ValueError as exc:
-            _show_info(f"Semi-automatic labelling: {exc}")
+            notify("Semi-automatic labelling", str(exc))
             return None
 
         def show(hist):
@@ -458,10 +456,10 @@ class SemiAutoWidget(Container):
     def export(self, *_):
         path = str(self.export_path.value or "")
         if self.loop is None or path in ("", "."):
-            _show_info("Semi-automatic labelling: load a project and choose a CSV file first")
+            notify("Semi-automatic labelling", "load a project and choose a CSV file first")
             return None
         out = self.loop.export_csv(path)
-        _show_info(f"Semi-automatic labelling: labels written to {out}")
+        notify("Semi-automatic labelling", f"labels written to {out}")
         return out
 
     # ------------------------------------------------------------ display

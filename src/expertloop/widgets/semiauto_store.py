@@ -17,6 +17,8 @@ from typing import Any
 
 from magicgui.widgets import Container, Label, LineEdit, PushButton
 
+from expertloop.widgets._common import notify
+
 
 def _split(text: str) -> list[str]:
     return [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
@@ -49,14 +51,13 @@ class StoreReviewPanel(Container):
         self.fetch_btn.changed.connect(self.fetch)
 
     def _ready(self):
-        from napari.utils.notifications import show_info
 
         loop = self._get_loop()
         if loop is None or loop.queue is None:
-            show_info("Review in annotation project: run an iteration first (no open review queue)")
+            notify("Review in annotation project", "run an iteration first (no open review queue)")
             return None
         if not self.location.value.strip() or not self.collection.value.strip() or not self.actor.value.strip():
-            show_info("Review in annotation project: give the project location, a collection and the store user")
+            notify("Review in annotation project", "give the project location, a collection and the store user")
             return None
         return loop
 
@@ -74,10 +75,9 @@ class StoreReviewPanel(Container):
         return self._runner.start(job, description="send hard cases", on_result=self._sent)
 
     def _sent(self, res: dict) -> None:
-        from napari.utils.notifications import show_info
 
         self.status.value = f"queue {res['queue']}: {res['pushed']} sent to {res['collection']!r}"
-        show_info(f"Review in annotation project: {self.status.value}")
+        notify("Review in annotation project", f"{self.status.value}")
 
     def fetch(self, *_):
         """Read the reviewed labels (worker thread), record them as decisions (GUI thread)."""
@@ -90,18 +90,16 @@ class StoreReviewPanel(Container):
         return self._runner.start(job, description="fetch reviewed labels", on_result=self._fetched)
 
     def _fetched(self, fetched: dict) -> None:
-        from napari.utils.notifications import show_info, show_warning
-
         from expertloop.engine.semiauto.store_bridge import apply_reviews
 
         loop = self._get_loop()
         if loop is None or loop.queue is None:
-            show_info("Review in annotation project: the review queue was closed meanwhile; nothing recorded")
+            notify("Review in annotation project", "the review queue was closed meanwhile; nothing recorded")
             return
         rep = apply_reviews(loop, fetched)
         self.last_report = rep
         self.status.value = rep.summary()
-        (show_warning if rep.rejected or rep.conflicts else show_info)(
-            f"Review in annotation project: {rep.summary()}")
+        notify("Review in annotation project", rep.summary(),
+               "warning" if rep.rejected or rep.conflicts else "info")
         if self.on_fetched is not None:
             self.on_fetched(rep)

@@ -39,17 +39,12 @@ from expertloop.widgets._common import (
     image_layer_choices,
     layer_array,
     layer_by_name,
+    notify,
 )
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
     import napari
-
-
-def _notify(kind: str, message: str) -> None:
-    from napari.utils import notifications
-
-    getattr(notifications, f"show_{kind}")(message)
 
 
 def _zoom(viewer) -> float:
@@ -131,11 +126,11 @@ class SpotAnnotatorWidget(Container):
         """Bind to the chosen image: restore its click log, start a new session."""
         layer = layer_by_name(self._viewer, self.image.value)
         if layer is None:
-            _notify("info", "Spot annotator: open an image first")
+            notify("Spot annotator", "open an image first")
             return None
         if layer.rgb or layer.ndim not in (2, 3):
-            _notify("warning", f"Spot annotator: '{layer.name}' must be a 2D or 3D grey-level "
-                               f"image (got {layer.ndim}D{' RGB' if layer.rgb else ''})")
+            notify("Spot annotator", f"'{layer.name}' must be a 2D or 3D grey-level "
+                   f"image (got {layer.ndim}D{' RGB' if layer.rgb else ''})", "warning")
             return None
         self._image_layer = layer
         path = self.log_path(layer)
@@ -161,9 +156,9 @@ class SpotAnnotatorWidget(Container):
         self._viewer.layers.selection.active = points
         self._update_info()
         if len(table["z"]):
-            _notify("info", f"Spot annotator: restored {len(table['z'])} clicks from {path}")
+            notify("Spot annotator", f"restored {len(table['z'])} clicks from {path}")
         else:
-            _notify("info", f"Spot annotator: clicks of '{layer.name}' are logged to {path}")
+            notify("Spot annotator", f"clicks of '{layer.name}' are logged to {path}")
         return points
 
     @staticmethod
@@ -219,7 +214,7 @@ class SpotAnnotatorWidget(Container):
             # napari copies the selected point's features into a new point:
             # blank the id so removing this refused point deletes nothing
             pts.features.loc[pts.features.index[i], "click_id"] = ""
-            _notify("warning", f"Spot annotator: {exc}")
+            notify("Spot annotator", str(exc), "warning")
             return
         feats = pts.features
         for c in FEATURE_COLUMNS:
@@ -242,21 +237,21 @@ class SpotAnnotatorWidget(Container):
 
     def export(self, path) -> Path | None:
         if self.points is None or not str(path or "").strip() or str(path) == ".":
-            _notify("info", "Spot annotator: start a session and choose a CSV file first")
+            notify("Spot annotator", "start a session and choose a CSV file first")
             return None
         out = export_csv(self.table(), path)
-        _notify("info", f"Spot annotator: {len(self.points.data)} clicks written to {out}")
+        notify("Spot annotator", f"{len(self.points.data)} clicks written to {out}")
         return out
 
     def import_table(self, path):
         """Load an annotation table (CSV) into the points layer and the log (as clicks of record)."""
         if self.points is None:
-            _notify("info", "Spot annotator: start a session first")
+            notify("Spot annotator", "start a session first")
             return None
         try:
             table = import_csv(path)
         except (OSError, ValueError) as exc:
-            _notify("error", f"Spot annotator: {exc}")
+            notify("Spot annotator", str(exc), "error")
             return None
         # a click already in the layer (same id, e.g. re-importing its own export)
         # is not added twice; rows without an id get a fresh one in this session
@@ -269,7 +264,7 @@ class SpotAnnotatorWidget(Container):
             [cid or f"{self.log.session_id}-import{k}" for k, cid in enumerate(map(str, table["click_id"]))],
             object)
         if skipped:
-            _notify("info", f"Spot annotator: {skipped} clicks of the table are already here (same id): skipped")
+            notify("Spot annotator", f"{skipped} clicks of the table are already here (same id): skipped")
         # imported rows enter the journal as they are, so a crash keeps them too
         for i in range(len(table["z"])):
             self.log.journal.append({"event": "click", **{c: table[c][i] for c in CLICK_COLUMNS}})
@@ -343,7 +338,7 @@ class SpotDetectorWidget(Container):
 
         names = list(self.train_images.value or [])
         if not names:
-            _notify("info", "Spot detector: choose images that have a '<image> spots' layer of clicks")
+            notify("Spot detector", "choose images that have a '<image> spots' layer of clicks")
             return None
         cfg = self.config()
         scans = []
@@ -351,7 +346,7 @@ class SpotDetectorWidget(Container):
             img = self._viewer.layers[n]
             table = table_from_layer(self._viewer.layers[spots_layer_name(n)])
             if len(table["z"]) == 0:
-                _notify("warning", f"Spot detector: '{n}' has no clicks; click spots with the Spot annotator")
+                notify("Spot detector", f"'{n}' has no clicks; click spots with the Spot annotator", "warning")
                 return None
             scans.append((n, layer_array(img)[0], table))
 
@@ -374,19 +369,19 @@ class SpotDetectorWidget(Container):
                                + (f", {i['n_clusters']} latency clusters" if "n_clusters" in i else "")
                                + f", transferred {len(i['transferred'])} conv layers")
             if i.get("cluster_note"):
-                _notify("info", f"Spot detector: {i['cluster_note']}")
+                notify("Spot detector", f"{i['cluster_note']}")
 
         return self.runner.start(job(), description="train spot detector", on_result=done)
 
     def save(self, path):
         if self.detector is None:
-            _notify("info", "Spot detector: train or load a model first")
+            notify("Spot detector", "train or load a model first")
             return None
         if not str(path or "").strip() or str(path) == ".":
-            _notify("info", "Spot detector: choose a model file")
+            notify("Spot detector", "choose a model file")
             return None
         out = self.detector.save(path)
-        _notify("info", f"Spot detector: model saved to {out}")
+        notify("Spot detector", f"model saved to {out}")
         return out
 
     def load(self, path):
@@ -396,7 +391,7 @@ class SpotDetectorWidget(Container):
         try:
             self.detector = SpotDetector.load(path)
         except (ModelFileError, OSError, ValueError) as exc:
-            _notify("error", f"Spot detector: {exc}")
+            notify("Spot detector", str(exc), "error")
             return None
         self.info.value = f"loaded {self.detector.info.get('method', '?')} model from {Path(path).name}"
         return self.detector
@@ -407,13 +402,13 @@ class SpotDetectorWidget(Container):
 
         layer = layer_by_name(self._viewer, self.image.value)
         if layer is None:
-            _notify("info", "Spot detector: open an image first")
+            notify("Spot detector", "open an image first")
             return None
         if self.detector is None:
-            _notify("info", "Spot detector: train or load a model first")
+            notify("Spot detector", "train or load a model first")
             return None
         if layer.rgb:
-            _notify("warning", "Spot detector: needs a grey-level image, not RGB")
+            notify("Spot detector", "needs a grey-level image, not RGB", "warning")
             return None
         self._source = layer
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info
 from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import (
     QComboBox,
@@ -41,7 +41,7 @@ from expertloop.store import (
     review_source,
 )
 from expertloop.store.core import expand_images
-from expertloop.widgets._common import layer_array
+from expertloop.widgets._common import layer_array, notify
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -150,12 +150,12 @@ class AnnotationProjectWidget(QWidget):
     # ---------------------------------------------------------------- project
     def open_project(self, location: str, create_as: str | None = None) -> bool:
         if create_as is not None and not create_as.strip():
-            show_error("Annotation project: type your name to create a project")
+            notify("Annotation project", "type your name to create a project", "error")
             return False
         try:
             store = _open_store(location, create_as.strip() if create_as else None)
         except StoreError as exc:
-            show_error(f"Annotation project: {exc}")
+            notify("Annotation project", str(exc), "error")
             return False
         if self.store is not None:
             self.store.close()
@@ -223,8 +223,8 @@ class AnnotationProjectWidget(QWidget):
         self.list.blockSignals(False)
         self._set_tools(self.collection)
         if self.missing:
-            show_warning(f"Annotation project: {len(self.missing)} image(s) of "
-                         f"{name!r} are missing on disk (shown grey)")
+            notify("Annotation project", f"{len(self.missing)} image(s) of "
+                   f"{name!r} are missing on disk (shown grey)", "warning")
         self._refresh()
         if self.images:
             first_todo = next((i for i, im in enumerate(self.images)
@@ -296,7 +296,7 @@ class AnnotationProjectWidget(QWidget):
                 self.viewer.layers.move(self.viewer.layers.index(layer), 0)
                 self._bind_keys(layer)
             except Exception as exc:  # unreadable file: say so, keep going
-                show_warning(f"Annotation project: cannot read {im.uri}: {exc}")
+                notify("Annotation project", f"cannot read {im.uri}: {exc}", "warning")
         pred = self.predictions.get(im.id)
         self.suggestion.setText("" if pred is None else
                                 f"{pred.label} ({pred.confidence:.2f})"
@@ -372,7 +372,7 @@ class AnnotationProjectWidget(QWidget):
             try:
                 layer.data = self.store.load_mask(rec)
             except StoreError as exc:
-                show_warning(f"Annotation project: {exc}")
+                notify("Annotation project", str(exc), "warning")
 
     def _value_from_layer(self) -> dict:
         kind = self.collection.task_type
@@ -397,7 +397,7 @@ class AnnotationProjectWidget(QWidget):
              source: str | None = None) -> bool:
         """Write the current image's annotation to the store now."""
         if self.store is None or self.collection is None or self.current < 0:
-            show_info("Annotation project: open a project and a collection first")
+            notify("Annotation project", "open a project and a collection first")
             return False
         im = self.images[self.current]
         spent = time.monotonic() - self._shown_at
@@ -421,7 +421,7 @@ class AnnotationProjectWidget(QWidget):
                 rec = self.store.annotate(self.me, self.collection.name, im.id,
                                           self._value_from_layer(), time_spent=spent)
         except StoreError as exc:
-            show_error(f"Annotation project: not saved: {exc}")
+            notify("Annotation project", f"not saved: {exc}", "error")
             self._say(f"not saved: {exc}")
             return False
         self.done.add(im.id)
@@ -435,7 +435,7 @@ class AnnotationProjectWidget(QWidget):
     def accept_suggestion(self) -> bool:
         pred = self.predictions.get(self.images[self.current].id) if self.current >= 0 else None
         if pred is None or pred.label is None:
-            show_info("Annotation project: no model suggestion for this image")
+            notify("Annotation project", "no model suggestion for this image")
             return False
         return self.save(label=pred.label, advance=True, source="accepted-model")
 
@@ -524,7 +524,7 @@ class StoreAdminWidget(QWidget):
         try:
             store = _open_store(location)
         except StoreError as exc:
-            show_error(f"Project admin: {exc}")
+            notify("Project admin", str(exc), "error")
             return False
         if self.store is not None:
             self.store.close()
@@ -551,15 +551,15 @@ class StoreAdminWidget(QWidget):
 
     def _do(self, what: str, fn) -> bool:
         if self.store is None:
-            show_info("Project admin: open a project first")
+            notify("Project admin", "open a project first")
             return False
         try:
             fn()
         except (StoreError, ValueError) as exc:
-            show_error(f"Project admin: {what}: {exc}")
+            notify("Project admin", f"{what}: {exc}", "error")
             return False
         self._reload()
-        show_info(f"Project admin: {what}: done")
+        notify("Project admin", f"{what}: done")
         return True
 
     def add_user(self) -> bool:
@@ -595,7 +595,7 @@ class StoreAdminWidget(QWidget):
 
     def run_report(self):
         if self.store is None or not self.assign_coll.currentText():
-            show_info("Project admin: open a project and pick a collection")
+            notify("Project admin", "open a project and pick a collection")
             return None
         store, me, coll = self.store, self.admin.currentText(), self.assign_coll.currentText()
 
