@@ -132,6 +132,10 @@ def test_detector_trains_and_adds_points_with_probability(make_napari_viewer, qt
     assert 0 <= len(layer.data) <= n_all
     # save / load through the widget; a corrupt file is reported
     assert det.save(tmp_path / "m").exists()
+    fresh = SpotDetectorWidget(viewer)  # a loaded model's training values fill the controls
+    assert fresh.params["target_epochs"].value != 2
+    assert fresh.load(tmp_path / "m") is not None
+    assert fresh.params["target_epochs"].value == 2 and fresh.params["max_negatives"].value == 800
     assert det.load(tmp_path / "m") is not None
     (tmp_path / "m.pt").write_bytes(b"garbage")
     assert det.load(tmp_path / "m") is None

@@ -393,6 +393,8 @@ class SpotDetectorWidget(Container):
         except (ModelFileError, OSError, ValueError) as exc:
             notify("Spot detector", str(exc), "error")
             return None
+        # the controls show what the model was trained with (a new training starts from them)
+        self.params.fill(self.detector.config, lock_fixed=False)
         self.info.value = f"loaded {self.detector.info.get('method', '?')} model from {Path(path).name}"
         return self.detector
 
