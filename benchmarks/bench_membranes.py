@@ -63,6 +63,7 @@ def main() -> None:
         MembraneProject,
         NetConfig,
         abundance,
+        bounded_abundance,
         build_net,
         f_score,
         membrane_labels,
@@ -79,7 +80,7 @@ def main() -> None:
         raise SystemExit(f"--data {data}: expected isbi2012/ and vnc_stack1/ inside")
     q = args.quick
     window = args.window or (32 if q else 64)
-    ch = args.channels or (4 if q else 8)
+    ch = args.channels or 8
     rounds = args.rounds or (2 if q else 4)
     n_src = 6 if q else 20
     src_crop = 256 if q else 512
@@ -88,8 +89,8 @@ def main() -> None:
     val_ids = ["08"] if q else ["08", "09"]
     initial = 64 if q else 128
     cfg = dict(window=window, channels=(ch, 2 * ch, 2 * ch), hidden=(4 * ch, 4 * ch),
-               source_epochs=2 if q else 4, target_epochs=2 if q else 4, round_epochs=1 if q else 2,
-               samples_per_epoch=1024 if q else 2048, batch_size=64, max_windows=6, seed=args.seed,
+               source_epochs=2 if q else 4, target_epochs=6 if q else 4, round_epochs=3 if q else 2,
+               samples_per_epoch=2048, batch_size=64, max_windows=6, seed=args.seed,
                tile=512)
     # ISBI 2012: 0 = membrane; VNC stack: 255 = membrane (explicit polarity)
     src = [_crop(iio.imread(data / "isbi2012" / "image" / f"{i}.png"), src_crop) for i in range(n_src)]
@@ -199,8 +200,8 @@ def main() -> None:
     t0 = time.perf_counter()
     f_map = window_uncertainty(prob, target_model.config.window)
     dflt = MembraneConfig()
-    reg = propose_region([f_map], ab.scores[:1], target_model.config.window, lam=dflt.lam,
-                         max_windows=dflt.max_windows, n_seeds=dflt.n_seeds)
+    reg = propose_region([f_map], bounded_abundance(ab.scores, dflt.max_windows)[:1], target_model.config.window,
+                         lam=dflt.lam, max_windows=dflt.max_windows, n_seeds=dflt.n_seeds)
     t_search = time.perf_counter() - t0
     print(f"region search on a 1024² section: {t_search * 1000:.1f} ms (uncertainty per window + greedy "
           f"growth; {reg.n_windows} windows); abundance clustering of {len(full)} sections "

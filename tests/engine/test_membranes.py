@@ -15,6 +15,7 @@ from expertloop.engine.membranes import (
     MembraneProject,
     NetConfig,
     abundance,
+    bounded_abundance,
     build_net,
     grow_region,
     load_net,
@@ -39,6 +40,7 @@ from expertloop.engine.membranes.net import (
     balanced_samples,
     check_domains,
     conv_kernels,
+    dihedral,
 )
 from expertloop.engine.membranes.region import is_contiguous
 from expertloop.engine.persistence import ModelFileError
@@ -163,6 +165,33 @@ def test_training_learns_membranes(crops):
     assert prob[mem].mean() > prob[~mem].mean() + 0.1
 
 
+def test_dihedral_augmentation_keeps_the_centre_and_gives_all_eight_symmetries():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 1, 7, 7)).astype(np.float32)
+    x[:] = x[:1]  # eight copies of one window
+    out = dihedral(x, np.arange(8))
+    assert np.all(out[:, 0, 3, 3] == x[0, 0, 3, 3])  # odd window: the centre stays in place
+    assert np.array_equal(out[0], x[0])  # code 0: identity
+    assert np.array_equal(out[1, 0], x[0, 0].T)
+    assert np.array_equal(out[2, 0], x[0, 0, ::-1])
+    assert np.array_equal(out[4, 0], x[0, 0, :, ::-1])
+    assert len({o.tobytes() for o in out}) == 8
+    assert np.array_equal(x[1], x[0])  # the input is not modified
+    # the windows keep their values (a permutation of the pixels)
+    assert np.allclose(np.sort(out.reshape(8, -1), 1), np.sort(x.reshape(8, -1), 1))
+
+
+def test_training_without_augmentation_is_reproducible_and_differs_with_it(crops):
+    src, src_lab, *_ = crops
+    kw = dict(epochs=1, samples_per_epoch=128, batch_size=32)
+    nets = [build_net(NetConfig(window=16, **SMALL), seed=0) for _ in range(3)]
+    for net, aug in zip(nets, (False, False, True)):
+        run_job(train_net(net, src[:1], src_lab[:1], augment=aug, **kw))
+    w = [n.conv1.weight.detach().numpy() for n in nets]
+    assert np.array_equal(w[0], w[1])
+    assert not np.allclose(w[0], w[2])
+
+
 def test_model_file_roundtrip_and_corruption(tmp_path):
     net = transfer(build_net(NetConfig(window=16, **SMALL)), 2, "frozen")
     save_net(tmp_path / "m", net, kind="target")
@@ -262,6 +291,24 @@ def test_region_is_contiguous_whole_windows_and_respects_limits():
                     allowed=np.zeros((6, 7), bool))
     rnd = random_region([(6, 7)], 5, 16, np.random.default_rng(0))
     assert rnd.n_windows == 5 and is_contiguous(rnd.cells)
+
+
+def test_bounded_abundance_keeps_uncertainty_in_charge_on_a_small_pool():
+    # one big cluster of CERTAIN windows, the rest rare and uncertain
+    f = np.full((4, 4), 0.1)
+    s = np.full((4, 4), 0.02)
+    f[:, :2], s[:, :2] = 0.45, 0.6  # left half: common and certain
+    raw_cells, _ = grow_region(f, s, lam=0.8, max_windows=4, n_seeds=None)
+    assert all(c < 2 for _, c in raw_cells)  # unscaled: abundance wins, certain windows are chosen
+    (scaled,) = bounded_abundance([s], 4)
+    assert np.isclose(np.sort(scaled.ravel())[-4:].sum(), 1.0)
+    cells, _ = grow_region(f, scaled, lam=0.8, max_windows=4, n_seeds=None)
+    assert all(c >= 2 for _, c in cells)  # scaled: the uncertain windows are chosen
+    # a pool whose regions already sum below 1 is left alone; several maps share one scale
+    small = [np.full((3, 3), 0.01), np.full((2, 2), 0.02)]
+    assert all(np.array_equal(a, b) for a, b in zip(bounded_abundance(small, 6), small))
+    big = bounded_abundance([np.full((3, 3), 0.5), np.full((2, 2), 0.25)], 2)
+    assert np.isclose(big[0][0, 0], 0.5) and np.isclose(big[1][0, 0], 0.25)
 
 
 def test_outline_traces_an_l_shape():

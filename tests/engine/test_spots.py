@@ -182,13 +182,30 @@ def test_train_detect_save_load_roundtrip(phantom, tmp_path):
     assert ((found.probability >= 0) & (found.probability <= 1)).all()
     # it learnt something: clicked spots score higher than the rest (training volume)
     y, _, _ = label_candidates(found.candidates.centers, truth_points(phantom))
-    assert found.probability[y == 1].mean() > found.probability[y == 0].mean() + 0.1
+    assert found.probability[y == 1].mean() > 3 * found.probability[y == 0].mean()
+    # calibrated to the scan's spot fraction (balanced training would put the mean near 0.5):
+    # the expected number of spot patches is of the order of the true one, not thousands
+    assert det.info["prior_log_odds"] == pytest.approx(np.log(ts.n_positive / (len(ts.y) - ts.n_positive)))
+    assert 0.2 * ts.n_positive < found.probability.sum() < 5 * ts.n_positive
     path = det.save(tmp_path / "spots_model")
     assert path.exists() and path.with_suffix(".json").exists()
     back = SpotDetector.load(tmp_path / "spots_model")
     again = run_job(detect_spots(back, phantom.volume, candidates=found.candidates))
     assert np.allclose(again.probability, found.probability, atol=1e-6)
     assert back.config.channels == FAST.channels and back.info["n_clusters"] == det.info["n_clusters"]
+
+
+def test_calibrate_moves_balanced_probabilities_to_the_prior():
+    from expertloop.engine.spots.lcnn import calibrate
+
+    p = np.array([0.5, 0.9, 0.1, 1.0, 0.0], np.float32)
+    q = calibrate(p, np.log(1 / 9))  # one spot for nine non-spots
+    assert q[0] == pytest.approx(0.1, abs=1e-6)  # undecided -> the prior
+    assert q[1] == pytest.approx(0.5, abs=1e-6)  # odds 9:1 times 1:9
+    assert np.all(np.diff(np.argsort(q)) == np.diff(np.argsort(p)))  # ranking unchanged
+    assert 0 < q[4] < q[2] < q[0] < q[1] < q[3] < 1
+    assert np.array_equal(calibrate(p, None), p)  # detectors saved before calibration
+    assert calibrate(np.zeros(0), 0.0).shape == (0,)
 
 
 def test_controls_and_bad_training_inputs(phantom):

@@ -35,6 +35,7 @@ from expertloop.engine.membranes.region import (
     Abundance,
     Region,
     abundance,
+    bounded_abundance,
     grow_region,
     propose_region,
     random_region,
@@ -46,7 +47,8 @@ from expertloop.engine.membranes.region import (
 
 __all__ = [
     "BACKGROUND", "MEMBRANE", "UNLABELLED", "Abundance", "MembraneConfig", "MembraneProject",
-    "NetConfig", "Region", "abundance", "build_net", "f_score", "grow_region", "load_net",
+    "NetConfig", "Region", "abundance", "bounded_abundance", "build_net", "f_score", "grow_region",
+    "load_net",
     "membrane_labels", "predict_dense", "predict_per_window", "predict_windows",
     "prefill_region", "propose_region", "random_region", "region_objective", "region_outline",
     "run_simulated_rounds", "save_net", "simulated_expert", "simulated_round", "train_net", "transfer",

@@ -463,8 +463,9 @@ class MembraneProject:
         else:
             f_maps = [(_region.window_uncertainty(p, c.window) if p is not None
                        else np.zeros(fr.shape)) for p, fr in zip(probs, free)]
-            reg = _region.propose_region(f_maps, ab.scores, c.window, lam=c.lam,
-                                         max_windows=n_windows or c.max_windows,
+            limit = n_windows or c.max_windows
+            reg = _region.propose_region(f_maps, _region.bounded_abundance(ab.scores, limit), c.window,
+                                         lam=c.lam, max_windows=limit,
                                          allowed=free, n_seeds=c.n_seeds)
         search_s = time.perf_counter() - t0
         reg.info["search_seconds"] = search_s

@@ -295,11 +295,33 @@ def train_spot_detector(sets, config: SpotConfig | None = None, *, device=None) 
         desc="target CNN (spot vs non-spot)"), 40 if use_source else 0, 100, 100)
     info["target_loss"] = hist.last.get("loss")
     info["transfer_layers"] = cfg.transfer_layers if use_source else 0
+    # calibration: class-balanced training makes the CNN's probabilities those of a scan with as
+    # many spots as non-spots; the scan's own prior (spot patches among ALL its candidates) moves
+    # them back (Bayes' rule), so that 0.5 means "as likely a spot as not" on a scan like this one
+    info["prior_log_odds"] = float(np.log(n_pos / (len(y) - n_pos)))
+    info["calibration"] = "class-balanced training, prior-corrected to the training scans' spot fraction"
     return SpotDetector(target, cfg, info)
 
 
+def calibrate(probability: np.ndarray, prior_log_odds: float | None) -> np.ndarray:
+    """Balanced-training probabilities -> probabilities under the prior ``exp(prior_log_odds)``.
+
+    ``logit(p') = logit(p) + prior_log_odds`` (the balanced training's prior
+    log-odds is 0). ``None`` (detectors saved before calibration existed)
+    leaves ``p`` unchanged.
+    """
+    p = np.asarray(probability, np.float64)
+    if prior_log_odds is None or p.size == 0:
+        return np.asarray(probability, np.float32)
+    eps = 1e-7
+    q = np.clip(p, eps, 1 - eps)
+    z = np.log(q) - np.log1p(-q) + float(prior_log_odds)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
 def predict_patches(detector: SpotDetector, patches: np.ndarray, *, batch_size: int = 4096) -> Job[np.ndarray]:
-    """Job: spot probability of each patch ``(N, p, p)``."""
+    """Job: spot probability of each patch ``(N, p, p)``, calibrated to the
+    training scans' spot fraction (:func:`calibrate`)."""
     from expertloop.engine.training import predict_proba
 
     p = np.asarray(patches, np.float32)
@@ -310,7 +332,7 @@ def predict_patches(detector: SpotDetector, patches: np.ndarray, *, batch_size: 
                          f"{detector.config.patch_size}x{detector.config.patch_size} patches")
     probs = yield from predict_proba(detector.model, p[:, None], batch_size=batch_size,
                                      desc="spot probabilities")
-    return probs[:, 1]
+    return calibrate(probs[:, 1], detector.info.get("prior_log_odds"))
 
 
 @dataclass
