@@ -83,6 +83,56 @@ def add_commands(sub) -> None:
     add_json(p)
     p.set_defaults(func=cmd_membranes_predict)
 
+    p = action(ms, "export", "write a membrane network as a bioimage.io model package (.zip)", [
+        "expertloop membranes export proj/models/round_005.pt -o membranes.zip --test-image vnc_00.png",
+        'expertloop membranes export net.pt -o m.zip --test-image a.png --name "VNC membranes" --author "A. Lab"',
+    ], description="Write a bioimage.io model package (format 0.5) for a membrane network: TorchScript and "
+                   "state-dict weights, zero_mean_unit_variance preprocessing, the test image and the "
+                   "plugin's output for it, a cover, a README and the paper. Needs the bioimageio extra "
+                   "(pip install 'napari-expertloop[bioimageio]'); docs/membranes.md.")
+    p.add_argument("model", help="a membrane network saved by the widget or 'membranes loop' (.pt)")
+    p.add_argument("-o", "--output", required=True, help="package to write (.zip)")
+    p.add_argument("--test-image", required=True,
+                   help="a grey image (at least one window in size) for the package's test input/output")
+    p.add_argument("--name", default="expertloop membranes", help="model name shown on bioimage.io")
+    p.add_argument("--author", action="append", help="author name (repeatable; default: napari-expertloop user)")
+    p.add_argument("--license", default="BSD-3-Clause", help="SPDX licence of the weights (default BSD-3-Clause)")
+    add_json(p)
+    p.set_defaults(func=cmd_membranes_export, outputs={"output": "file"})
+
+    p = action(ms, "import", "read a bioimage.io membrane package back as a membrane network (.pt)", [
+        "expertloop membranes import membranes.zip -o imported_net",
+        "expertloop membranes import unzipped_package/rdf.yaml -o imported_net --json",
+    ], description="Check a bioimage.io package (validated with bioimageio.spec) written by "
+                   "'membranes export' and save its network as MODEL.pt + MODEL.json, for the widget "
+                   "('or source model'), 'membranes predict' and 'membranes loop --source-model'.")
+    p.add_argument("package", help="bioimage.io model package (.zip or rdf.yaml)")
+    p.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
+    add_json(p)
+    p.set_defaults(func=cmd_membranes_import, outputs={"output": "model"})
+
+
+def cmd_membranes_export(args: argparse.Namespace) -> int:
+    from expertloop.engine.membranes.bioimageio import export_membrane_model
+    from expertloop.engine.membranes.net import load_net
+
+    model, _ = load_net(args.model)
+    image = _read_all([args.test_image], "test image")[0]
+    path = export_membrane_model(model, args.output, image, name=args.name,
+                                 authors=tuple(args.author or ("napari-expertloop user",)), license=args.license)
+    emit(args, {"package": str(path), "window": model.config.window}, [f"wrote {path}"])
+    return 0
+
+
+def cmd_membranes_import(args: argparse.Namespace) -> int:
+    from expertloop.engine.membranes.bioimageio import import_membrane_model
+    from expertloop.engine.membranes.net import save_net
+
+    net = import_membrane_model(args.package)
+    path = save_net(args.output, net, kind="imported", extra={"bioimageio_package": str(args.package)})
+    emit(args, {"model": str(path), "window": net.config.window}, [f"wrote {path}"])
+    return 0
+
 
 def cmd_membranes_predict(args: argparse.Namespace) -> int:
     from expertloop.commands._batch import exit_code, run_batch_command
