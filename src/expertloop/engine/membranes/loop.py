@@ -119,8 +119,23 @@ class MembraneConfig:
 
 # ----------------------------------------------------------------- label helpers
 def prefill_region(labels: Any, prob: Any, mask: Any) -> np.ndarray:
-    """Labels with the current prediction (1 membrane / 2 not) written into the
-    unlabelled pixels of ``mask``: the expert then only corrects mistakes."""
+    """Pre-fill a region with the current prediction, so the expert only corrects mistakes.
+
+    Parameters
+    ----------
+    labels : array (H, W)
+        The image's labels (0 unlabelled, 1 membrane, 2 not membrane).
+    prob : array (H, W)
+        P(membrane) of the current network.
+    mask : bool array (H, W)
+        The region (e.g. ``project.proposal.mask(shape)``).
+
+    Returns
+    -------
+    numpy.ndarray
+        A copy of ``labels`` whose unlabelled pixels inside ``mask`` hold the
+        prediction (1 where ``prob > 0.5``, else 2).
+    """
     lab = np.array(labels, np.uint8, copy=True)
     m = np.asarray(mask, bool) & (lab == _net.UNLABELLED)
     pred = np.where(np.asarray(prob) > 0.5, _net.MEMBRANE, _net.BACKGROUND).astype(np.uint8)
@@ -129,7 +144,22 @@ def prefill_region(labels: Any, prob: Any, mask: Any) -> np.ndarray:
 
 
 def simulated_expert(labels: Any, truth: Any, mask: Any) -> np.ndarray:
-    """A simulated expert: copies the ground truth (1/2 labels) inside ``mask``."""
+    """A simulated expert: copies the ground truth inside ``mask``.
+
+    Parameters
+    ----------
+    labels : array (H, W)
+        The image's current labels.
+    truth : array (H, W)
+        Ground truth as 1 (membrane) / 2 (not), e.g. from :func:`membrane_labels`.
+    mask : bool array (H, W)
+        The region the expert labels.
+
+    Returns
+    -------
+    numpy.ndarray
+        A copy of ``labels`` with ``truth`` inside ``mask``.
+    """
     lab = np.array(labels, np.uint8, copy=True)
     t = np.asarray(truth)
     if t.shape != lab.shape:
@@ -140,8 +170,20 @@ def simulated_expert(labels: Any, truth: Any, mask: Any) -> np.ndarray:
 
 
 def f_score(prob_maps: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict[str, float]:
-    """Pixel precision/recall/F-score of ``P > 0.5`` against truth (1 = membrane),
-    pooled over all images (unlabelled truth pixels, 0, are ignored)."""
+    """Pixel precision, recall and F-score of ``P > 0.5`` against the truth.
+
+    Parameters
+    ----------
+    prob_maps : sequence of arrays
+        P(membrane) per image.
+    truths : sequence of arrays
+        Truth per image: 1 membrane, 2 not, 0 ignored.
+
+    Returns
+    -------
+    dict
+        ``{"f1", "precision", "recall"}``, pooled over all images.
+    """
     from expertloop.engine.metrics import binary_scores
 
     preds, trues = [], []
@@ -199,8 +241,26 @@ class MembraneProject:
         validation_truths: Sequence[Any] = (),
         config: MembraneConfig | None = None,
     ) -> MembraneProject:
-        """Start a project. ``target_labels``: 0/1/2 label images (None: no labels
-        yet); ``validation_truths``: 1/2 label images (see :func:`~expertloop.engine.membranes.net.membrane_labels`)."""
+        """Start a project in ``folder`` (which must not hold one yet).
+
+        Parameters
+        ----------
+        folder : path
+            The project folder (created).
+        target_images : sequence of 2D arrays
+            The target domain's images: the pool regions are proposed from.
+        target_labels : sequence of 2D arrays, optional
+            Their first labels, 0 unlabelled / 1 membrane / 2 not (None: none yet).
+        validation_images, validation_truths : sequences of 2D arrays, optional
+            Held-out images and their 1/2 truth (see :func:`membrane_labels`),
+            scored after every training.
+        config : MembraneConfig, optional
+            The parameters (default: ``MembraneConfig()``), saved in ``project.json``.
+
+        Returns
+        -------
+        MembraneProject
+        """
         folder = Path(folder)
         if (folder / PROJECT_FILE).exists():
             raise FileExistsError(f"{folder} already holds a membrane project: open it instead")
@@ -239,6 +299,17 @@ class MembraneProject:
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> MembraneProject:
+        """Open the project saved in ``folder`` (images, labels, config, round, scores, proposal).
+
+        Parameters
+        ----------
+        folder : path
+            A folder made by :meth:`create`.
+
+        Returns
+        -------
+        MembraneProject
+        """
         folder = Path(folder)
         path = folder / PROJECT_FILE
         if not path.exists():
@@ -254,11 +325,25 @@ class MembraneProject:
         return cls(folder, state)
 
     def update_config(self, values: dict[str, Any], *, source: str = "user") -> dict[str, tuple[Any, Any]]:
-        """Change some parameters of the project (names of
-        :class:`MembraneConfig` parameters, None values skipped), save and log
-        the change. Returns ``{name: (old, new)}`` of what changed. A fixed
-        parameter (architecture, transfer, abundance) cannot change:
-        :class:`~expertloop.engine.config.FixedParameterError` says so."""
+        """Change some parameters of the project; the change is saved and journalled.
+
+        Parameters
+        ----------
+        values : dict
+            ``{name: value}`` of :class:`MembraneConfig` parameters (None values are skipped).
+        source : str
+            Who asked (recorded in the journal), e.g. "widget" or "command line".
+
+        Returns
+        -------
+        dict
+            ``{name: (old, new)}`` of what changed.
+
+        Raises
+        ------
+        FixedParameterError
+            For a parameter fixed at creation (architecture, transfer, abundance).
+        """
         config, changes = apply_values(self.config, values)
         if changes:
             self.config = config
@@ -332,7 +417,20 @@ class MembraneProject:
 
     @checks_first
     def train_source(self, images: Sequence[Any], labels: Sequence[Any]) -> Job[Any]:
-        """Job: train the source network on ``images`` with 0/1/2 ``labels``."""
+        """Job: train the source-domain network.
+
+        Parameters
+        ----------
+        images : sequence of 2D arrays
+            Source-domain images (same dtype as the target images).
+        labels : sequence of 2D arrays
+            Their labels, 0 unlabelled / 1 membrane / 2 not.
+
+        Returns
+        -------
+        Job
+            Returns the trained network (also saved as the project's source model).
+        """
         _net.check_domains(images, self.target_images)
         yield CHECKED
         c = self.config
@@ -347,8 +445,15 @@ class MembraneProject:
 
     @checks_first
     def transfer(self) -> Job[dict[str, Any]]:
-        """Job: copy the first k layers of the source network into a new target
-        network, train it on the target labels, score it (round 0)."""
+        """Job: round 0. Copy the first ``k`` layers of the source network into a
+        new target network, train it on the target labels, score it.
+
+        Returns
+        -------
+        Job
+            Returns the round's record (``round``, ``labelled_pixels``, ``loss``
+            and, with validation images, ``f1``, ``precision``, ``recall``).
+        """
         if not self.has_source:
             raise FileNotFoundError("the project has no source model yet: train or load one")
         self._labelled()  # raises when there is nothing to train on
@@ -429,9 +534,24 @@ class MembraneProject:
 
     @checks_first
     def propose(self, *, strategy: str | None = None, n_windows: int | None = None) -> Job[dict[str, Any]]:
-        """Job: predict every target image, search the region (or draw a random
-        one), store it as the current proposal. Returns ``{"region", "prob",
-        "uncertainty", "search_seconds"}`` for the region's image."""
+        """Job: propose the next region for the expert.
+
+        Predicts every target image, searches the region (or draws a random
+        one) and stores it as the current proposal.
+
+        Parameters
+        ----------
+        strategy : {"objective", "random"}, optional
+            Default: the config's.
+        n_windows : int, optional
+            Region size limit; default: the config's ``max_windows``.
+
+        Returns
+        -------
+        Job
+            Returns ``{"region", "prob", "uncertainty", "search_seconds"}`` for
+            the region's image.
+        """
         import time
 
         if not self.has_target:
@@ -485,9 +605,18 @@ class MembraneProject:
         return _read(self.folder / "proposal_prob.tif")
 
     def accept(self, labels: Any) -> int:
-        """Merge the expert's labels for the proposal's image, inside the region
-        only. Returns the number of labelled pixels taken. Pixels left 0
-        inside the region stay unlabelled."""
+        """Merge the expert's labels of the proposal's image, inside the region only.
+
+        Parameters
+        ----------
+        labels : array (H, W)
+            The corrected labels of the proposal's image (pixels left 0 stay unlabelled).
+
+        Returns
+        -------
+        int
+            The number of labelled pixels taken.
+        """
         reg = self.proposal
         if reg is None:
             raise RuntimeError("there is no proposed region to accept")
@@ -509,7 +638,13 @@ class MembraneProject:
 
     @checks_first
     def retrain(self) -> Job[dict[str, Any]]:
-        """Job: fine-tune the current network on all target labels, score it."""
+        """Job: fine-tune the current network on all target labels and score it (the next round).
+
+        Returns
+        -------
+        Job
+            Returns the round's record, as :meth:`transfer`.
+        """
         if not self.has_target:
             raise RuntimeError("no target network yet: run the transfer step first")
         self._labelled()
@@ -523,12 +658,22 @@ class MembraneProject:
 @checks_first
 def simulated_round(project: MembraneProject, truths: Sequence[Any], *, strategy: str | None = None
                     ) -> Job[dict[str, Any]]:
-    """Job: one round with a simulated expert that copies ``truths`` (1/2
-    labels per target image) inside the proposed region, then retrains.
-    ``strategy``: "objective" or "random" (None: the project's), or "none"
-    (no region: retrain on the labels already there, the no-active-learning
-    control). Returns the round's score record, with ``region`` (a dict, or
-    None for "none")."""
+    """Job: one round with a simulated expert: propose, copy the truth inside the region, retrain.
+
+    Parameters
+    ----------
+    project : MembraneProject
+    truths : sequence of 2D arrays
+        1/2 truth per target image.
+    strategy : {"objective", "random", "none"}, optional
+        None: the project's; "none": no region, retrain on the labels already
+        there (the no-active-learning control).
+
+    Returns
+    -------
+    Job
+        Returns the round's record, with ``region`` (a dict, or None for "none").
+    """
     if len(truths) != len(project.target_images):
         raise ValueError(f"need one truth per target image ({len(project.target_images)}), got {len(truths)}")
     if strategy not in (None, "objective", "random", "none"):
@@ -549,7 +694,23 @@ def simulated_round(project: MembraneProject, truths: Sequence[Any], *, strategy
 def run_simulated_rounds(project: MembraneProject, truths: Sequence[Any], rounds: int,
                          *, strategy: str | None = None) -> Job[list[dict[str, Any]]]:
     """Job: ``rounds`` rounds of :func:`simulated_round` (the one round loop
-    the command line, the benchmark and scripts share)."""
+    the command line, the benchmark and scripts share).
+
+    Parameters
+    ----------
+    project : MembraneProject
+    truths : sequence of 2D arrays
+        1/2 truth per target image.
+    rounds : int
+        How many rounds to run.
+    strategy : {"objective", "random", "none"}, optional
+        As in :func:`simulated_round`.
+
+    Returns
+    -------
+    Job
+        Returns the list of the rounds' records.
+    """
     if len(truths) != len(project.target_images):
         raise ValueError(f"need one truth per target image ({len(project.target_images)}), got {len(truths)}")
     yield CHECKED

@@ -225,10 +225,23 @@ def cut_windows(padded: np.ndarray, coords: np.ndarray, window: int) -> np.ndarr
 def membrane_labels(mask: Any, membrane_value: int | float) -> np.ndarray:
     """Dense ground truth → workflow labels (1 membrane, 2 not membrane).
 
-    ``membrane_value`` says which value marks membranes in ``mask``: it is
-    explicit because data sets disagree (ISBI 2012 marks membranes with 0,
-    the VNC stack with 255). Raises when the value is absent or the mask has
-    a single class.
+    Parameters
+    ----------
+    mask : array
+        A dense membrane mask.
+    membrane_value : number
+        The value that marks membranes in ``mask``: explicit because data sets
+        disagree (ISBI 2012 marks membranes with 0, the VNC stack with 255).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 labels, 1 where ``mask == membrane_value``, 2 elsewhere.
+
+    Raises
+    ------
+    ValueError
+        When no pixel has the value, or the mask holds a single class.
     """
     m = np.asarray(mask)
     is_mem = m == membrane_value
