@@ -50,6 +50,10 @@ def test_marker_encoder_fit_features_decoder_segment_save(make_napari_viewer, qt
     assert w.save().exists()
     w.network = None
     assert w.load() is not None and w.network.kind == "pixel"
+    fresh = FlimEncoderWidget(viewer)  # a loaded network's architecture fills the controls
+    fresh.model_file.value = tmp_path / "net.pt"
+    assert fresh.filters.value != 4 and fresh.load() is not None
+    assert fresh.filters.value == 4 and fresh.n_layers.value == w.n_layers.value
     # the U-Net decoder trained on a dense mask layer (e.g. ground truth) instead of the markers
     viewer.add_labels(mask, name="truth")
     w.decoder.value, w.steps.value, w.train_labels.value = "unet", 3, "truth"

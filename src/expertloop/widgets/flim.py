@@ -315,7 +315,13 @@ class FlimEncoderWidget(_Base):
             notify("FLIM", str(exc), "error")
             return None
         self.encoder = self.network.encoder
-        notify("FLIM", f"loaded {self.network.kind} network (classes {self.network.classes})")
+        from expertloop.engine.flim.params import FlimFit
+
+        shown = FlimFit.from_spec(self.encoder.spec, self.network.kind)
+        if shown is not None:  # the controls show the loaded network's architecture
+            self.params.fill(shown, lock_fixed=False)
+        notify("FLIM", f"loaded {self.network.kind} network (classes {self.network.classes})"
+                       + ("" if shown is not None else "; its encoder comes from a spec file"))
         return self.network
 
 

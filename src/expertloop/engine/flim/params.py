@@ -40,6 +40,17 @@ class FlimFit:
     def spec(self, ndim: int = 2) -> EncoderSpec:
         return _layers_spec(self.n_layers, self.kernel_size, self.filters_per_class, self.pool_stride, ndim)
 
+    @classmethod
+    def from_spec(cls, spec: EncoderSpec, decoder: str | None = None) -> FlimFit | None:
+        """The FlimFit that builds ``spec`` (and ``decoder``, if one of ours), or
+        None when ``spec`` is not of that simple form (e.g. from a spec file)."""
+        first = spec.layers[0]
+        n = len(spec.layers)
+        cfg = cls(n_layers=n, kernel_size=first.kernel_size, filters_per_class=first.filters_per_class,
+                  pool_stride=first.pool_stride,
+                  **({"decoder": decoder} if decoder in ("pixel", "unet") else {}))
+        return cfg if cfg.spec(spec.ndim).to_dict() == spec.to_dict() else None
+
 
 @dataclass
 class FlimRecommend:
