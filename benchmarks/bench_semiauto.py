@@ -35,7 +35,7 @@ from _common import emit, machine  # noqa: E402
 
 from expertloop.engine.jobs import run_job  # noqa: E402
 from expertloop.engine.semiauto import (  # noqa: E402
-    LoopConfig,
+    SemiAutoConfig,
     SemiAutoLoop,
     make_classifier,
     simulate,
@@ -50,7 +50,7 @@ from expertloop.engine.semiauto.models import Precomputed  # noqa: E402
 
 def run_strategy(col, truth, names, clf_name, x, labels, val, **cfg):
     loop = SemiAutoLoop(col, names, labels, Precomputed(make_classifier(clf_name), x),
-                        config=LoopConfig(**cfg), val_indices=val, val_labels=truth[val])
+                        config=SemiAutoConfig(**cfg), val_indices=val, val_labels=truth[val])
     t0 = time.perf_counter()
     hist = run_job(simulate(loop, truth))
     return hist, time.perf_counter() - t0

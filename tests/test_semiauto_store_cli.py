@@ -7,7 +7,7 @@ import numpy as np
 from expertloop.cli import main
 from expertloop.engine.jobs import run_job
 from expertloop.engine.semiauto import (
-    LoopConfig,
+    SemiAutoConfig,
     SemiAutoLoop,
     from_stack,
     make_classifier,
@@ -25,7 +25,7 @@ def test_push_and_pull_from_the_command_line(tmp_path, capsys):
     labels[40:80] = y[40:80]
     proj = tmp_path / "proj"
     loop = SemiAutoLoop(from_stack(images), [str(i) for i in range(10)], labels, make_classifier("logreg-hand"),
-                        config=LoopConfig(t=0.95, batch_size=60), val_indices=np.arange(40), val_labels=y[:40],
+                        config=SemiAutoConfig(t=0.95, batch_size=60), val_indices=np.arange(40), val_labels=y[:40],
                         storage=FolderQueueStorage(proj))
     run_job(loop.run_iteration())
     n = len(loop.queue)

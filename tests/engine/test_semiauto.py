@@ -10,10 +10,10 @@ import pytest
 from expertloop.engine.jobs import run_job
 from expertloop.engine.metrics import expected_calibration_error
 from expertloop.engine.semiauto import (
-    LoopConfig,
     MissingClassWarning,
     QueueItem,
     ReviewQueue,
+    SemiAutoConfig,
     SemiAutoLoop,
     calibration_report,
     fit_temperature,
@@ -68,7 +68,7 @@ def test_threshold_outside_open_interval_is_refused(t):
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         threshold_split(np.full((3, 2), 0.5), t)
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
-        LoopConfig(t=t).check()
+        SemiAutoConfig(t=t).check()
 
 
 def test_random_and_budget_splits():
@@ -206,7 +206,7 @@ def _digit_loop(digits, storage=None, **cfg):
     val, init = perm[:80], perm[80:130]
     labels = np.full(400, -1)
     labels[init] = y[init]
-    config = LoopConfig(**{"t": 0.9, "batch_size": 90, **cfg})
+    config = SemiAutoConfig(**{"t": 0.9, "batch_size": 90, **cfg})
     loop = SemiAutoLoop(from_stack(images), [str(i) for i in range(10)], labels,
                         make_classifier("logreg-hand"), config=config, val_indices=val,
                         val_labels=y[val], storage=storage)
@@ -291,7 +291,7 @@ def test_class_without_initial_examples(digits):
     with pytest.warns(MissingClassWarning):
         loop = SemiAutoLoop(from_stack(images[:200]), [str(i) for i in range(10)], labels,
                             make_classifier("logreg-hand"), allow_missing_classes=True,
-                            config=LoopConfig(val_fraction=0.2))
+                            config=SemiAutoConfig(val_fraction=0.2))
     p = run_job(loop.run_iteration())
     assert (p.predicted != 9).all()     # never predicted until labelled
     with pytest.raises(ValueError, match="at least two classes"):

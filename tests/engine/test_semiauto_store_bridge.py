@@ -9,7 +9,7 @@ import pytest
 
 from expertloop.engine.jobs import run_job
 from expertloop.engine.semiauto import (
-    LoopConfig,
+    SemiAutoConfig,
     SemiAutoLoop,
     from_stack,
     make_classifier,
@@ -52,7 +52,7 @@ def _loop(digits, folder):
     labels = np.full(len(y), -1)
     labels[init] = y[init]
     loop = SemiAutoLoop(from_stack(images), CLASSES, labels, make_classifier("logreg-hand"),
-                        config=LoopConfig(t=0.95, batch_size=80), val_indices=val, val_labels=y[val],
+                        config=SemiAutoConfig(t=0.95, batch_size=80), val_indices=val, val_labels=y[val],
                         storage=FolderQueueStorage(folder))
     p = run_job(loop.run_iteration())
     assert len(p.queued) >= 6, "the test needs a few hard cases"

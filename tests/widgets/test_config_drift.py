@@ -16,7 +16,7 @@ from expertloop.engine.blood.pipeline import BloodTraining
 from expertloop.engine.config import control_specs, parameters
 from expertloop.engine.flim.params import FlimFit, FlimRecommend
 from expertloop.engine.membranes import MembraneConfig
-from expertloop.engine.semiauto.loop import LoopConfig
+from expertloop.engine.semiauto.loop import SemiAutoConfig
 from expertloop.engine.spots.lcnn import SpotConfig, SpotSelection
 
 
@@ -76,7 +76,7 @@ CASES = {
     "membranes": (MembraneConfig, None, ("membranes", "loop"), _membranes),
     "spots train": (SpotConfig, None, ("spots", "train"), _spots),
     "spots detect": (SpotSelection, None, ("spots", "detect"), _spot_selection),
-    "semiauto": (LoopConfig, None, ("semiauto", "simulate"), _semiauto),
+    "semiauto": (SemiAutoConfig, None, ("semiauto", "simulate"), _semiauto),
     "blood train": (BloodTraining, None, ("blood", "train"), _blood_training),
     "blood thresholds": (BloodModel, THRESHOLDS, ("blood", "predict"), _blood_thresholds),
     "flim fit": (FlimFit, None, ("flim", "fit"), _flim_fit),

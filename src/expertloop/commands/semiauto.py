@@ -49,7 +49,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from expertloop.engine.config import build, given_values
     from expertloop.engine.jobs import run_job
     from expertloop.engine.semiauto import (
-        LoopConfig,
+        SemiAutoConfig,
         SemiAutoLoop,
         make_classifier,
         simulate,
@@ -58,7 +58,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from expertloop.io.semiauto_storage import FolderQueueStorage, MemoryQueueStorage
 
     col, truth, names = _dataset(args)
-    config = build(LoopConfig, given_values(args, LoopConfig)).check()
+    config = build(SemiAutoConfig, given_values(args, SemiAutoConfig)).check()
     labels, val = simulation_split(truth, args.initial, args.val, seed=config.seed)
     storage = FolderQueueStorage(args.project) if args.project else MemoryQueueStorage()
     kw = {"device": args.device} if args.device else {}
@@ -154,7 +154,7 @@ def cmd_pull_from_store(store, args) -> int:
 def add_commands(sub) -> None:
     from expertloop.commands._cli import action, add_device, add_json, group
     from expertloop.engine.config import add_arguments
-    from expertloop.engine.semiauto.loop import LoopConfig
+    from expertloop.engine.semiauto.loop import SemiAutoConfig
     from expertloop.engine.semiauto.models import CLASSIFIERS, DEFAULT_CLASSIFIER
 
     _, ss = group(sub, "semiauto", "semi-automatic labelling (self-training + review queue)",
@@ -176,7 +176,7 @@ def add_commands(sub) -> None:
     s.add_argument("--size", type=int, default=32, help="crop / image size in pixels (default 32)")
     s.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=sorted(CLASSIFIERS),
                    help=f"classifier retrained each iteration (default {DEFAULT_CLASSIFIER})")
-    add_arguments(s, LoopConfig)  # -t/--threshold, --batch-size, --strategy, --rate, --budget, --seed
+    add_arguments(s, SemiAutoConfig)  # -t/--threshold, --batch-size, --strategy, --rate, --budget, --seed
     s.add_argument("--initial", type=int, default=10, help="initial labels per class (D0)")
     s.add_argument("--val", type=int, default=30, help="validation images per class (V)")
     s.add_argument("--project", default=None, help="project folder for the queue and decisions")

@@ -41,7 +41,7 @@ from expertloop.engine.semiauto.data import (
     parse_class_names,
     read_labels_csv,
 )
-from expertloop.engine.semiauto.loop import LoopConfig, SemiAutoLoop
+from expertloop.engine.semiauto.loop import SemiAutoConfig, SemiAutoLoop
 from expertloop.engine.semiauto.models import (
     CLASSIFIERS,
     DEFAULT_CLASSIFIER,
@@ -262,8 +262,8 @@ class SemiAutoWidget(Container):
         self.initial = FileEdit(label="initial labels CSV", mode="r", filter="*.csv")
         self.project = FileEdit(label="project folder", mode="d")
         self.classifier = ComboBox(label="classifier", choices=sorted(CLASSIFIERS), value=DEFAULT_CLASSIFIER)
-        # parameters from the engine's LoopConfig; a resumed project shows (and takes edits to) its own
-        self.params = ConfigControls(LoopConfig, ["strategy", "t", "batch_size", "rate", "val_fraction"])
+        # parameters from the engine's SemiAutoConfig; a resumed project shows (and takes edits to) its own
+        self.params = ConfigControls(SemiAutoConfig, ["strategy", "t", "batch_size", "rate", "val_fraction"])
         self.params.bind(self._param_edited)
         self.load_btn = PushButton(text="Load / resume project")
         self.run_btn = PushButton(text="Run iteration")
@@ -297,10 +297,10 @@ class SemiAutoWidget(Container):
         viewer.layers.events.removed.connect(self.stack.reset_choices)
 
     # ------------------------------------------------------------ loading
-    def _config(self) -> LoopConfig:
+    def _config(self) -> SemiAutoConfig:
         from expertloop.engine.config import build
 
-        return build(LoopConfig, self.params.values()).check()
+        return build(SemiAutoConfig, self.params.values()).check()
 
     def _param_edited(self, values: dict) -> None:
         """An edit changes the open project's config (saved with its state)."""

@@ -6,7 +6,7 @@ lazily by the classifiers that need it.
 
 from expertloop.engine.semiauto.data import (
     UNLABELLED,
-    Collection,
+    ImageSet,
     from_stack,
     load_class_folders,
     load_folder,
@@ -15,9 +15,9 @@ from expertloop.engine.semiauto.data import (
     write_labels_csv,
 )
 from expertloop.engine.semiauto.loop import (
-    LoopConfig,
     MissingClassWarning,
     Proposal,
+    SemiAutoConfig,
     SemiAutoLoop,
     SimulatedAnnotator,
     simulate,
@@ -40,7 +40,7 @@ from expertloop.engine.semiauto.strategies import (
 )
 
 __all__ = [
-    "CLASSIFIERS", "CNNClassifier", "Collection", "LoopConfig", "MissingClassWarning", "Proposal",
+    "CLASSIFIERS", "CNNClassifier", "ImageSet", "SemiAutoConfig", "MissingClassWarning", "Proposal",
     "QueueItem", "ReviewQueue", "STRATEGIES", "SemiAutoLoop", "SimulatedAnnotator", "SklearnClassifier",
     "Split", "UNLABELLED", "calibration_report", "fit_temperature", "from_stack", "load_class_folders",
     "load_folder", "make_classifier", "parse_class_names", "read_labels_csv", "simulate", "softmax",

@@ -1,6 +1,6 @@
 """Image collections and label files for semi-automatic labelling (numpy only).
 
-A :class:`Collection` is the set of images to label: equal-sized 2D grey or
+A :class:`ImageSet` is the set of images to label: equal-sized 2D grey or
 RGB arrays, each with a name (the file name for a folder). It comes from
 
 * a folder of images (:func:`load_folder`): unreadable files are skipped and
@@ -31,7 +31,7 @@ UNLABELLED = -1
 
 
 @dataclass
-class Collection:
+class ImageSet:
     """Equal-sized images with names; ``skipped`` lists ``(file, reason)``."""
 
     images: np.ndarray  # (N, H, W) or (N, H, W, C)
@@ -95,7 +95,7 @@ def _harmonise(arrays: list[np.ndarray], names: list[str], size, on_mismatch: st
     return stack, odd
 
 
-def from_stack(stack, names: Sequence[str] | None = None) -> Collection:
+def from_stack(stack, names: Sequence[str] | None = None) -> ImageSet:
     """A collection from an ``(N, H, W)`` or ``(N, H, W, 3)`` array."""
     arr = np.asarray(stack)
     if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (3, 4)) or len(arr) == 0:
@@ -103,7 +103,7 @@ def from_stack(stack, names: Sequence[str] | None = None) -> Collection:
     if arr.ndim == 4 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     names = list(names) if names is not None else [f"{i:05d}" for i in range(len(arr))]
-    return Collection(arr, names)
+    return ImageSet(arr, names)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -134,7 +134,7 @@ def _read_files(files: Sequence[Path], rel: Path):
     return arrays, names, paths, skipped
 
 
-def load_folder(folder, *, size=None, on_mismatch: str = "resize") -> Collection:
+def load_folder(folder, *, size=None, on_mismatch: str = "resize") -> ImageSet:
     """Every readable image in ``folder`` (not recursive), in name order.
 
     Unreadable files are skipped and listed in ``skipped``. ``size`` (int or
@@ -150,7 +150,7 @@ def load_folder(folder, *, size=None, on_mismatch: str = "resize") -> Collection
         raise ValueError(f"{folder}: no readable images (.png, .jpg, .tif)"
                          + (f"; {len(skipped)} unreadable" if skipped else ""))
     stack, resized = _harmonise(arrays, names, size, on_mismatch)
-    return Collection(stack, names, paths, skipped, resized)
+    return ImageSet(stack, names, paths, skipped, resized)
 
 
 PROJECT_FOLDER = "semiauto_project"  # default project folder, inside the image folder
@@ -209,7 +209,7 @@ def load_class_folders(root, *, size=None, on_mismatch: str = "resize",
     if not arrays:
         raise ValueError(f"{root}: no readable images")
     stack, resized = _harmonise(arrays, names, size, on_mismatch)
-    return Collection(stack, names, paths, skipped, resized), lab, names_k
+    return ImageSet(stack, names, paths, skipped, resized), lab, names_k
 
 
 def parse_class_names(text: str) -> list[str]:
@@ -222,7 +222,7 @@ def parse_class_names(text: str) -> list[str]:
     return names
 
 
-def read_labels_csv(path, collection: Collection, class_names: Sequence[str]) -> np.ndarray:
+def read_labels_csv(path, collection: ImageSet, class_names: Sequence[str]) -> np.ndarray:
     """Labels ``(N,)`` (``-1`` where absent) from a CSV with columns ``name,label``.
 
     ``label`` is a class name or a class index. Unknown image names or

@@ -8,7 +8,7 @@ import numpy as np
 
 from expertloop.engine.semiauto.data import (
     UNLABELLED,
-    Collection,
+    ImageSet,
     crop_boxes,
     from_stack,
     load_class_folders,
@@ -16,7 +16,7 @@ from expertloop.engine.semiauto.data import (
 )
 
 
-def digits_dataset() -> tuple[Collection, np.ndarray, list[str]]:
+def digits_dataset() -> tuple[ImageSet, np.ndarray, list[str]]:
     """scikit-learn's bundled handwritten digits (1797 real 8×8 scans, 10 classes)."""
     from sklearn.datasets import load_digits
 

@@ -10,7 +10,7 @@ batches run out or the validation accuracy reaches ``target_accuracy``.
 ::
 
     loop = SemiAutoLoop(collection, ["0", "1", ...], initial_labels, make_classifier("logreg-hand"),
-                        config=LoopConfig(t=0.9, batch_size=200))
+                        config=SemiAutoConfig(t=0.9, batch_size=200))
     proposal = run_job(loop.run_iteration())   # train + predict the next batch
     queue = loop.queue                         # the annotator works through it
     ...
@@ -31,7 +31,7 @@ import numpy as np
 
 from expertloop.engine.config import param
 from expertloop.engine.jobs import CHECKED, Job, Progress, checks_first, rescale
-from expertloop.engine.semiauto.data import Collection
+from expertloop.engine.semiauto.data import ImageSet
 from expertloop.engine.semiauto.models import (
     Classifier,
     Precomputed,
@@ -51,7 +51,7 @@ class MissingClassWarning(UserWarning):
 
 
 @dataclass
-class LoopConfig:
+class SemiAutoConfig:
     """Parameters of a semi-automatic labelling project (saved with its state)."""
 
     t: float = param(0.9, help="acceptance threshold on the calibrated max likelihood",
@@ -71,7 +71,7 @@ class LoopConfig:
     calibrate: bool = True
     seed: int = param(0, help="random seed", min=0, max=2**31 - 1, widget=False)
 
-    def check(self) -> LoopConfig:
+    def check(self) -> SemiAutoConfig:
         check_threshold(self.t)
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -123,15 +123,15 @@ def _stratified_val(labels: np.ndarray, fraction: float, rng) -> np.ndarray:
 class SemiAutoLoop:
     """State and steps of the loop; see the module docstring."""
 
-    def __init__(self, collection: Collection, class_names, initial_labels, classifier: Classifier, *,
-                 config: LoopConfig | None = None, val_indices=None, val_labels=None,
+    def __init__(self, collection: ImageSet, class_names, initial_labels, classifier: Classifier, *,
+                 config: SemiAutoConfig | None = None, val_indices=None, val_labels=None,
                  storage=None, allow_missing_classes: bool = False) -> None:
         self.collection = collection
         self.class_names = list(class_names)
         k = len(self.class_names)
         if k < 2:
             raise ValueError("give at least two classes")
-        self.config = (config or LoopConfig()).check()
+        self.config = (config or SemiAutoConfig()).check()
         self.classifier = classifier
         self.storage = storage
         n = len(collection)
@@ -357,7 +357,7 @@ class SemiAutoLoop:
             self.storage.save_state(self.to_dict())
 
     @classmethod
-    def restore(cls, storage, collection: Collection, classifier: Classifier,
+    def restore(cls, storage, collection: ImageSet, classifier: Classifier,
                 annotator: str = "") -> SemiAutoLoop:
         """The loop saved in ``storage`` (the model is retrained on the next step)."""
         d = storage.load_state()
@@ -368,7 +368,7 @@ class SemiAutoLoop:
         labels = np.asarray(d["labels"], np.int64)
         loop = cls.__new__(cls)
         loop.collection, loop.class_names, loop.classifier, loop.storage = collection, d["class_names"], classifier, storage
-        loop.config = LoopConfig(**d["config"]).check()
+        loop.config = SemiAutoConfig(**d["config"]).check()
         loop.rng = np.random.default_rng(loop.config.seed + int(d["iteration"]))
         conf = np.array([np.nan if c is None else c for c in d["confidence"]], float)
         loop.state = LoopState(labels, np.array(d["source"], dtype=object), conf, list(d["history"]))
@@ -451,7 +451,7 @@ def random_baseline(loop: SemiAutoLoop, classifier: Classifier, rate: float = 0.
         raise ValueError("nothing labelled beyond D0 and V yet: run and review an iteration first")
     yield CHECKED
     x = loop._x[known] if loop._x is not None else None
-    sub = Collection(loop.collection.images[known], [loop.collection.names[i] for i in known])
+    sub = ImageSet(loop.collection.images[known], [loop.collection.names[i] for i in known])
     clf = Precomputed(classifier, x) if x is not None else classifier
     sim = SemiAutoLoop(sub, loop.class_names, init, clf, config=replace(loop.config, strategy="random", rate=rate),
                        val_indices=val, val_labels=truth[val], allow_missing_classes=True)
