@@ -40,12 +40,12 @@ from expertloop.engine.semiauto import (  # noqa: E402
     make_classifier,
     simulate,
 )
+from expertloop.engine.semiauto.classifiers import Precomputed  # noqa: E402
 from expertloop.engine.semiauto.datasets import (  # noqa: E402
     digits_dataset,
     simulation_split,
     voc_crops_dataset,
 )
-from expertloop.engine.semiauto.models import Precomputed  # noqa: E402
 
 
 def run_strategy(col, truth, names, clf_name, x, labels, val, **cfg):

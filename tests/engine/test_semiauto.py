@@ -27,7 +27,7 @@ from expertloop.engine.semiauto import (
     split_batch,
     threshold_split,
 )
-from expertloop.engine.semiauto.models import hand_features
+from expertloop.engine.semiauto.classifiers import hand_features
 from expertloop.engine.semiauto.strategies import budget_split, random_split
 from expertloop.io.semiauto_storage import (
     FolderQueueStorage,

@@ -92,9 +92,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
 
+    from expertloop.engine.semiauto.classifiers import make_classifier
     from expertloop.engine.semiauto.data import load_images
     from expertloop.engine.semiauto.loop import SemiAutoLoop
-    from expertloop.engine.semiauto.models import make_classifier
     from expertloop.io.semiauto_storage import FolderQueueStorage
 
     col = load_images(args.folder)[0]
@@ -154,8 +154,8 @@ def cmd_pull_from_store(store, args) -> int:
 def add_commands(sub) -> None:
     from expertloop.commands._cli import action, add_device, add_json, group
     from expertloop.engine.config import add_arguments
+    from expertloop.engine.semiauto.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
     from expertloop.engine.semiauto.loop import SemiAutoConfig
-    from expertloop.engine.semiauto.models import CLASSIFIERS, DEFAULT_CLASSIFIER
 
     _, ss = group(sub, "semiauto", "semi-automatic labelling (self-training + review queue)",
                   "Semi-automatic labelling: a classifier trained on a few labels labels the confident "

@@ -33,6 +33,11 @@ from magicgui.widgets import (
     PushButton,
 )
 
+from expertloop.engine.semiauto.classifiers import (
+    CLASSIFIERS,
+    DEFAULT_CLASSIFIER,
+    make_classifier,
+)
 from expertloop.engine.semiauto.data import (
     PROJECT_FOLDER,
     UNLABELLED,
@@ -42,11 +47,6 @@ from expertloop.engine.semiauto.data import (
     read_labels_csv,
 )
 from expertloop.engine.semiauto.loop import SemiAutoConfig, SemiAutoLoop
-from expertloop.engine.semiauto.models import (
-    CLASSIFIERS,
-    DEFAULT_CLASSIFIER,
-    make_classifier,
-)
 from expertloop.engine.semiauto.queue import ReviewQueue
 from expertloop.io.semiauto_storage import FolderQueueStorage
 from expertloop.widgets._common import (

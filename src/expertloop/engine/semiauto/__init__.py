@@ -4,6 +4,15 @@ See ``docs/semiauto.md``. Compute only: no Qt, no napari; torch is imported
 lazily by the classifiers that need it.
 """
 
+from expertloop.engine.semiauto.classifiers import (
+    CLASSIFIERS,
+    CNNClassifier,
+    SklearnClassifier,
+    calibration_report,
+    fit_temperature,
+    make_classifier,
+    softmax,
+)
 from expertloop.engine.semiauto.data import (
     UNLABELLED,
     ImageSet,
@@ -21,15 +30,6 @@ from expertloop.engine.semiauto.loop import (
     SemiAutoLoop,
     SimulatedAnnotator,
     simulate,
-)
-from expertloop.engine.semiauto.models import (
-    CLASSIFIERS,
-    CNNClassifier,
-    SklearnClassifier,
-    calibration_report,
-    fit_temperature,
-    make_classifier,
-    softmax,
 )
 from expertloop.engine.semiauto.queue import QueueItem, ReviewQueue
 from expertloop.engine.semiauto.strategies import (

@@ -31,13 +31,13 @@ import numpy as np
 
 from expertloop.engine.config import param
 from expertloop.engine.jobs import CHECKED, Job, Progress, checks_first, rescale
-from expertloop.engine.semiauto.data import ImageSet
-from expertloop.engine.semiauto.models import (
+from expertloop.engine.semiauto.classifiers import (
     Classifier,
     Precomputed,
     calibration_report,
     softmax,
 )
+from expertloop.engine.semiauto.data import ImageSet
 from expertloop.engine.semiauto.queue import ReviewQueue, items_from_prediction
 from expertloop.engine.semiauto.strategies import (
     STRATEGIES,
