@@ -13,6 +13,15 @@ def data_dir() -> Path:
 
 
 @pytest.fixture
+def tiny_membrane_model(tmp_path):
+    """``(net, path)``: a small random-weight membrane network (window 16) and its saved file."""
+    from expertloop.engine.membranes.net import NetConfig, build_net, save_net
+
+    net = build_net(NetConfig(window=16, channels=(4, 4, 4), hidden=(8, 8)), seed=0)
+    return net, save_net(tmp_path / "membrane_model", net, kind="target")
+
+
+@pytest.fixture
 def imagenet_torch_home(tmp_path_factory, monkeypatch) -> Path:
     """A TORCH_HOME whose hub cache holds torchvision's ImageNet MobileNetV2 file.
 

@@ -85,21 +85,15 @@ def test_bad_inputs_give_clear_errors(data_dir, tmp_path, capsys):
                  "--target-membrane-value", "255"]) == 2
 
 
-def test_membranes_predict_stack_and_bad_inputs(tmp_path, capsys):
+def test_membranes_predict_stack_and_bad_inputs(tmp_path, capsys, tiny_membrane_model):
     """``membranes predict MODEL IMAGES -o OUT``: a stack is predicted plane by
     plane and equals predict_dense of each plane; bad inputs are one line."""
     import tifffile
 
     from expertloop.engine.jobs import run_job
-    from expertloop.engine.membranes.net import (
-        NetConfig,
-        build_net,
-        predict_dense,
-        save_net,
-    )
+    from expertloop.engine.membranes.net import predict_dense
 
-    net = build_net(NetConfig(window=16, channels=(4, 4, 4), hidden=(8, 8)), seed=5)
-    model = save_net(tmp_path / "m", net, kind="target")
+    net, model = tiny_membrane_model
     stack = np.random.default_rng(1).integers(0, 255, (3, 40, 36), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "stack.tif", stack, imagej=True, metadata={"axes": "ZYX", "spacing": 2.0},
                      resolution=(2.0, 2.0))

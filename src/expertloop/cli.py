@@ -157,10 +157,10 @@ def build_viewer(paths: Sequence[str] = (), sample: str | None = None,
 
     viewer = napari.Viewer(show=show)
     for path in paths:
-        # NIfTI/TIFF through this plugin (voxel size, orientation); anything
+        # NIfTI/TIFF/OME-Zarr through this plugin (voxel size, orientation); anything
         # else (PNG, JPEG, ...) through napari's own readers, as File > Open.
         name = str(path).lower()
-        ours = name.endswith((".nii", ".nii.gz", ".tif", ".tiff"))
+        ours = name.rstrip("/").endswith((".nii", ".nii.gz", ".tif", ".tiff", ".zarr"))
         viewer.open(path, plugin="napari-expertloop" if ours else None)
     if sample:
         viewer.open_sample("napari-expertloop", sample)

@@ -81,7 +81,7 @@ def add_commands(sub) -> None:
     p.add_argument("--tile", type=int, default=256, help="tile size of the dense evaluation (default 256)")
     add_batch_arguments(p)
     add_json(p)
-    p.set_defaults(func=cmd_membranes_predict)
+    p.set_defaults(func=cmd_membranes_predict, outputs={"output": "folder"})
 
     p = action(ms, "export", "write a membrane network as a bioimage.io model package (.zip)", [
         "expertloop membranes export proj/models/round_005.pt -o membranes.zip --test-image vnc_00.png",

@@ -77,8 +77,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], suffixes: Sequence[str] |
 
     * a file is taken as given (a wrong type fails later, for that image only);
     * a folder gives its files whose names end with one of ``suffixes`` (not
-      recursive), and its subfolders ending with ``folder_suffixes`` (e.g.
-      ``.zarr``: an image stored as a folder);
+      recursive), and its subfolders ending with ``folder_suffixes`` (default
+      ``.zarr``: OME-Zarr images, stored as folders);
     * a glob (``data/*.tif``, ``data/**/*.png``) gives the images it matches;
     * ``@list.txt`` gives the entries of the text file, one a line (files,
       folders or globs; relative to the list file's folder; blank lines and
@@ -87,10 +87,10 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], suffixes: Sequence[str] |
     Raises :class:`BatchInputError` (one line) for a missing path, a glob
     matching no image, a folder without images or an empty result.
     """
-    from expertloop.io.readers import SUPPORTED_SUFFIXES
+    from expertloop.io.readers import FOLDER_SUFFIXES, SUPPORTED_SUFFIXES
 
     suffixes = tuple(SUPPORTED_SUFFIXES if suffixes is None else suffixes)
-    folder_suffixes = tuple(folder_suffixes or ())
+    folder_suffixes = tuple(FOLDER_SUFFIXES if folder_suffixes is None else folder_suffixes)
     out: dict[Path, None] = {}
 
     def add(item: str, base: Path | None) -> None:
@@ -146,7 +146,7 @@ def output_names(files: Sequence[Path], suffixes: Sequence[str] | None = None) -
     folders get their folders in the name (``x__img``, ``y__img``)."""
     from expertloop.io.readers import SUPPORTED_SUFFIXES
 
-    suffixes = tuple(SUPPORTED_SUFFIXES if suffixes is None else suffixes) + (".zarr",)
+    suffixes = tuple(SUPPORTED_SUFFIXES if suffixes is None else suffixes) + (".ome.zarr", ".zarr")
     stems = [_strip_suffix(f.name, suffixes) for f in files]
     dup = {s for s in stems if stems.count(s) > 1}
     if not dup:

@@ -36,7 +36,8 @@ def _notify_info(message: str) -> None:
 def napari_get_reader(path: str | list[str]) -> Callable | None:
     """Return a reader for the image files expertloop reads, ``None`` otherwise.
 
-    napari only sends NIfTI and TIFF paths here (the manifest's patterns);
+    napari only sends NIfTI and TIFF files and ``*.zarr`` folders (OME-Zarr)
+    here (the manifest's patterns);
     PNG/JPEG are accepted when this is called directly from Python, but
     napari opens them with its own reader.
 
@@ -47,7 +48,7 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
         if isinstance(path, (list, tuple)):
             if not path or not all(file_kind(p) for p in path):
                 return None
-        elif file_kind(path) is None or os.path.isdir(path):
+        elif file_kind(path) is None or (os.path.isdir(path) and file_kind(path) != "ome-zarr"):
             return None
     except Exception:  # never raise at the get-reader stage
         return None

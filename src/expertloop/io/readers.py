@@ -43,6 +43,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
 SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES + PLAIN_SUFFIXES
+#: images stored as folders (OME-Zarr)
+FOLDER_SUFFIXES = (".zarr",)
 
 #: axis codes of a NIfTI volume as returned by :func:`read_nifti`
 NIFTI_AXES = ("S", "P", "R")  # increasing superior, posterior, right
@@ -65,8 +67,10 @@ class ImageData:
 
 
 def file_kind(path: str | os.PathLike) -> str | None:
-    """'nifti', 'tiff', 'plain' or None, from the file name only."""
-    name = str(path).lower()
+    """'nifti', 'tiff', 'plain', 'ome-zarr' or None, from the file name only."""
+    name = str(path).lower().rstrip("/\\")
+    if name.endswith(FOLDER_SUFFIXES):
+        return "ome-zarr"
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
     if name.endswith(TIFF_SUFFIXES):
@@ -78,7 +82,7 @@ def file_kind(path: str | os.PathLike) -> str | None:
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suf in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
+    for suf in sorted(SUPPORTED_SUFFIXES + (".ome.zarr",) + FOLDER_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return path.stem
@@ -98,18 +102,24 @@ def read_image(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
 
     ``lazy=True`` (the napari reader) returns TIFF data as dask arrays read
     through tifffile's zarr store, one chunk per plane or tile, and a pyramid
-    as a list of levels (napari multiscale). Other formats ignore it.
+    as a list of levels (napari multiscale); OME-Zarr the same way through
+    ome-zarr-py; a NIfTI volume of more than :data:`LAZY_NIFTI_BYTES` as a
+    dask array over nibabel's array proxy. PNG/JPEG ignore it.
     """
     path = Path(path)
     kind = file_kind(path)
     if kind is None:
         raise ImageReadError(
             f"{path.name}: unsupported file type; expertloop reads "
-            + ", ".join(SUPPORTED_SUFFIXES)
+            + ", ".join(SUPPORTED_SUFFIXES + FOLDER_SUFFIXES)
         )
     if kind == "tiff":
         return read_tiff(path, lazy=lazy)
-    return {"nifti": read_nifti, "plain": read_plain}[kind](path)
+    if kind == "ome-zarr":
+        return read_ome_zarr(path, lazy=lazy)
+    if kind == "nifti":
+        return read_nifti(path, lazy=lazy)
+    return read_plain(path)
 
 
 # ---------------------------------------------------------------- NIfTI
@@ -142,7 +152,49 @@ def _checked_scale(scale: list[float], axes: str, path: Path, meta: dict[str, An
     return out
 
 
-def read_nifti(path: str | os.PathLike) -> list[ImageData]:
+#: NIfTI volumes bigger than this (uncompressed bytes) are read lazily by ``read_image(lazy=True)``
+LAZY_NIFTI_BYTES = 256 * 2**20
+#: a lazy NIfTI's chunks: slabs of about this many bytes along the file's last spatial axis
+NIFTI_SLAB_BYTES = 64 * 2**20
+
+
+def _lazy_canonical(img):
+    """``(dask array, canonical affine, zooms)``: the data of ``img`` reoriented to the
+    closest canonical RAS+ orientation like ``nibabel.as_closest_canonical``,
+    but over nibabel's array proxy (nothing read until a chunk is computed;
+    one chunk per slab of about :data:`NIFTI_SLAB_BYTES` along the file's
+    last spatial axis; a gzipped file is decompressed from its start for each
+    slab, so big volumes are best stored uncompressed)."""
+    import dask.array as da
+    from nibabel.orientations import (
+        axcodes2ornt,
+        inv_ornt_aff,
+        io_orientation,
+        ornt_transform,
+    )
+
+    proxy = img.dataobj
+    shape = tuple(img.shape)
+    plane = int(np.prod(shape[:2])) * np.dtype(img.get_data_dtype()).itemsize
+    per = max(1, int(NIFTI_SLAB_BYTES // max(plane, 1)))
+    chunks = (shape[0], shape[1]) + (min(per, shape[2]),) + tuple(shape[3:]) if len(shape) > 2 else shape
+    arr = da.from_array(proxy, chunks=chunks, asarray=True, fancy=False, lock=True)
+    ornt = ornt_transform(io_orientation(img.affine), axcodes2ornt(("R", "A", "S")))
+    # nibabel.orientations.apply_orientation, in dask operations
+    for ax, flip in enumerate(ornt[:, 1]):
+        if flip == -1:
+            arr = da.flip(arr, axis=ax)
+    order = list(np.argsort(ornt[:, 0]).astype(int)) + list(range(3, arr.ndim))
+    arr = arr.transpose(order)
+    zooms = img.header.get_zooms()
+    return arr, img.affine @ inv_ornt_aff(ornt, shape[:3]), [zooms[i] for i in order] + list(zooms[3:])
+
+
+def read_nifti(path: str | os.PathLike, lazy: bool = False,
+               lazy_bytes: int | None = None) -> list[ImageData]:
+    """NIfTI -> napari (see the module docs); ``lazy``: a volume of more than
+    ``lazy_bytes`` (default :data:`LAZY_NIFTI_BYTES`) comes back as a dask
+    array read through nibabel's array proxy, slab by slab."""
     import nibabel as nib
 
     path = Path(path)
@@ -150,11 +202,17 @@ def read_nifti(path: str | os.PathLike) -> list[ImageData]:
     try:
         img = nib.load(str(path))
         gz = path.name.lower().endswith(".gz")
-        check_declared_size(img.shape, img.get_data_dtype(), path,
-                            compression="deflate" if gz else None,
-                            offset=0 if gz else int(img.header.get("vox_offset", 0)))
-        canon = nib.as_closest_canonical(img)
-        data = np.asanyarray(canon.dataobj)
+        nbytes = check_declared_size(img.shape, img.get_data_dtype(), path,
+                                     compression="deflate" if gz else None,
+                                     offset=0 if gz else int(img.header.get("vox_offset", 0)),
+                                     in_memory=not lazy)
+        limit = LAZY_NIFTI_BYTES if lazy_bytes is None else lazy_bytes
+        if lazy and nbytes > limit and len(img.shape) >= 3:
+            data, canonical_affine, zooms = _lazy_canonical(img)
+        else:
+            canon = nib.as_closest_canonical(img)
+            data, canonical_affine = np.asanyarray(canon.dataobj), canon.affine
+            zooms = canon.header.get_zooms()
     except DeclaredSizeError as exc:
         raise ImageReadError(str(exc)) from exc
     except (EOFError, zlib.error, OSError, struct.error, MemoryError) as exc:
@@ -170,11 +228,11 @@ def read_nifti(path: str | os.PathLike) -> list[ImageData]:
             f"{path.name}: NIfTI with {data.ndim} dimensions {data.shape}; "
             "expertloop reads 3D volumes and 4D time series"
         )
-    zooms = [float(z) for z in canon.header.get_zooms()[: data.ndim]]
+    zooms = [float(z) for z in zooms[: data.ndim]]
     out = nifti_to_napari(data)
     scale = [zooms[2], zooms[1], zooms[0]]
     # world coordinates (mm) of voxel (0, 0, 0) of the napari array
-    aff = canon.affine
+    aff = canonical_affine
     corner = aff @ np.array([0, data.shape[1] - 1, 0, 1.0])
     translate = [corner[2], -corner[1], corner[0]]
     if data.ndim == 4:
@@ -188,7 +246,7 @@ def read_nifti(path: str | os.PathLike) -> list[ImageData]:
             "source": str(path),
             "format": "nifti",
             "nifti_affine": img.affine.tolist(),
-            "canonical_affine": canon.affine.tolist(),
+            "canonical_affine": np.asarray(canonical_affine).tolist(),
             "source_axcodes": "".join(nib.aff2axcodes(img.affine)),
             "axes": ("T" if data.ndim == 4 else "") + "".join(NIFTI_AXES),
             "units": "mm",
@@ -334,6 +392,101 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
             data = [lv[(slice(None),) * channel_axis + (0,)] for lv in data]
         else:
             data = data[(slice(None),) * channel_axis + (0,)]
+    return [ImageData(data, meta, "image")]
+
+
+# ------------------------------------------------------------ OME-Zarr
+#: OME-Zarr (UDUNITS) length units -> factor to micrometres
+OME_ZARR_UNIT_TO_UM = {
+    "picometer": 1e-6, "angstrom": 1e-4, "nanometer": 1e-3, "micrometer": 1.0,
+    "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
+}  # fmt: skip
+
+
+def _zarr_scale(transforms, ndim: int) -> tuple[list[float], list[float]]:
+    scale, translate = [1.0] * ndim, [0.0] * ndim
+    for t in transforms or []:
+        if t.get("type") == "scale" and len(t.get("scale", [])) == ndim:
+            scale = [float(v) for v in t["scale"]]
+        elif t.get("type") == "translation" and len(t.get("translation", [])) == ndim:
+            translate = [float(v) for v in t["translation"]]
+    return scale, translate
+
+
+def read_ome_zarr(path: str | os.PathLike, lazy: bool = True) -> list[ImageData]:
+    """An OME-Zarr image (read with ome-zarr-py): its pyramid as napari
+    multiscale dask arrays (one level: a dask array), pixel sizes converted to
+    µm (the source units in ``metadata["ome_units"]``), a channel axis split
+    into layers. The first image of the folder is read (not its labels or a
+    plate's wells). ``lazy=False`` reads level 0 into memory."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file or folder")
+    try:
+        loc = parse_url(str(path))
+        if loc is None:
+            raise ImageReadError(f"{path.name}: not an OME-Zarr image (no zarr group metadata inside)")
+        nodes = [n for n in Reader(loc)()
+                 if any(isinstance(sp, Multiscales) for sp in n.specs)
+                 and not any(isinstance(sp, Label) for sp in n.specs)]
+    except ImageReadError:
+        raise
+    except Exception as exc:  # ome-zarr/zarr raise many types for bad folders
+        raise ImageReadError(f"{path.name}: could not read the OME-Zarr metadata "
+                             f"({type(exc).__name__}: {exc})") from exc
+    if not nodes:
+        raise ImageReadError(f"{path.name}: a zarr folder without an OME-Zarr multiscale image")
+    node = nodes[0]
+    levels = list(node.data)
+    ndim = levels[0].ndim
+    axes_md = node.metadata.get("axes") or [{"name": n} for n in "tczyx"[-ndim:]]
+    axes_md = [a if isinstance(a, dict) else {"name": str(a)} for a in axes_md]
+    names = [str(a.get("name", "?")) for a in axes_md]
+    types = [a.get("type") or ("channel" if n.lower() == "c" else "time" if n.lower() == "t" else "space")
+             for a, n in zip(axes_md, names)]
+    transforms = (node.metadata.get("coordinateTransformations") or [[]])[0]
+    scale, translate = _zarr_scale(transforms, ndim)
+    ome_units = {}
+    for i, (a, kind) in enumerate(zip(axes_md, types)):
+        unit = a.get("unit")
+        if kind == "space" and unit in OME_ZARR_UNIT_TO_UM:
+            ome_units[names[i].upper()] = unit
+            scale[i] *= OME_ZARR_UNIT_TO_UM[unit]
+            translate[i] *= OME_ZARR_UNIT_TO_UM[unit]
+    channel_axis = types.index("channel") if "channel" in types else None
+    axes = "".join(("C" if t == "channel" else n.upper()[:1]) for n, t in zip(names, types))
+    keep = [i for i in range(ndim) if i != channel_axis]
+    meta: dict[str, Any] = {
+        "name": _stem(path),
+        "scale": [scale[i] for i in keep],
+        "translate": [translate[i] for i in keep],
+        "metadata": {"source": str(path), "format": "ome-zarr", "axes": axes,
+                     "level_shapes": [tuple(lv.shape) for lv in levels]},
+    }
+    meta["scale"] = _checked_scale(meta["scale"], "".join(axes[i] for i in keep), path, meta)
+    if ome_units:
+        meta["metadata"]["units"] = "µm"
+        meta["metadata"]["ome_units"] = ome_units
+    if lazy:
+        data: Any = levels if len(levels) > 1 else levels[0]
+        if len(levels) > 1:
+            meta["multiscale"] = True
+    else:
+        try:
+            check_declared_size(levels[0].shape, levels[0].dtype, path, compression="zarr")
+        except DeclaredSizeError as exc:
+            raise ImageReadError(str(exc)) from exc
+        data = np.asarray(levels[0].compute(scheduler="synchronous"))
+    if channel_axis is not None and levels[0].shape[channel_axis] > 1:
+        meta["channel_axis"] = channel_axis
+        meta["name"] = [f"{_stem(path)} [ch{i}]" for i in range(levels[0].shape[channel_axis])]
+    elif channel_axis is not None:
+        pick = (slice(None),) * channel_axis + (0,)
+        data = [lv[pick] for lv in data] if isinstance(data, list) else data[pick]
+        meta["metadata"]["axes"] = axes.replace("C", "")
     return [ImageData(data, meta, "image")]
 
 
