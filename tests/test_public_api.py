@@ -3,19 +3,24 @@ torch is checked in test_cli_startup.py.)"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
-import expertloop.membranes as membranes
+import pytest
 
+# public classes whose methods are entry points
 ENTRY_METHODS = {"MembraneProject": ["create", "open", "update_config", "train_source", "transfer",
-                                     "propose", "accept", "retrain"]}
+                                     "propose", "accept", "retrain"],
+                 "SpotDetector": ["save", "load"]}
 
 
-def test_membranes_entry_points_have_numpydoc_sections():
-    assert len(membranes.__all__) <= 12  # a handful, not the engine
+@pytest.mark.parametrize("workflow", ["membranes", "spots", "blood"])
+def test_entry_points_have_numpydoc_sections(workflow):
+    api = importlib.import_module(f"expertloop.{workflow}")
+    assert len(api.__all__) <= 12  # a handful, not the engine
     documented = []  # (name, callable)
-    for name in membranes.__all__:
-        obj = getattr(membranes, name)
+    for name in api.__all__:
+        obj = getattr(api, name)
         if inspect.isclass(obj):
             documented += [(f"{name}.{m}", getattr(obj, m)) for m in ENTRY_METHODS.get(name, [])]
         elif name != "run_job":

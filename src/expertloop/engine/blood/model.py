@@ -643,8 +643,27 @@ def new_blood_model(*, det_classes: Sequence[str] = ("cell",), type_names: Seque
                     embedder: str = "mobilenet_v2", pretrained: bool | str = "auto", patch_size: int = 224,
                     min_size: int = 480, max_size: int = 640, hidden: int = 512, max_regions: int = 300,
                     seed: int | None = 0) -> BloodModel:
-    """A fresh (untrained) model. Backbones get ImageNet weights when available
-    (``pretrained="auto"``: otherwise random init with a clear warning)."""
+    """A fresh (untrained) model.
+
+    Parameters
+    ----------
+    det_classes : sequence of str
+        The detector's classes (e.g. ``["cell"]``, or BCCD's RBC, WBC, Platelets).
+    type_names : sequence of str
+        The multi-label cell types of the type heads.
+    abnormal_types : sequence of str, optional
+        The types counted as abnormal.
+    det_backbone, embedder : str
+        Detector backbone and feature network (see :class:`BloodTraining`).
+    pretrained : bool or "auto"
+        ImageNet weights; "auto": when available, else random init with a clear warning.
+    patch_size, min_size, max_size, hidden, max_regions, seed
+        Region patch side, detector input size, head width, regions kept per image, seed.
+
+    Returns
+    -------
+    BloodModel
+    """
     from expertloop.engine.features import build_embedder
 
     type_names = [str(t) for t in type_names]
@@ -674,7 +693,19 @@ def new_blood_model(*, det_classes: Sequence[str] = ("cell",), type_names: Seque
 
 
 def save_blood_model(path, model: BloodModel):
-    """Save the whole pipeline (detector, embedder, heads, abnormal trees) as one bundle."""
+    """Save the whole pipeline (detector, embedder, heads, abnormal trees, thresholds) as one bundle.
+
+    Parameters
+    ----------
+    path : path
+        The ``.pt`` file to write (with its ``.json``).
+    model : BloodModel
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
     from expertloop.engine.persistence import save_model
 
     state = {
@@ -696,7 +727,20 @@ def save_blood_model(path, model: BloodModel):
 
 
 def load_blood_model(path, device=None) -> BloodModel:
-    """Load a bundle saved by :func:`save_blood_model` (no pickle; checksum checked)."""
+    """Load a bundle saved by :func:`save_blood_model` (no pickle; checksum checked).
+
+    Parameters
+    ----------
+    path : path
+        The ``.pt`` file.
+    device : str, optional
+        Where to put the networks (None: automatic).
+
+    Returns
+    -------
+    BloodModel
+        With its thresholds as saved.
+    """
     from expertloop.engine.features import build_embedder
     from expertloop.engine.persistence import (
         Field,

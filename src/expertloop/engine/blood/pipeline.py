@@ -117,7 +117,22 @@ def predict_images(model: BloodModel, images: Sequence, *, names: Sequence[str] 
                    score_threshold: float | None = None, device=None) -> Job[list[BloodResult]]:
     """Job: :func:`predict_image` over several images (a stack or a folder's files).
 
-    ``images`` may hold arrays or callables returning one (read lazily)."""
+    Parameters
+    ----------
+    model : BloodModel
+    images : sequence
+        Arrays, or callables returning one (read lazily, one at a time).
+    names : sequence of str, optional
+        The images' names in the results (default: their index).
+    score_threshold : float, optional
+        The detector's floor (default: the model's ``candidate_floor``).
+    device : str, optional
+
+    Returns
+    -------
+    Job
+        Returns one :class:`BloodResult` per image.
+    """
     out = []
     n = len(images)
     for i, im in enumerate(images):
@@ -154,8 +169,31 @@ def train_blood_model(model: BloodModel, samples: Sequence[BloodSample], *,
     """Job: train (fine-tune) detector, per-type heads and abnormal classifier.
 
     The heads learn from the annotated regions (ground-truth boxes) with a
-    type set; regions without types only train the detector. Returns the
-    training history ``{"detector": losses, "heads": losses}``.
+    type set; regions without types only train the detector.
+
+    Parameters
+    ----------
+    model : BloodModel
+        Trained in place.
+    samples : sequence of BloodSample
+        Images with boxes, detector labels and type sets.
+    det_epochs, head_epochs : int
+        Detector and type-head epochs (defaults: :class:`BloodTraining`'s).
+    batch_size, lr : int, float
+        Detector batch size and learning rate.
+    train_detector_too : bool
+        False: train the heads only.
+    fit_abnormal : bool
+        Fit the abnormal classifier on the heads' outputs.
+    seed : int, optional
+    time_limit : float, optional
+        Seconds of detector training at most.
+    device : str, optional
+
+    Returns
+    -------
+    Job
+        Returns the training history ``{"detector": losses, "heads": losses}``.
     """
     samples = [s.checked() for s in samples]
     if not any(len(s.boxes) for s in samples):

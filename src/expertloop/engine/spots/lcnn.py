@@ -130,9 +130,28 @@ class TrainingSet:
 
 def prepare_scan(image, clicks: dict, config: SpotConfig | None = None, *, name: str = "scan",
                  candidates: Candidates | None = None) -> Job[TrainingSet]:
-    """Job: candidates of ``image`` labelled by a click table (``read_clicks``/``import_csv``).
+    """Job: candidates of ``image`` labelled by a click table.
 
     Latencies are cleaned (threshold, first click of a session) before use.
+
+    Parameters
+    ----------
+    image : array (Z, Y, X) or (Y, X)
+        The annotated scan.
+    clicks : dict
+        A click table (``read_clicks`` / ``import_csv``): ``z``, ``y``, ``x``,
+        and optionally ``latency_s``, ``first_in_session``.
+    config : SpotConfig, optional
+        Candidate and labelling parameters (default: ``SpotConfig()``).
+    name : str
+        The scan's name in messages.
+    candidates : Candidates, optional
+        Reuse candidates already extracted from ``image``.
+
+    Returns
+    -------
+    Job
+        Returns a :class:`TrainingSet` (candidates, 0/1 labels, latencies).
     """
     cfg = (config or SpotConfig()).check()
     if clicks is None or len(clicks.get("z", ())) == 0:
@@ -164,6 +183,18 @@ class SpotDetector:
     info: dict = field(default_factory=dict)
 
     def save(self, path) -> Path:
+        """Save as ``path.pt`` + ``path.json`` (weights, config, info).
+
+        Parameters
+        ----------
+        path : path
+            Without or with the ``.pt`` suffix.
+
+        Returns
+        -------
+        pathlib.Path
+            The ``.pt`` file written.
+        """
         from expertloop.engine.persistence import save_model
 
         cfg = asdict(self.config)
@@ -176,6 +207,17 @@ class SpotDetector:
 
     @classmethod
     def load(cls, path) -> SpotDetector:
+        """Load a detector saved by :meth:`save` (checked against its schema).
+
+        Parameters
+        ----------
+        path : path
+            The ``.pt`` file (or its name without suffix).
+
+        Returns
+        -------
+        SpotDetector
+        """
         from expertloop.engine.persistence import (
             ModelFileError,
             check_fields,
@@ -236,7 +278,22 @@ def _jsonable(d):
 
 
 def train_spot_detector(sets, config: SpotConfig | None = None, *, device=None) -> Job[SpotDetector]:
-    """Job: train a spot detector (L-CNN or a control) on one or more :class:`TrainingSet`."""
+    """Job: train a spot detector (the L-CNN, or a control).
+
+    Parameters
+    ----------
+    sets : sequence of TrainingSet
+        From :func:`prepare_scan`, one per annotated scan.
+    config : SpotConfig, optional
+        Method, transfer, epochs, ... (default: ``SpotConfig()``).
+    device : str, optional
+        cpu, cuda or mps (None: automatic).
+
+    Returns
+    -------
+    Job
+        Returns the trained :class:`SpotDetector`.
+    """
     from expertloop.engine.seed import seed_everything
     from expertloop.engine.training import fit_classifier
 
@@ -361,7 +418,20 @@ class Detection:
 
 
 def detect_spots(detector: SpotDetector, image, *, candidates: Candidates | None = None) -> Job[Detection]:
-    """Job: candidate patches of ``image`` and their spot probabilities."""
+    """Job: candidate patches of ``image`` and their spot probabilities.
+
+    Parameters
+    ----------
+    detector : SpotDetector
+    image : array (Z, Y, X) or (Y, X)
+    candidates : Candidates, optional
+        Reuse candidates already extracted from ``image``.
+
+    Returns
+    -------
+    Job
+        Returns a :class:`Detection`; ``.spots(threshold, join_radius)`` gives the 3D spots.
+    """
     cfg = detector.config
     if candidates is None:
         candidates = yield from rescale(extract_candidates(
