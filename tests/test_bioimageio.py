@@ -60,12 +60,21 @@ def test_export_validates_and_runs_in_bioimageio_core(exported):
                 "cover.png", "README.md"} <= set(z.namelist())
     summary = core.test_model(d / "pkg.zip")  # runs the test tensors through every weight format
     assert summary.status == "passed", summary.format()
-    # a new image (not the test tensor), through bioimageio.core's own pipeline
+    # a new image of another size (not the test tensor), through bioimageio.core, both weight formats
     other = np.ascontiguousarray(img[10:74, 20:100])
-    sample = core.predict(model=d / "pkg.zip", inputs=other[None, None])
-    got = np.asarray(sample.members["membrane_probability"].data)[0, 0]
     ref = run_job(predict_dense(net, other))
-    assert got.shape == ref.shape and np.abs(got - ref).max() < TOL
+    for got in _predict_each_format(d / "pkg.zip", other[None, None], "membrane_probability"):
+        assert got.shape == (1, *ref.shape) and np.abs(got[0] - ref).max() < TOL
+
+
+def _predict_each_format(package, x, output):
+    from bioimageio.core import create_prediction_pipeline, load_model_description
+
+    descr = load_model_description(package)
+    for fmt in ("pytorch_state_dict", "torchscript"):
+        pipeline = create_prediction_pipeline(descr, weight_format=fmt)
+        sample = core.predict(model=pipeline, inputs=x)
+        yield np.asarray(sample.members[output].data)[0]
 
 
 def test_import_gives_the_same_network(exported, tmp_path, capsys):
@@ -96,3 +105,45 @@ def test_corrupt_and_incompatible_packages_give_clear_errors(exported, tmp_path,
     err = capsys.readouterr().err
     assert "not an expertloop membrane model" in err or "not a valid bioimage.io model" in err
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
+
+
+def test_flim_network_round_trips_through_bioimageio(exported, data_dir_module, tmp_path, capsys):
+    import json
+
+    import tifffile
+
+    from expertloop.engine.flim import (
+        build_network,
+        fit_encoder,
+        parse_spec,
+        save_network,
+        train_decoder,
+    )
+    from expertloop.engine.flim.decoder import load_network, predict
+    from expertloop.io.flim_markers import read_lids_markers
+
+    d = data_dir_module / "flim"
+    img = tifffile.imread(d / "dsb2018_nuclei_128.tif").astype(np.float32)
+    mk = read_lids_markers(d / "dsb2018_nuclei_128_markers.txt")
+    spec = parse_spec({"layers": [{"filters_per_class": 2}, {"filters_per_class": 2}]})
+    enc, rep = run_job(fit_encoder([img], [mk], spec, seed=0))
+    net = build_network(enc, rep.classes, "unet")
+    run_job(train_decoder(net, [img], [mk], steps=3, seed=0))
+    save_network(tmp_path / "flim", net)
+    assert main(["flim", "export", str(tmp_path / "flim.pt"), "-o", str(tmp_path / "flim.zip"),
+                 "--test-image", str(d / "dsb2018_nuclei_128.tif")]) == 0
+    summary = core.test_model(tmp_path / "flim.zip")
+    assert summary.status == "passed", summary.format()
+    other = np.ascontiguousarray(img[:96, :80])  # another size than the test tensor
+    ref = predict(net, other)[1]
+    for got in _predict_each_format(tmp_path / "flim.zip", other[None, None], "class_probabilities"):
+        assert got.shape == ref.shape and np.abs(got - ref).max() < TOL
+    capsys.readouterr()
+    assert main(["flim", "import", str(tmp_path / "flim.zip"), "-o", str(tmp_path / "back"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == net.classes
+    np.testing.assert_array_equal(predict(load_network(tmp_path / "back.pt"), img)[1], predict(net, img)[1])
+    # a membrane package is not a FLIM network (and the other way round)
+    assert main(["flim", "import", str(exported[0] / "pkg.zip"), "-o", str(tmp_path / "x")]) == 2
+    assert "not an expertloop FLIM model" in capsys.readouterr().err
+    assert main(["membranes", "import", str(tmp_path / "flim.zip"), "-o", str(tmp_path / "y")]) == 2
+    assert "not an expertloop membrane model" in capsys.readouterr().err

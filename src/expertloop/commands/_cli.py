@@ -79,6 +79,35 @@ def add_seed(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
+def add_package_export(parser: argparse.ArgumentParser, what: str, default_name: str) -> None:
+    """Arguments of 'WORKFLOW export' (a bioimage.io package of a saved network)."""
+    parser.add_argument("model", help=f"a {what} saved by the widget or the command line (.pt)")
+    parser.add_argument("-o", "--output", required=True, help="package to write (.zip)")
+    parser.add_argument("--test-image", required=True,
+                        help="an image like those the network is for: the package's test input")
+    parser.add_argument("--name", default=default_name, help="model name shown on bioimage.io")
+    parser.add_argument("--author", action="append",
+                        help="author name (repeatable; default: napari-expertloop user)")
+    parser.add_argument("--license", default="BSD-3-Clause",
+                        help="SPDX licence of the weights (default BSD-3-Clause)")
+    add_json(parser)
+    parser.set_defaults(outputs={"output": "file"})
+
+
+def add_package_import(parser: argparse.ArgumentParser) -> None:
+    """Arguments of 'WORKFLOW import' (a bioimage.io package back to .pt)."""
+    parser.add_argument("package", help="bioimage.io model package (.zip or rdf.yaml)")
+    parser.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
+    add_json(parser)
+    parser.set_defaults(outputs={"output": "model"})
+
+
+def package_args(args: argparse.Namespace) -> dict:
+    """Keyword arguments of an ``export_*_model`` function from 'export' arguments."""
+    return {"name": args.name, "authors": tuple(args.author or ("napari-expertloop user",)),
+            "license": args.license}
+
+
 def _plain(obj: Any):
     """JSON for numpy scalars/arrays, paths and sets."""
     if isinstance(obj, Path):

@@ -16,7 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from expertloop.commands._cli import batch_result, emit
+from expertloop.commands._cli import (
+    add_package_export,
+    add_package_import,
+    batch_result,
+    emit,
+    package_args,
+)
 
 
 def _read_markers(path: str, shape=None):
@@ -150,6 +156,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from expertloop.engine.flim import load_network
+    from expertloop.engine.flim.bioimageio import export_flim_model
+
+    net = load_network(args.model)
+    path = export_flim_model(net, args.output, _read(args.test_image), **package_args(args))
+    emit(args, {"package": str(path), "classes": net.classes}, [f"wrote {path}"])
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from expertloop.engine.flim import save_network
+    from expertloop.engine.flim.bioimageio import import_flim_model
+
+    net = import_flim_model(args.package)
+    path = save_network(args.output, net, extra={"bioimageio_package": str(args.package)})
+    emit(args, {"model": str(path), "classes": net.classes}, [f"wrote {path}"])
+    return 0
+
+
 def add_commands(sub) -> None:
     from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
     from expertloop.commands._cli import action, add_device, add_json, add_seed, group
@@ -218,3 +244,21 @@ def add_commands(sub) -> None:
     s.add_argument("output", help="markers to write: .txt for LIDS, .tif for a labels image")
     add_json(s)
     s.set_defaults(func=cmd_convert, outputs={"output": "file"})
+
+    s = action(fs, "export", "write a FLIM network as a bioimage.io model package (.zip)", [
+        "expertloop flim export nuclei_flim.pt -o nuclei_flim.zip --test-image img1.tif",
+        'expertloop flim export model.pt -o m.zip --test-image a.tif --name "Nuclei FLIM" --author "A. Lab"',
+    ], description="Write a bioimage.io model package (format 0.5) for a 2D FLIM encoder + decoder network: "
+                   "TorchScript and state-dict weights, the test image and the plugin's class probabilities "
+                   "for it, a cover, a README and the paper. Needs the bioimageio extra "
+                   "(pip install 'napari-expertloop[bioimageio]'); docs/flim.md.")
+    add_package_export(s, "FLIM network (encoder + decoder)", "expertloop FLIM")
+    s.set_defaults(func=cmd_export)
+
+    s = action(fs, "import", "read a bioimage.io FLIM package back as a FLIM network (.pt)", [
+        "expertloop flim import nuclei_flim.zip -o nuclei_flim_imported",
+        "expertloop flim import unzipped_package/rdf.yaml -o imported --json",
+    ], description="Check a bioimage.io package (validated with bioimageio.spec) written by 'flim export' "
+                   "and save its network as MODEL.pt + MODEL.json, for the widget and 'flim segment'.")
+    add_package_import(s)
+    s.set_defaults(func=cmd_import)

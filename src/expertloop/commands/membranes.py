@@ -12,7 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from expertloop.commands._cli import action, add_json, batch_result, emit, group
+from expertloop.commands._cli import (
+    action,
+    add_json,
+    add_package_export,
+    add_package_import,
+    batch_result,
+    emit,
+    group,
+    package_args,
+)
 from expertloop.engine.config import add_arguments, build, given_values
 from expertloop.engine.membranes.loop import MembraneConfig
 
@@ -90,15 +99,8 @@ def add_commands(sub) -> None:
                    "state-dict weights, zero_mean_unit_variance preprocessing, the test image and the "
                    "plugin's output for it, a cover, a README and the paper. Needs the bioimageio extra "
                    "(pip install 'napari-expertloop[bioimageio]'); docs/membranes.md.")
-    p.add_argument("model", help="a membrane network saved by the widget or 'membranes loop' (.pt)")
-    p.add_argument("-o", "--output", required=True, help="package to write (.zip)")
-    p.add_argument("--test-image", required=True,
-                   help="a grey image (at least one window in size) for the package's test input/output")
-    p.add_argument("--name", default="expertloop membranes", help="model name shown on bioimage.io")
-    p.add_argument("--author", action="append", help="author name (repeatable; default: napari-expertloop user)")
-    p.add_argument("--license", default="BSD-3-Clause", help="SPDX licence of the weights (default BSD-3-Clause)")
-    add_json(p)
-    p.set_defaults(func=cmd_membranes_export, outputs={"output": "file"})
+    add_package_export(p, "membrane network", "expertloop membranes")
+    p.set_defaults(func=cmd_membranes_export)
 
     p = action(ms, "import", "read a bioimage.io membrane package back as a membrane network (.pt)", [
         "expertloop membranes import membranes.zip -o imported_net",
@@ -106,10 +108,8 @@ def add_commands(sub) -> None:
     ], description="Check a bioimage.io package (validated with bioimageio.spec) written by "
                    "'membranes export' and save its network as MODEL.pt + MODEL.json, for the widget "
                    "('or source model'), 'membranes predict' and 'membranes loop --source-model'.")
-    p.add_argument("package", help="bioimage.io model package (.zip or rdf.yaml)")
-    p.add_argument("-o", "--output", required=True, help="model path (writes .pt + .json)")
-    add_json(p)
-    p.set_defaults(func=cmd_membranes_import, outputs={"output": "model"})
+    add_package_import(p)
+    p.set_defaults(func=cmd_membranes_import)
 
 
 def cmd_membranes_export(args: argparse.Namespace) -> int:
@@ -118,8 +118,7 @@ def cmd_membranes_export(args: argparse.Namespace) -> int:
 
     model, _ = load_net(args.model)
     image = _read_all([args.test_image], "test image")[0]
-    path = export_membrane_model(model, args.output, image, name=args.name,
-                                 authors=tuple(args.author or ("napari-expertloop user",)), license=args.license)
+    path = export_membrane_model(model, args.output, image, **package_args(args))
     emit(args, {"package": str(path), "window": model.config.window}, [f"wrote {path}"])
     return 0
 
