@@ -175,3 +175,20 @@ def test_voc_box_with_negative_size_is_refused(tmp_path, data_dir):
     p.write_text(re.sub(r"<xmax>\d+</xmax>", "<xmax>-50</xmax>", xml, count=1))
     with pytest.raises(AnnotationFileError, match="negative width"):
         read_voc(p)
+
+
+def test_a_folder_of_palette_pngs_gives_one_summary_warning(tmp_path):
+    from PIL import Image
+
+    from expertloop.engine.semiauto.data import load_folder
+
+    for i in range(3):
+        pal = Image.new("P", (8, 8))
+        pal.putpalette([0, 0, 0, 255, 0, 0])
+        pal.save(tmp_path / f"p{i}.png")
+    with pytest.warns(UserWarning) as rec:
+        col = load_folder(tmp_path)
+    assert len(col) == 3
+    assert [str(w.message) for w in rec if "palette" in str(w.message)] == [
+        f"3 note(s) while reading the images, e.g. {'p0.png'}: an indexed-colour (palette) image; its "
+        "palette colours are shown as RGB; the colour indices are not kept"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -116,11 +117,14 @@ def _image_files(folder: Path) -> list[Path]:
 def _read_files(files: Sequence[Path], rel: Path):
     from expertloop.io.readers import ImageReadError, read_image
 
-    arrays, names, paths, skipped = [], [], [], []
+    arrays, names, paths, skipped, notes = [], [], [], [], []
     for f in files:
         name = str(f.relative_to(rel)) if rel else f.name
         try:
-            data = np.asarray(read_image(f)[0].data)
+            with warnings.catch_warnings(record=True) as caught:  # one summary, not one per file
+                warnings.simplefilter("always")
+                data = np.asarray(read_image(f)[0].data)
+            notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
             if data.ndim == 3 and data.shape[-1] not in (3, 4):
                 raise ImageReadError(f"{f.name}: shape {data.shape} is not a 2D grey or RGB image")
             if data.ndim not in (2, 3):
@@ -131,6 +135,8 @@ def _read_files(files: Sequence[Path], rel: Path):
         arrays.append(data)
         names.append(name)
         paths.append(str(f))
+    if notes:
+        warnings.warn(f"{len(notes)} note(s) while reading the images, e.g. {notes[0]}", stacklevel=2)
     return arrays, names, paths, skipped
 
 
