@@ -18,7 +18,12 @@ from expertloop.engine.blood.model import (
     new_blood_model,
     save_blood_model,
 )
-from expertloop.engine.blood.pipeline import BloodTraining, predict_image, predict_images, train_blood_model
+from expertloop.engine.blood.pipeline import (
+    BloodTraining,
+    predict_image,
+    predict_images,
+    train_blood_model,
+)
 from expertloop.engine.jobs import run_job
 
 __all__ = ["BloodModel", "BloodSample", "BloodTraining", "load_blood_model", "new_blood_model",
