@@ -14,7 +14,7 @@ ENTRY_METHODS = {"MembraneProject": ["create", "open", "update_config", "train_s
                  "SpotDetector": ["save", "load"]}
 
 
-@pytest.mark.parametrize("workflow", ["membranes", "spots", "blood"])
+@pytest.mark.parametrize("workflow", ["membranes", "spots", "blood", "flim"])
 def test_entry_points_have_numpydoc_sections(workflow):
     api = importlib.import_module(f"expertloop.{workflow}")
     assert len(api.__all__) <= 12  # a handful, not the engine

@@ -32,6 +32,7 @@ from expertloop.engine.flim.encoder import (
     encoder_from_state,
     encoder_metadata,
 )
+from expertloop.engine.flim.params import FlimFit
 from expertloop.engine.jobs import Job, Progress
 
 
@@ -125,7 +126,23 @@ def _check_labels(images, labels, ndim):
 
 
 def fit_pixel_head(encoder, images, labels, *, max_samples: int = 20000, seed: int | None = 0) -> Job:
-    """Job: a :class:`FlimNet` with the per-pixel logistic head fitted on labelled pixels."""
+    """Job: a :class:`FlimNet` with the per-pixel logistic head fitted on labelled pixels.
+
+    Parameters
+    ----------
+    encoder : FlimEncoder
+        From :func:`fit_encoder`.
+    images, labels : sequences of arrays
+        Images and their labels (0 unlabelled, 1..K classes; markers work).
+    max_samples : int
+        Labelled pixels sampled for the fit.
+    seed : int, optional
+
+    Returns
+    -------
+    Job
+        Returns the network (kind "pixel").
+    """
     from sklearn.linear_model import LogisticRegression
 
     torch = get_torch()
@@ -191,7 +208,7 @@ def train_decoder(
     images,
     labels,
     *,
-    steps: int = 200,
+    steps: int = FlimFit.steps,
     lr: float = 2.5e-3,
     train_encoder: bool = False,
     seed: int | None = 0,
@@ -206,7 +223,25 @@ def train_decoder(
     loss :func:`ce_dice_loss`. With the encoder frozen its outputs are
     computed once. ``validate(net)`` (every ``validate_every`` steps) returns
     a dict logged in the history; a key ``"stop": True`` ends training.
-    Returns the history (list of dicts).
+
+    Parameters
+    ----------
+    net : FlimNet
+        From :func:`build_network`.
+    images, labels : sequences of arrays
+        As above.
+    steps, lr : int, float
+        Training steps (default: :class:`FlimFit`'s) and learning rate.
+    train_encoder : bool
+        Also fine-tune the encoder.
+    seed : int, optional
+    validate, validate_every
+        Optional validation callback and its period (steps).
+
+    Returns
+    -------
+    Job
+        Returns the history (list of dicts).
     """
     from expertloop.engine.seed import seed_everything
 
@@ -285,7 +320,18 @@ def predict(net, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def segment(net, images) -> Job:
-    """Job: class maps of several images (list of int32 arrays)."""
+    """Job: class maps of several images.
+
+    Parameters
+    ----------
+    net : FlimNet
+    images : sequence of arrays
+
+    Returns
+    -------
+    Job
+        Returns a list of int32 class maps (classes ``net.classes``).
+    """
     out = []
     for i, img in enumerate(images):
         out.append(predict(net, img)[0])
@@ -294,7 +340,23 @@ def segment(net, images) -> Job:
 
 
 def save_network(path, net, *, class_names: Sequence[str] = (), extra: Mapping | None = None):
-    """Save encoder + decoder (workflow ``flim``, kind ``network``)."""
+    """Save encoder + decoder (workflow ``flim``, kind ``network``).
+
+    Parameters
+    ----------
+    path : path
+        The ``.pt`` file (with its ``.json``).
+    net : FlimNet
+    class_names : sequence of str
+        Optional names of the classes.
+    extra : mapping, optional
+        More metadata for the JSON sidecar.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
     from expertloop.engine.persistence import save_model
 
     dec = {"kind": net.kind, "classes": net.classes}
@@ -307,7 +369,17 @@ def save_network(path, net, *, class_names: Sequence[str] = (), extra: Mapping |
 
 
 def load_network(path):
-    """Load a network saved by :func:`save_network`."""
+    """Load a network saved by :func:`save_network`.
+
+    Parameters
+    ----------
+    path : path
+        The ``.pt`` file.
+
+    Returns
+    -------
+    FlimNet
+    """
     from expertloop.engine.persistence import (
         Field,
         ModelFileError,

@@ -292,11 +292,26 @@ def fit_encoder(
 ) -> Job:
     """Job: estimate a :class:`FlimEncoder` from markers, layer by layer.
 
-    ``images``: 2D/3D arrays (optionally channels first); ``markers``: label
-    arrays of the images' spatial shape (0 unmarked, 1..K classes) or
-    :class:`Markers`. Images without markers may be passed (they are
-    skipped). Returns ``(encoder, FitReport)``. No gradient is computed: the
-    whole fit runs under ``torch.no_grad()``.
+    No gradient is computed: the whole fit runs under ``torch.no_grad()``.
+
+    Parameters
+    ----------
+    images : sequence of arrays
+        2D/3D images (optionally channels first).
+    markers : sequence of arrays or Markers
+        Label arrays of the images' spatial shape (0 unmarked, 1..K classes);
+        images without markers are skipped.
+    spec : EncoderSpec, dict, str or path, optional
+        The architecture (see :func:`parse_spec`; e.g. ``FlimFit().spec()``).
+    max_patches_per_class : int
+        Patches sampled per class for k-means (speed).
+    seed : int, optional
+    device : str, optional
+
+    Returns
+    -------
+    Job
+        Returns ``(encoder, FitReport)``.
     """
     import time
 

@@ -258,6 +258,25 @@ def recommend_images(
     zeros for an unmarked image. Fits the encoder on the marked images,
     computes every image's descriptor, recommends the ``k`` nearest and
     farthest unmarked images and projects all descriptors to 2D.
+
+    Parameters
+    ----------
+    images : sequence of arrays
+    markers : sequence of arrays or None
+        Per image; None or all zeros for an unmarked image.
+    spec : optional
+        The encoder architecture (see :func:`parse_spec`; e.g. ``FlimRecommend().spec()``).
+    k, n_segments, projection
+        See :class:`FlimRecommend` (their defaults).
+    perplexity : float
+        t-SNE perplexity.
+    seed : int, optional
+
+    Returns
+    -------
+    Job
+        Returns the result: ``.recommendation`` (marked, nearest, farthest,
+        distance), ``.points`` (2D) and ``.projection``.
     """
     from expertloop.engine.flim.encoder import fit_encoder, parse_spec
     from expertloop.engine.jobs import rescale
