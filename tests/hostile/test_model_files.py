@@ -56,7 +56,7 @@ def test_spot_model_patch_size_100000_is_refused_before_building(tmp_path):
     w = det.save(tmp_path / "spots")
     _edit_sidecar(w, lambda m: m["extra"]["config"].__setitem__("patch_size", 100_000))
     t = time.perf_counter()
-    with pytest.raises(ModelFileError, match="patch_size = '100000' is outside 7..63"):
+    with pytest.raises(ModelFileError, match="patch_size = '100000' is outside 7..255"):
         SpotDetector.load(w)
     assert time.perf_counter() - t < 5  # refused, not allocated
     # an even patch size (the network cannot be built) is one clear error too

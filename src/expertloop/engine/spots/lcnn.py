@@ -250,7 +250,7 @@ def _schemas():
     config = {
         "method": Field(str, max_len=20, required=False),
         "transfer_layers": Field(int, 0, 3, required=False),
-        "patch_size": Field(int, 7, 63, required=False),
+        "patch_size": Field(int, 7, 255, required=False),
         "tau": Field(float, 0, 100, required=False),
         "pixels_per_superpixel": Field(int, 1, 10_000, required=False),
         "compactness": Field(float, 0, 1000, required=False),
