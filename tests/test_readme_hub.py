@@ -35,7 +35,12 @@ def test_links_are_absolute_and_point_at_repository_files(page):
         assert url.startswith(("https://", "#")), url
         m = tree.match(url)
         if m:
-            assert (ROOT / m.group(1)).exists(), url
+            path, _, anchor = m.group(1).partition("#")
+            assert (ROOT / path).exists(), url
+            if anchor:  # GitHub's heading slugs
+                heads = re.findall(r"^#+ (.+)$", (ROOT / path).read_text(), re.M)
+                slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+                assert anchor in slugs, url
 
 
 def test_readme_starts_with_the_biologist():
