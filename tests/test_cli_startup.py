@@ -11,7 +11,7 @@ from expertloop.cli import main
 
 def test_import_is_cheap_and_does_not_import_torch():
     code = ("import sys, expertloop, expertloop.engine, expertloop.io, expertloop.cli, expertloop.membranes, "
-            "expertloop.spots, expertloop.blood, expertloop.flim; "
+            "expertloop.spots, expertloop.blood, expertloop.flim, expertloop.semiauto; "
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -11,10 +11,11 @@ import pytest
 # public classes whose methods are entry points
 ENTRY_METHODS = {"MembraneProject": ["create", "open", "update_config", "train_source", "transfer",
                                      "propose", "accept", "retrain"],
-                 "SpotDetector": ["save", "load"]}
+                 "SpotDetector": ["save", "load"],
+                 "SemiAutoLoop": ["restore", "run_iteration", "apply_review", "finish"]}
 
 
-@pytest.mark.parametrize("workflow", ["membranes", "spots", "blood", "flim"])
+@pytest.mark.parametrize("workflow", ["membranes", "spots", "blood", "flim", "semiauto"])
 def test_entry_points_have_numpydoc_sections(workflow):
     api = importlib.import_module(f"expertloop.{workflow}")
     assert len(api.__all__) <= 12  # a handful, not the engine

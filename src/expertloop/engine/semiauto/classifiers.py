@@ -271,7 +271,19 @@ CLASSIFIERS = {
 
 
 def make_classifier(name: str, **kwargs) -> Classifier:
-    """A classifier from :data:`CLASSIFIERS` by name, e.g. ``"logreg-hand"``."""
+    """A classifier from :data:`CLASSIFIERS` by name.
+
+    Parameters
+    ----------
+    name : str
+        E.g. ``"logreg-hand"`` (:data:`DEFAULT_CLASSIFIER`) or ``"cnn-resnet18"``.
+    **kwargs
+        Passed to the classifier (e.g. ``device``).
+
+    Returns
+    -------
+    Classifier
+    """
     if name not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {name!r}; choose one of {sorted(CLASSIFIERS)}")
     return CLASSIFIERS[name](**kwargs)

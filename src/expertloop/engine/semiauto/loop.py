@@ -121,7 +121,27 @@ def _stratified_val(labels: np.ndarray, fraction: float, rng) -> np.ndarray:
 
 
 class SemiAutoLoop:
-    """State and steps of the loop; see the module docstring."""
+    """State and steps of the loop; see the module docstring.
+
+    Parameters
+    ----------
+    collection : ImageSet
+        The images to label.
+    class_names : sequence of str
+        At least two classes.
+    initial_labels : array (N,)
+        Class index per image, -1 for unlabelled (the initial set D0).
+    classifier : Classifier
+        E.g. ``make_classifier("logreg-hand")``.
+    config : SemiAutoConfig, optional
+        Threshold, batch size, strategy, ... (saved with the state).
+    val_indices, val_labels : optional
+        A validation set; default: ``config.val_fraction`` of the initial labels.
+    storage : optional
+        Where the state, queue and decisions are saved (a project folder).
+    allow_missing_classes : bool
+        Accept classes without an initial example (with a warning).
+    """
 
     def __init__(self, collection: ImageSet, class_names, initial_labels, classifier: Classifier, *,
                  config: SemiAutoConfig | None = None, val_indices=None, val_labels=None,
@@ -239,9 +259,13 @@ class SemiAutoLoop:
     def run_iteration(self) -> Job[Proposal | None]:
         """Job: (re)train if needed, predict the next batch, split it and fill the queue.
 
-        Returns the :class:`Proposal` (None when no batch is left or the
-        target accuracy was reached). An open proposal must be applied
-        (:meth:`apply_review`) before the next iteration.
+        An open proposal must be applied (:meth:`apply_review`) before the next iteration.
+
+        Returns
+        -------
+        Job
+            Returns the :class:`Proposal`, or None when no batch is left or the
+            target accuracy was reached.
         """
         if self.proposal is not None:
             raise RuntimeError("review and apply the open batch first")
@@ -273,9 +297,17 @@ class SemiAutoLoop:
     def apply_review(self, decisions: dict[int, int] | None = None) -> dict[str, Any]:
         """Merge the batch: accepted predictions + the annotator's decisions join D.
 
-        ``decisions`` defaults to the queue's. Queued items left undecided
-        stay unlabelled. Returns the iteration's record (also in
-        :attr:`history`).
+        Queued items left undecided stay unlabelled.
+
+        Parameters
+        ----------
+        decisions : dict, optional
+            ``{image index: class index}``; default: the review queue's.
+
+        Returns
+        -------
+        dict
+            The iteration's record (also in :attr:`history`).
         """
         p = self.proposal
         if p is None:
@@ -314,7 +346,13 @@ class SemiAutoLoop:
         return rec
 
     def finish(self) -> Job[dict]:
-        """Job: final training on all labels and its validation score."""
+        """Job: final training on all labels and its validation score.
+
+        Returns
+        -------
+        Job
+            Returns the evaluation record.
+        """
         if self._trained_at != self.iteration:
             yield from self.train()
         return dict(self.last_eval)
@@ -359,7 +397,22 @@ class SemiAutoLoop:
     @classmethod
     def restore(cls, storage, collection: ImageSet, classifier: Classifier,
                 annotator: str = "") -> SemiAutoLoop:
-        """The loop saved in ``storage`` (the model is retrained on the next step)."""
+        """The loop saved in ``storage`` (the model is retrained on the next step).
+
+        Parameters
+        ----------
+        storage : FolderQueueStorage
+            The project's storage.
+        collection : ImageSet
+            The same images as when it was saved.
+        classifier : Classifier
+        annotator : str
+            Who reviews from now on.
+
+        Returns
+        -------
+        SemiAutoLoop
+        """
         d = storage.load_state()
         if not d or d.get("format") != "expertloop-semiauto":
             raise ValueError(f"{storage}: no semi-automatic labelling project saved there")
@@ -404,11 +457,21 @@ class SimulatedAnnotator:
 
 
 def simulate(loop: SemiAutoLoop, truth, *, max_iterations: int | None = None) -> Job[list[dict]]:
-    """Job: run the loop to the end with a :class:`SimulatedAnnotator`; returns the history.
+    """Job: run the loop to the end with a :class:`SimulatedAnnotator`.
 
-    Each history record also gets ``auto_errors`` (accepted predictions that
-    disagree with the truth), and a final record (``"final": True``) holds
-    the last model's validation accuracy.
+    Parameters
+    ----------
+    loop : SemiAutoLoop
+    truth : array (N,)
+        The true class of every image (the simulated annotator answers with it).
+    max_iterations : int, optional
+
+    Returns
+    -------
+    Job
+        Returns the history: each record also gets ``auto_errors`` (accepted
+        predictions that disagree with the truth), and a final record
+        (``"final": True``) holds the last model's validation accuracy.
     """
     annotator = SimulatedAnnotator(truth)
     truth = annotator.truth
@@ -432,12 +495,26 @@ def simulate(loop: SemiAutoLoop, truth, *, max_iterations: int | None = None) ->
 
 
 @checks_first
-def random_baseline(loop: SemiAutoLoop, classifier: Classifier, rate: float = 0.25) -> Job[list[dict]]:
+def random_baseline(loop: SemiAutoLoop, classifier: Classifier,
+                    rate: float = SemiAutoConfig.rate) -> Job[list[dict]]:
     """Job: what random sampling at ``rate`` would have given on the images labelled so far.
 
     A simulation for comparison plots: the labels the loop holds now
     (initial, reviewed and accepted) stand in for the ground truth, with the
-    same D0, V and batch size; returns the simulated history.
+    same D0, V and batch size.
+
+    Parameters
+    ----------
+    loop : SemiAutoLoop
+    classifier : Classifier
+        A fresh classifier of the same kind.
+    rate : float
+        Fraction of each batch reviewed.
+
+    Returns
+    -------
+    Job
+        Returns the simulated history.
     """
     from dataclasses import replace
 
