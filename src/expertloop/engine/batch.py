@@ -205,16 +205,6 @@ def limit_threads(n: int) -> None:
     get_torch().set_num_threads(n)
 
 
-def local_array(a) -> Any:
-    """``a`` as a numpy array; a dask array is computed in this thread with
-    dask's synchronous scheduler (inside a dask worker the default would send
-    the lazy file reads back to the cluster, which cannot pickle them)."""
-    import numpy as np
-
-    compute = getattr(a, "compute", None)
-    return np.asarray(compute(scheduler="synchronous") if compute else a)
-
-
 def temporary_name(target: Path) -> Path:
     """Where ``target`` is written before it is renamed into place (same
     folder, same suffix, hidden)."""
@@ -254,8 +244,8 @@ def run_one(task: Callable, source: Path, name: str, targets: list[Path], params
 
     ``task(source, paths, name, params) -> str`` must write every one of
     ``paths`` (temporary names of ``targets``) and return a one-line summary.
-    It computes lazy (dask) reads with :func:`local_array` (in the worker, not
-    through the cluster's scheduler).
+    It computes lazy (dask) reads with :func:`expertloop.engine.tiling.to_numpy`
+    (in the worker, not through the cluster's scheduler).
     """
     t0 = time.perf_counter()
     tmp = [temporary_name(t) for t in targets]

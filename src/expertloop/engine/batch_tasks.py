@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from expertloop.engine.batch import local_array, worker_cache
+from expertloop.engine.batch import worker_cache
 from expertloop.engine.jobs import run_job
 
 #: output suffixes of each step
@@ -161,7 +161,8 @@ def _membrane_net(path: str, device):
 
 def membranes_predict(source: Path, paths, name: str, params: dict[str, Any]) -> str:
     """P(membrane) of every pixel (float32 TIFF), plane by plane for a stack:
-    the image is read lazily and one plane is in memory at a time."""
+    the image is read lazily, tile by tile (``predict_dense`` is block-wise),
+    and one output plane is in memory at a time."""
     import tifffile
 
     from expertloop.engine.membranes.net import predict_dense
@@ -178,7 +179,7 @@ def membranes_predict(source: Path, paths, name: str, params: dict[str, Any]) ->
         meta["spacing"] = float(scale[0])
     def probabilities():
         for z in range(len(planes)):
-            yield run_job(predict_dense(model, local_array(planes[z]), tile=params.get("tile", 256),
+            yield run_job(predict_dense(model, planes[z], tile=params.get("tile", 256),
                                         device=params.get("device")))
 
     tifffile.imwrite(str(paths[0]), probabilities(), shape=tuple(data.shape), dtype=np.float32,

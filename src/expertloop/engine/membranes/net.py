@@ -34,9 +34,15 @@ import numpy as np
 from expertloop.engine.backend import get_torch
 from expertloop.engine.config import param
 from expertloop.engine.device import select_device
-from expertloop.engine.jobs import Job, Progress
+from expertloop.engine.jobs import Job, Progress, rescale
 from expertloop.engine.seed import seed_everything
-from expertloop.engine.tiling import count_tiles, iter_tiles
+from expertloop.engine.tiling import (
+    count_tiles,
+    iter_mean_std,
+    iter_tiles,
+    mean_std,
+    read_window,
+)
 
 WORKFLOW = "membranes"
 CLASS_NAMES = ("not membrane", "membrane")
@@ -194,11 +200,22 @@ def as_image(image: Any, what: str = "image") -> np.ndarray:
     return img
 
 
-def normalise(image: Any) -> np.ndarray:
-    """Per-image z-score as float32 (a constant image becomes zeros)."""
+def lazy_image(image: Any, what: str = "image"):
+    """Check a 2D grayscale image, leaving a dask or zarr array unread."""
+    img = image if hasattr(image, "shape") and hasattr(image, "dtype") else np.asarray(image)
+    if len(img.shape) != 2:
+        raise ValueError(f"{what} must be a 2D grayscale image, got shape {tuple(img.shape)}")
+    if not (np.issubdtype(img.dtype, np.number) or img.dtype == bool):
+        raise ValueError(f"{what} has a non-numeric dtype {img.dtype}")
+    return img
+
+
+def normalise(image: Any, stats: tuple[float, float] | None = None) -> np.ndarray:
+    """Per-image z-score as float32 (a constant image becomes zeros), with the
+    image's :func:`~expertloop.engine.tiling.mean_std` unless ``stats`` are given."""
     img = as_image(image).astype(np.float32)
-    std = float(img.std())
-    return (img - float(img.mean())) / (std if std > 0 else 1.0)
+    mean, std = mean_std(img) if stats is None else stats
+    return (img - mean) / (std if std > 0 else 1.0)
 
 
 def check_window_fits(image: np.ndarray, window: int, what: str = "image") -> None:
@@ -460,33 +477,48 @@ def predict_windows(model, image: Any, coords: Any, *, batch_size: int = 256) ->
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def predict_dense(model, image: Any, *, tile: int = 256, device=None,
+def predict_dense(model, image: Any, *, tile: int = 256, device=None, out=None,
                   desc: str = "membrane probability") -> Job[np.ndarray]:
     """Job: P(membrane) for every pixel (float32, the image's shape), by the
-    fully convolutional evaluation, tile by tile with a ``w - 1`` pixel halo."""
+    fully convolutional evaluation, tile by tile with a ``w - 1`` pixel halo.
+
+    Block-wise: ``image`` may be a numpy, dask or zarr array; each tile's
+    window is read from it (reflected at the border, as ``np.pad``) and its
+    core written into ``out`` (default: a new numpy array; give a zarr array
+    of the image's shape to keep the result on disk), so an image bigger than
+    memory needs one tile in memory. The z-score uses the image's mean and
+    standard deviation, read in a first pass. The result is the same (to
+    float rounding) for any ``tile`` and any source chunking.
+    """
     from expertloop.engine.training import model_device
 
     torch = get_torch()
     if tile < 1:
         raise ValueError("tile must be at least 1")
     w = model.config.window
-    img = as_image(image)
+    img = lazy_image(image)
     check_window_fits(img, w)
+    if out is None:
+        out = np.empty(img.shape, np.float32)
+    elif tuple(out.shape) != tuple(img.shape):
+        raise ValueError(f"out has shape {tuple(out.shape)}, the image {tuple(img.shape)}")
     if device is not None:
         model.to(select_device(device))
     d = model_device(model)
     model.eval()
-    padded = pad_for_window(normalise(img), w)
-    out = np.empty(img.shape, np.float32)
+    mean, std = yield from rescale(iter_mean_std(img), 0, 5, 100)
+    std = std if std > 0 else 1.0
+    b = w // 2
     total = count_tiles(img.shape, tile)
     with torch.inference_mode():
         for i, t in enumerate(iter_tiles(img.shape, tile)):
             ys, xs = t.write
-            block = padded[ys.start:ys.stop + w - 1, xs.start:xs.stop + w - 1]  # tile + halo
-            x = torch.from_numpy(np.ascontiguousarray(block))[None, None].to(d)
+            block = read_window(img, (ys.start - b, xs.start - b), (ys.stop + w - 1 - b, xs.stop + w - 1 - b))
+            block = (block.astype(np.float32) - mean) / std  # tile + halo, normalised
+            x = torch.from_numpy(np.ascontiguousarray(block, np.float32))[None, None].to(d)
             logits = model(x, dense=True).float()
             out[ys, xs] = torch.softmax(logits, 1)[0, 1].cpu().numpy()
-            yield Progress(i + 1, total, f"{desc}: tile {i + 1}/{total}")
+            yield Progress(5 + (95 * (i + 1)) // total, 100, f"{desc}: tile {i + 1}/{total}")
     return out
 
 
