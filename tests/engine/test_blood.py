@@ -353,3 +353,26 @@ def test_checking_a_sample_twice_keeps_its_intensities():
     twice = s.checked().checked()
     assert twice.image.dtype == np.uint8
     np.testing.assert_array_equal(to_rgb01(twice.image), to_rgb01(img))
+
+
+def test_small_object_detector_uses_stride_16_features_and_8px_anchors(tmp_path):
+    """The small-object variant (issue 17): stride-16 MobileNetV2 features, anchors from 8 px;
+    trains, detects, and comes back from a saved file with the same architecture."""
+    torch = pytest.importorskip("torch")
+    m = _tiny_model(det_backbone="mobilenet_v2_small")
+    det = m.detector
+    assert det.rpn.anchor_generator.sizes == ((8, 16, 32, 64, 128, 256),)
+    with torch.no_grad():
+        fmap = det.backbone(torch.zeros(1, 3, 96, 96))
+    assert fmap.shape[-2:] == (6, 6)  # stride 16 (the default backbone: stride 32)
+    img, inst, kinds = synthetic_smear((96, 96), 4, radius=5, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        losses = run_job(train_detector(m, [samples_from_instances(img, inst, kinds)], epochs=1, batch_size=1))
+    assert len(losses) == 1 and np.isfinite(losses[0])
+    out = run_job(detect(m, img))
+    save_blood_model(tmp_path / "small", m)
+    back = load_blood_model(tmp_path / "small.pt")
+    assert back.det_backbone == "mobilenet_v2_small"
+    again = run_job(detect(back, img))
+    assert np.allclose(again["boxes"], out["boxes"], atol=1e-4)

@@ -49,6 +49,8 @@ DETECTOR_BACKBONES = {
                          "MobileNetV3-Large + FPN (light)"),
     "mobilenet_v2": ("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1",
                      "MobileNetV2, single feature map (light)"),
+    "mobilenet_v2_small": ("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1",
+                           "MobileNetV2 cut at stride 16, anchors from 8 px (small cells such as platelets)"),
 }
 
 
@@ -144,14 +146,21 @@ def build_detector(backbone: str = "mobilenet_v2", n_classes: int = 1, *,
             TwoMLPHead,
         )
 
-        # MobileNetV2 features (1280 channels, stride 32) reduced to 256
+        # MobileNetV2 features (1280 channels, stride 32; "mobilenet_v2_small": 96, stride 16) reduced to 256
         # channels by a 1x1 convolution, so the box head stays small
         if used:  # as torchvision does for pretrained backbones: train only the later stages
             for p in net.features[:7].parameters():
                 p.requires_grad_(False)
-        body = torch.nn.Sequential(net.features, torch.nn.Conv2d(1280, 256, 1), torch.nn.ReLU(inplace=True))
+        if backbone == "mobilenet_v2_small":
+            # small objects: the stride-16 feature map (96 channels, block 13) instead of the
+            # stride-32 one, so a platelet (~15-30 px) covers a few feature cells, and anchors
+            # from 8 px; the later, stride-32 blocks are dropped (also fewer operations)
+            features, c_out, sizes = net.features[:14], 96, (8, 16, 32, 64, 128, 256)
+        else:
+            features, c_out, sizes = net.features, 1280, (16, 32, 64, 128, 256)
+        body = torch.nn.Sequential(features, torch.nn.Conv2d(c_out, 256, 1), torch.nn.ReLU(inplace=True))
         body.out_channels = 256
-        anchors = AnchorGenerator(((16, 32, 64, 128, 256),), ((0.5, 1.0, 2.0),))
+        anchors = AnchorGenerator((sizes,), ((0.5, 1.0, 2.0),))
         pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
         model = FasterRCNN(body, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=pool,
                            box_head=TwoMLPHead(256 * 49, 512), box_predictor=FastRCNNPredictor(512, n_classes + 1),
