@@ -51,12 +51,6 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in re.split(r"[,;]", text) if t.strip()]
 
 
-def _split_types(value) -> frozenset:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return frozenset()
-    return frozenset(t.strip() for t in re.split(r"[+,;]", str(value)) if t.strip())
-
-
 def _annotation_choices(viewer) -> list[str]:
     from napari.layers import Labels, Shapes
 
@@ -259,8 +253,10 @@ class BloodWidget(Container):
     def _samples(self):
         from napari.layers import Labels, Shapes
 
-        from expertloop.engine.blood.model import BloodSample
-        from expertloop.engine.blood.pipeline import samples_from_instances
+        from expertloop.engine.blood.pipeline import (
+            sample_from_rectangles,
+            samples_from_instances,
+        )
 
         img_layer = layer_by_name(self._viewer, self.image.value)
         ann = layer_by_name(self._viewer, self.annotations.value)
@@ -280,19 +276,11 @@ class BloodWidget(Container):
             return image, samples_from_instances(image, lab, types, name=ann.name, label=label)
         if not isinstance(ann, Shapes) or not len(ann.data):
             raise ValueError(f"the annotation layer {ann.name!r} holds no shapes")
-        boxes = np.array([[s[:, -1].min(), s[:, -2].min(), s[:, -1].max(), s[:, -2].max()] for s in ann.data])
-        n = len(boxes)
-        types = [_split_types(v) for v in ann.features[feat]] if feat in ann.features else [frozenset()] * n
         det_classes = self.model.det_classes if self.model is not None else (_names(self.det_classes.value) or ["cell"])
-        if "class" in ann.features:
-            labels = [str(c) for c in ann.features["class"]]
-        elif len(det_classes) == 1:
-            labels = [det_classes[0]] * n
-        else:
-            labels = [next(iter(t)) if len(t) == 1 and next(iter(t)) in det_classes else None for t in types]
-            if None in labels:
-                raise ValueError(f"the detector has several classes {det_classes}: give each shape a 'class' feature")
-        return image, BloodSample(image, boxes, labels, types, ann.name)
+        f = ann.features
+        return image, sample_from_rectangles(
+            image, ann.data, types=list(f[feat]) if feat in f else None,
+            classes=list(f["class"]) if "class" in f else None, det_classes=det_classes, name=ann.name)
 
     def train(self, *_):
         from expertloop.engine.blood.model import new_blood_model

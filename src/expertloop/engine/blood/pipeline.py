@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -227,6 +228,54 @@ def train_blood_model(model: BloodModel, samples: Sequence[BloodSample], *,
         warnings.warn("no region has a cell type: only the detector was trained", UserWarning, stacklevel=2)
     yield Progress(100, 100, "trained")
     return hist
+
+
+def parse_types(value) -> frozenset:
+    """A region's type set from a table cell: ``"Echinocyte+Granular"`` (or , ;
+    separated) -> ``frozenset({"Echinocyte", "Granular"})``; empty/None/NaN -> no type."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return frozenset()
+    return frozenset(t.strip() for t in re.split(r"[+,;]", str(value)) if t.strip())
+
+
+def sample_from_rectangles(image, rectangles, *, types=None, classes=None,
+                           det_classes: Sequence[str] = ("cell",), name: str = "") -> BloodSample:
+    """A training sample from drawn rectangles (e.g. a napari Shapes layer's data and features).
+
+    Parameters
+    ----------
+    image : array (H, W[, 3])
+    rectangles : sequence of arrays (n_vertices, >= 2)
+        Each shape's vertices, the last two columns (y, x); its bounding box is used.
+    types : sequence, optional
+        Per shape, its types as text (see :func:`parse_types`); None: no types.
+    classes : sequence of str, optional
+        Per shape, its detector class. None: the only detector class, or, with
+        several, the shape's single type when that is a detector class.
+    det_classes : sequence of str
+        The detector's classes.
+    name : str
+
+    Returns
+    -------
+    BloodSample
+    """
+    if not len(rectangles):
+        raise ValueError(f"{name or 'the annotations'}: no shapes")
+    boxes = np.array([[s[:, -1].min(), s[:, -2].min(), s[:, -1].max(), s[:, -2].max()]
+                      for s in map(np.asarray, rectangles)])
+    n = len(boxes)
+    type_sets = [parse_types(v) for v in types] if types is not None else [frozenset()] * n
+    det_classes = list(det_classes)
+    if classes is not None:
+        labels = [str(c) for c in classes]
+    elif len(det_classes) == 1:
+        labels = [det_classes[0]] * n
+    else:
+        labels = [next(iter(t)) if len(t) == 1 and next(iter(t)) in det_classes else None for t in type_sets]
+        if None in labels:
+            raise ValueError(f"the detector has several classes {det_classes}: give each shape a 'class' feature")
+    return BloodSample(np.asarray(image), boxes, labels, type_sets, name)
 
 
 def samples_from_instances(image, instances, cell_types, *, name: str = "", connectivity: int = 2,
