@@ -24,6 +24,12 @@ def test_simulate_digits_writes_labels_and_history(tmp_path, capsys):
     # every manual decision is in the project's journal
     recs = [json.loads(line) for line in open(tmp_path / "proj" / "decisions.jsonl")]
     assert len(recs) == sum(r["source"] == "manual" for r in rows)
+    # the same --project again is refused (its state and decisions are kept), not silently restarted
+    state = (tmp_path / "proj" / "state.json").read_text()
+    assert main(["semiauto", "simulate", "--digits", "-t", "0.5", "--project", str(tmp_path / "proj"),
+                 "-o", str(tmp_path / "x.csv")]) == 2
+    assert "already holds a semi-automatic labelling project" in capsys.readouterr().err
+    assert (tmp_path / "proj" / "state.json").read_text() == state
 
 
 def test_simulate_class_folders_and_bad_threshold(data_dir, tmp_path, capsys):

@@ -61,6 +61,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = build(SemiAutoConfig, given_values(args, SemiAutoConfig)).check()
     labels, val = simulation_split(truth, args.initial, args.val, seed=config.seed)
     storage = FolderQueueStorage(args.project) if args.project else MemoryQueueStorage()
+    if args.project and storage.load_state():
+        # a simulation starts from scratch: never silently replace a project and its decisions
+        raise ValueError(f"{args.project} already holds a semi-automatic labelling project: "
+                         "simulate into a new --project folder (or open this one in the widget)")
     kw = {"device": args.device} if args.device else {}
     loop = SemiAutoLoop(col, names, labels, make_classifier(args.classifier, **kw), config=config,
                         val_indices=val, val_labels=truth[val], storage=storage)
