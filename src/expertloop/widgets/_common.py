@@ -116,3 +116,57 @@ class ConfigControls:
         if self._filling or self._bound is None:
             return
         self._bound({name: value})
+
+
+#: tallest a dock asks to be (napari's dock title bar comes on top): fits a 1080-px screen
+DOCK_MAX_HEIGHT = 860
+
+
+def fit_dock(widget: Any, max_height: int = DOCK_MAX_HEIGHT) -> Any:
+    """Put a dock's contents in a vertical scroll area, so that it fits the screen
+    and keeps its width; every dock calls this at the end of its ``__init__``.
+
+    ``widget`` is a magicgui ``Container`` or a ``QWidget`` with a layout. Its
+    layout (with every control in it) moves into the scroll area, so magicgui
+    keeps managing it as before. The dock asks for its contents' height up to
+    ``max_height`` (scrolling beyond that) and for the width its contents had
+    when first shown: text or tables that grow later scroll sideways instead of
+    widening the dock and squeezing the canvas. Returns the scroll area.
+    """
+    from qtpy.QtCore import QSize, Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+    class _DockScroll(QScrollArea):
+        def __init__(self, inner: QWidget) -> None:
+            super().__init__()
+            self.setWidgetResizable(True)
+            self.setFrameShape(QFrame.Shape.NoFrame)
+            self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+            self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+            self.setWidget(inner)
+            self.width_kept: int | None = None
+
+        def _width(self) -> int:
+            if self.width_kept is not None:
+                return self.width_kept
+            return self.widget().sizeHint().width() + self.verticalScrollBar().sizeHint().width()
+
+        def showEvent(self, event) -> None:
+            if self.width_kept is None:
+                self.width_kept = self._width()
+            super().showEvent(event)
+
+        def sizeHint(self) -> QSize:
+            return QSize(self._width(), min(self.widget().sizeHint().height(), max_height))
+
+        def minimumSizeHint(self) -> QSize:
+            return QSize(self._width(), min(self.widget().minimumSizeHint().height(), 200))
+
+    host = getattr(widget, "native", widget)
+    inner = QWidget()
+    inner.setLayout(host.layout())  # reparents the layout and its controls
+    scroll = _DockScroll(inner)
+    outer = QVBoxLayout(host)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    return scroll

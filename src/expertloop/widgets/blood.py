@@ -29,6 +29,7 @@ from magicgui.widgets import (
 from expertloop.engine.blood.regions import PAPER_ABNORMAL, PAPER_TYPES
 from expertloop.widgets._common import (
     ConfigControls,
+    fit_dock,
     image_layer_choices,
     layer_array,
     layer_by_name,
@@ -117,6 +118,7 @@ class BloodWidget(Container):
             self.train_btn, self.save_file, self.save_btn, self.export_file, self.csv_btn, self.coco_btn,
             self.folder, self.batch_btn, self.runner,
         ])
+        fit_dock(self)
         self.load_btn.changed.connect(self.load)
         self.detect_btn.changed.connect(self.detect)
         self.train_btn.changed.connect(self.train)

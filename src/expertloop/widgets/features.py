@@ -13,6 +13,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 
 from expertloop.engine.features import available_backbones, feature_pca
 from expertloop.widgets._common import (
+    fit_dock,
     image_layer_choices,
     layer_array,
     layer_by_name,
@@ -36,6 +37,7 @@ class FeaturesWidget(Container):
         super().__init__(
             widgets=[self.image, self.backbone, self.pretrained, self.tile, self.run_btn, self.runner]
         )
+        fit_dock(self)
         self.run_btn.changed.connect(self.run)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)

@@ -25,6 +25,7 @@ from magicgui.widgets import (
 
 from expertloop.widgets._common import (
     ConfigControls,
+    fit_dock,
     image_layer_choices,
     layer_array,
     layer_by_name,
@@ -69,6 +70,7 @@ class _Base(Container):
     def __init__(self, viewer, widgets):
         self._viewer = viewer
         super().__init__(widgets=widgets)
+        fit_dock(self)
         for combo in self._layer_combos():
             viewer.layers.events.inserted.connect(combo.reset_choices)
             viewer.layers.events.removed.connect(combo.reset_choices)

@@ -17,6 +17,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, S
 from expertloop.engine.membranes.loop import MembraneConfig
 from expertloop.widgets._common import (
     ConfigControls,
+    fit_dock,
     image_layer_choices,
     layer_array,
     layer_by_name,
@@ -94,6 +95,7 @@ class MembraneWidget(Container):
             self.train_btn, self.transfer_btn, self.propose_btn, self.accept_btn,
             self.info, self.plot, self.runner,
         ])
+        fit_dock(self)
         self.open_btn.changed.connect(self.open_project)
         self.folder.changed.connect(self._folder_changed)
         self.train_btn.changed.connect(self.train_source)

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from expertloop.engine.jobs import Progress
+from expertloop.widgets._common import fit_dock
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class RemoteProjectWidget(QWidget):
         lay.addWidget(self.status)
         lay.addWidget(self.runner.native)
         lay.addStretch(1)
+        fit_dock(self)
 
         self.connect_btn.clicked.connect(self.connect_server)
         self.coll.currentIndexChanged.connect(self._collection_changed)

@@ -51,6 +51,7 @@ from expertloop.engine.semiauto.queue import ReviewQueue
 from expertloop.io.semiauto_storage import FolderQueueStorage
 from expertloop.widgets._common import (
     ConfigControls,
+    fit_dock,
     layer_array,
     layer_by_name,
     notify,
@@ -105,6 +106,8 @@ class ReviewQueueWidget(Container):
         widgets += [self.progress, self.info, self.label_choice, self.accept_btn, self.set_btn,
                     self.skip_btn, self.undo_btn]
         super().__init__(widgets=widgets)
+        if standalone:
+            fit_dock(self)
         self.open_btn.changed.connect(self.open_project)
         self.accept_btn.changed.connect(self.accept)
         self.set_btn.changed.connect(lambda *_: self.set_label(self.label_choice.value))
@@ -287,6 +290,7 @@ class SemiAutoWidget(Container):
             self.run_btn, self.apply_btn, self.status, self.runner, self.review, self.store_review,
             self.acc_plot, self.manual_plot, self.random_btn, self.export_path, self.export_btn,
         ])
+        fit_dock(self)
         self.load_btn.changed.connect(self.load)
         self.run_btn.changed.connect(self.run_iteration)
         self.apply_btn.changed.connect(self.apply_and_continue)

@@ -36,6 +36,7 @@ from expertloop.io.spots_clicks import (
 )
 from expertloop.widgets._common import (
     ConfigControls,
+    fit_dock,
     image_layer_choices,
     layer_array,
     layer_by_name,
@@ -105,6 +106,7 @@ class SpotAnnotatorWidget(Container):
             self.info, self.csv_path, Container(widgets=[self.export_btn, self.import_btn],
                                                 layout="horizontal", labels=False),
         ])
+        fit_dock(self)
         self.log: ClickLog | None = None
         self.points = None
         self._image_layer = None
@@ -309,6 +311,7 @@ class SpotDetectorWidget(Container):
             Container(widgets=[self.save_btn, self.load_btn], layout="horizontal", labels=False),
             self.image, self.predict_btn, self.threshold, self.colour, self.info, self.runner,
         ])
+        fit_dock(self)
         self.detector = None
         self.detection = None
         self.result_layer = None

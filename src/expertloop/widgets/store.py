@@ -41,7 +41,7 @@ from expertloop.store import (
     review_source,
 )
 from expertloop.store.core import expand_images
-from expertloop.widgets._common import layer_array, notify
+from expertloop.widgets._common import fit_dock, layer_array, notify
 from expertloop.widgets._jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ class AnnotationProjectWidget(QWidget):
         lay.addWidget(self.tools)
         lay.addWidget(self.status)
         lay.addStretch(1)
+        fit_dock(self)
 
         self.open_btn.clicked.connect(lambda: self.open_project(self.location.text()))
         self.create_btn.clicked.connect(
@@ -512,6 +513,7 @@ class StoreAdminWidget(QWidget):
         form.addRow(_row(self.assign_btn, self.report_btn))
         form.addRow(self.report)
         form.addRow(self.runner.native)
+        fit_dock(self)
 
         self.open_btn.clicked.connect(lambda: self.open_project(self.location.text()))
         self.add_user_btn.clicked.connect(self.add_user)
