@@ -32,6 +32,10 @@ def test_review_keyboard_accept_change_undo_skip(make_napari_viewer, qtbot, tmp_
     first = q.current
     assert viewer.layers[REVIEW_LAYER].data[0, 0] == first.index * 10
     assert "predicted Platelets" in w.info.value
+    # the key legend, in the dock and on the canvas: which digit is which class
+    legend = "1 = Platelets, 2 = RBC, 3 = WBC"
+    assert legend in w.keys.value and w.keys.native.isVisibleTo(w.native)
+    assert legend in w._overlay().text
 
     _press(qtbot, viewer, Qt.Key_Return)            # accept
     assert q.decisions() == {first.index: 0}

@@ -196,3 +196,37 @@ def test_admin_panel(make_napari_viewer, qtbot, tmp_path, notifications):
     assert "3 images" in text and "bob: 3 done, 0 to do" in text
     # bob a a b, cy a b b: po 2/3, pe 4/9 -> kappa 0.4
     assert "Cohen's kappa bob vs cy: 0.400 over 3 images" in text
+
+
+def test_label_dock_shows_its_key_map_and_saves_nothing_unchosen(
+        make_napari_viewer, qtbot, tmp_path, notifications):
+    from expertloop.widgets.store import AnnotationProjectWidget
+
+    loc, files = fresh_location("sqlite", tmp_path)
+    paths = _images(tmp_path, 2)
+    with Store.create(loc, admin="ada", files_dir=files) as st:
+        st.add_template("ada", "phase", "label", labels=["interphase", "mitotic"])
+        st.add_collection("ada", "cells", "phase", images=paths)
+        st.assign("ada", "cells", "ada")
+    viewer = make_napari_viewer()
+    w = AnnotationProjectWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w.open_project(loc)
+    w.set_user("ada")
+    w.select_collection("cells")
+    # the 1-9 mapping is in the dock, not only in a tooltip
+    assert w.keys_lbl.isVisibleTo(w)
+    assert "1 = interphase, 2 = mitotic" in w.keys_lbl.text()
+    # nothing preselected: Save without a choice records nothing, and says why
+    assert w.label_box.currentIndex() == -1 and w.label_box.currentText() == ""
+    assert not w.save()
+    with Store.open(loc, files_dir=files) as other:
+        assert other.annotations("ada", "cells") == []
+    assert any("choose a label first" in str(n.message) for n in notifications)
+    assert "nothing was saved" in w.status.text()
+    # a chosen label is saved; the next image again starts with no choice
+    w.label_box.setCurrentText("mitotic")
+    assert w.save(advance=True)
+    assert w.current == 1 and w.label_box.currentIndex() == -1
+    w.go(0)  # the image's own earlier label is shown again
+    assert w.label_box.currentText() == "mitotic"

@@ -95,6 +95,8 @@ class ReviewQueueWidget(Container):
         self.open_btn = PushButton(text="Open queue")
         self.progress = Label(value="no queue")
         self.info = Label(value="")
+        self.keys = Label(value="")  # the key legend: which digit is which class
+        self.keys.native.setWordWrap(True)
         self.label_choice = ComboBox(label="label", choices=self._class_choices)
         self.accept_btn = PushButton(text="Accept (Enter)")
         self.set_btn = PushButton(text="Set label (digit key)")
@@ -103,7 +105,7 @@ class ReviewQueueWidget(Container):
         widgets = [self.annotator]
         if standalone:
             widgets += [self.project, self.open_btn]
-        widgets += [self.progress, self.info, self.label_choice, self.accept_btn, self.set_btn,
+        widgets += [self.progress, self.info, self.keys, self.label_choice, self.accept_btn, self.set_btn,
                     self.skip_btn, self.undo_btn]
         super().__init__(widgets=widgets)
         if standalone:
@@ -118,6 +120,13 @@ class ReviewQueueWidget(Container):
         self._refresh()
 
     # ------------------------------------------------------------ setup
+    def key_legend(self) -> str:
+        """Which key does what, e.g. "1 = cat, 2 = dog; Enter/Space accept, S skip, Backspace undo"."""
+        if self.queue is None:
+            return ""
+        digits = ", ".join(f"{key} = {name}" for key, name in zip(DIGIT_KEYS, self.queue.class_names))
+        return f"keys: {digits}; Enter/Space accept, S skip, Backspace undo"
+
     def _class_choices(self, _=None):
         return list(self.queue.class_names) if self.queue is not None else []
 
@@ -208,8 +217,10 @@ class ReviewQueueWidget(Container):
         if q is None:
             self.progress.value = "no queue"
             self.info.value = ""
+            self.keys.value = ""
             return
         self.progress.value = q.progress_text()
+        self.keys.value = self.key_legend()
         it = q.current
         if it is None:
             self.info.value = "queue finished: apply the review"
@@ -245,7 +256,8 @@ class ReviewQueueWidget(Container):
             self._viewer.reset_view()
         ov = self._overlay()
         ov.visible = True
-        ov.text = f"{self.progress.value}\npredicted: {self.queue.class_names[it.predicted]}"
+        legend = self.key_legend().replace("; ", "\n")
+        ov.text = f"{self.progress.value}\npredicted: {self.queue.class_names[it.predicted]}\n{legend}"
 
 
 class SemiAutoWidget(Container):

@@ -110,6 +110,9 @@ class AnnotationProjectWidget(QWidget):
         self.todo_btn = QPushButton("Next to do")
         self.suggestion = QLabel("")
         self.label_box = QComboBox()
+        self.label_box.setPlaceholderText("choose a label")  # nothing preselected
+        self.keys_lbl = QLabel("")  # the 1-9 key map, shown in the dock
+        self.keys_lbl.setWordWrap(True)
         self.save_btn = QPushButton("Save")
         self.accept_btn = QPushButton("Accept suggestion")
         self.status = QLabel("")
@@ -124,6 +127,7 @@ class AnnotationProjectWidget(QWidget):
         tl = QFormLayout(self.tools)
         tl.addRow("model says", self.suggestion)
         tl.addRow("label", self.label_box)
+        tl.addRow(self.keys_lbl)
         tl.addRow(_row(self.accept_btn, self.save_btn))
         lay = QVBoxLayout(self)
         lay.addLayout(form)
@@ -320,6 +324,7 @@ class AnnotationProjectWidget(QWidget):
         self.label_box.clear()
         if info is not None and info.labels:
             self.label_box.addItems(info.labels)
+        self.label_box.setCurrentIndex(-1)
         self.tools.setEnabled(info is not None)
         self.tools.setTitle(f"annotation: {kind}" if kind else "annotation")
         tools = set(info.tools) if info is not None else set()
@@ -330,9 +335,12 @@ class AnnotationProjectWidget(QWidget):
             or (kind in ("points", "contour") and bool(info.labels)))
         self.suggestion.setVisible(kind == "label")
         self.accept_btn.setVisible(kind == "label")
+        keys = ""
         if kind == "label" and info.labels and "keys" in tools:
-            keys = ", ".join(f"{k}={lab}" for k, lab in enumerate(info.labels[:9], 1))
-            self.tools.setToolTip(f"keys on the image: {keys} (saves and moves on)")
+            keys = "keys on the image (save and move on): " + ", ".join(
+                f"{k} = {lab}" for k, lab in enumerate(info.labels[:9], 1))
+        self.keys_lbl.setText(keys)
+        self.keys_lbl.setVisible(bool(keys))
         if ANNOTATION_LAYER in self.viewer.layers:
             self.viewer.layers.remove(ANNOTATION_LAYER)
 
@@ -356,10 +364,9 @@ class AnnotationProjectWidget(QWidget):
         rec = self.mine.get(im.id)
         kind = self.collection.task_type
         if kind == "label":
-            pred = self.predictions.get(im.id)
-            label = rec.label if rec else (pred.label if pred else None)
-            if label is not None:
-                self.label_box.setCurrentText(label)
+            # only a label given before is preselected: Save never records a
+            # class (nor the model's guess, see Accept suggestion) nobody chose
+            self.label_box.setCurrentIndex(self.label_box.findText(rec.label) if rec and rec.label else -1)
             return
         layer = self._annotation_layer(shape)
         if layer is None or rec is None:
@@ -406,6 +413,8 @@ class AnnotationProjectWidget(QWidget):
         try:
             if kind == "label":
                 label = label if label is not None else self.label_box.currentText()
+                if not label:
+                    raise StoreError("choose a label first (drop-down or keys 1-9): nothing was saved")
                 pred = self.predictions.get(im.id)
                 src = source or review_source(pred.label if pred else None, label)
                 rec = self.store.annotate(self.me, self.collection.name, im.id,
