@@ -2,6 +2,8 @@
 
 import npe2
 
+from expertloop.engine.jobs import Progress
+
 PLUGIN = "napari-expertloop"
 MAX_DOCK_HEIGHT = 900  # issue 19: every dock fits in 900 px at napari's default font
 
@@ -34,21 +36,22 @@ def test_every_dock_fits_in_900_px_and_scrolls_to_the_rest(make_napari_viewer, q
     assert {"Semi-automatic labelling", "Membrane active learning"} <= set(scrolled)
 
 
-def test_docks_keep_their_width_after_a_job_and_a_table_fill(make_napari_viewer, qtbot, data_dir):
+def test_docks_keep_their_width_after_a_job_and_a_table_fill(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
     fdock, features = viewer.window.add_plugin_dock_widget(PLUGIN, "Deep features")
     bdock, blood = viewer.window.add_plugin_dock_widget(PLUGIN, "Blood cell detector")
     viewer.window._qt_window.tabifyDockWidget(fdock, bdock)
     qtbot.wait(50)
     before = (fdock.width(), bdock.width())
-    viewer.open(str(data_dir / "nuclei_crop.tif"), plugin=PLUGIN)
-    features.image.value = "nuclei_crop"
-    features.backbone.value = "resnet18"
-    features.pretrained.value = False
-    features.tile.value = 64
-    features.run()
+
+    def job():  # a job whose progress lines are long, the kind that widened docks
+        for k in range(3):
+            yield Progress(k, 3, "a long progress message about the current step " * 6)
+        return "ok"
+
+    features.runner.start(job(), description="a long job description " * 4)
     qtbot.waitUntil(lambda: not features.runner.running, timeout=60_000)
-    features.runner._status.value = "a long status line " * 12  # the kind that widened docks
+    assert features.runner.status.endswith("done")
     # a wide blood table, as after a detection on many types
     blood.table.value = {f"type score {k}": [0.123456789] * 40 for k in range(14)}
     blood.summary.value = "regions " * 40
