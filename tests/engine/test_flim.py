@@ -313,3 +313,30 @@ def test_marker_statistics_ignore_pixels_outside_the_image():
     w = lay.conv.weight.detach().numpy().reshape(4, -1)
     want = normed / np.linalg.norm(normed, axis=1, keepdims=True)
     assert _same_rows(w, want)
+
+
+def test_recommendation_loop_can_be_cancelled_inside_a_round(nuclei):
+    """Issue 18 defect 16: the encoder fit and descriptors of a round ran as
+    one synchronous step, so Cancel waited for the whole round."""
+    from expertloop.engine.jobs import CancelToken, drive
+
+    img, mask = nuclei
+    imgs = [img[:64, :64], img[64:, :64], img[:64, 64:]]
+    masks = [mask[:64, :64], mask[64:, :64], mask[:64, 64:]]
+    spec = {"ndim": 2, "layers": [{"filters_per_class": 2, "pool": "none"}]}
+    asked = []
+
+    def annotate(i):
+        asked.append(i)
+        return simulate_markers(masks[i], n_objects=3)
+
+    token = CancelToken()
+    seen = []
+    for rec in drive(recommendation_loop(imgs, annotate, n_images=3, spec=spec, n_segments=16), token):
+        seen.append(rec)
+        if rec.message.startswith("descriptor"):  # inside round 1: cancel there
+            token.cancel()
+    assert asked == [0]  # no second image was chosen or asked for
+    assert any(r.message.startswith("superpixels") for r in seen)
+    steps = [r.step for r in seen]
+    assert steps == sorted(steps) and all(r.total == 300 for r in seen)

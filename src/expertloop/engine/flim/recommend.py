@@ -206,27 +206,35 @@ def recommendation_loop(
     exploitation in turn).
     Returns the list of chosen indices.
     """
-    from expertloop.engine.flim.encoder import fit_encoder
-    from expertloop.engine.jobs import run_job
+    from expertloop.engine.flim.encoder import fit_encoder, parse_spec
+    from expertloop.engine.jobs import rescale
 
     if choose not in ("farthest", "nearest", "alternate"):
         raise ValueError("choose must be 'farthest', 'nearest' or 'alternate'")
     n_images = min(n_images, len(images))
-    from expertloop.engine.flim.encoder import parse_spec
-
     spec = parse_spec(spec)
     nd = spec.ndim
-    sps = [superpixels(img, n_segments, ndim=nd) for img in images]
+    # progress: superpixels, then one equal share per round; every sub-job is
+    # nested with ``yield from``, so Cancel stops it inside a round
+    rounds = max(n_images - 1, 1)
+    total = 100 * (rounds + 1)
+    sps = []
+    for i, img in enumerate(images):
+        sps.append(superpixels(img, n_segments, ndim=nd))
+        yield Progress(round(100 * (i + 1) / len(images)), total, f"superpixels {i + 1}/{len(images)}")
     chosen, marks = [int(first)], {int(first): annotate(int(first))}
     while len(chosen) < n_images:
-        enc, _ = run_job(fit_encoder([images[i] for i in chosen], [marks[i] for i in chosen], spec, seed=seed))
-        desc = run_job(compute_descriptors(enc, images, n_segments=n_segments, superpixel_images=sps))
+        base = 100 * len(chosen)
+        enc, _ = yield from rescale(fit_encoder([images[i] for i in chosen], [marks[i] for i in chosen],
+                                                spec, seed=seed), base, base + 50, total)
+        desc = yield from rescale(compute_descriptors(enc, images, n_segments=n_segments, superpixel_images=sps),
+                                  base + 50, base + 100, total)
         rec = recommend(desc, chosen, k)
         far = choose == "farthest" or (choose == "alternate" and len(chosen) % 2 == 1)
         nxt = (rec.farthest if far else rec.nearest)[0]
         chosen.append(nxt)
         marks[nxt] = annotate(nxt)
-        yield Progress(len(chosen), n_images, f"chose image {nxt} ({len(chosen)}/{n_images})")
+        yield Progress(base + 100, total, f"chose image {nxt} ({len(chosen)}/{n_images})")
     return chosen
 
 
