@@ -20,6 +20,7 @@ from expertloop.engine.blood.model import (
 )
 from expertloop.engine.blood.pipeline import (
     BloodTraining,
+    predict_folder,
     predict_image,
     predict_images,
     train_blood_model,
@@ -27,4 +28,5 @@ from expertloop.engine.blood.pipeline import (
 from expertloop.engine.jobs import run_job
 
 __all__ = ["BloodModel", "BloodSample", "BloodTraining", "load_blood_model", "new_blood_model",
-           "predict_image", "predict_images", "run_job", "save_blood_model", "train_blood_model"]
+           "predict_folder", "predict_image", "predict_images", "run_job", "save_blood_model",
+           "train_blood_model"]

@@ -355,14 +355,7 @@ class BloodWidget(Container):
     def detect_folder(self, *_):
         """Detect in every image of ``batch folder``; write ``regions.csv`` and
         ``regions_coco.json`` into the folder of ``export to``."""
-        from expertloop.engine.blood.pipeline import predict_images
-        from expertloop.io import read_image
-        from expertloop.io.blood_formats import (
-            results_to_annotations,
-            results_to_rows,
-            write_coco,
-            write_csv,
-        )
+        from expertloop.engine.blood.pipeline import predict_folder
         from expertloop.io.readers import SUPPORTED_SUFFIXES
 
         if self.model is None:
@@ -382,18 +375,10 @@ class BloodWidget(Container):
         self.refresh()  # the sliders' values are the model's thresholds
         model = self.model
         thr, tthr = model.score_threshold, model.type_threshold
-        loaders = [lambda f=f: read_image(f)[0].data for f in files]
-
-        def job():
-            results = yield from predict_images(model, loaders, names=[f.name for f in files])
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_csv(out_dir / "regions.csv", results_to_rows(results, thr, tthr))
-            write_coco(out_dir / "regions_coco.json", results_to_annotations(results, thr, tthr),
-                       categories=model.det_classes)
-            return results
 
         def done(results):
             n = sum(r.summary(thr, tthr)["regions"] for r in results)
             notify("Blood cell detector", f"{len(results)} images, {n} regions: written to {out_dir}")
 
-        return self.runner.start(job(), description="detecting blood cells in a folder", on_result=done)
+        return self.runner.start(predict_folder(model, files, out_dir), description="detecting blood cells in a folder",
+                                 on_result=done)

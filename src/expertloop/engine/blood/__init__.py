@@ -36,6 +36,7 @@ from expertloop.engine.blood.pipeline import (
     BloodResult,
     classify_regions,
     parse_types,
+    predict_folder,
     predict_image,
     predict_images,
     sample_from_rectangles,
@@ -57,7 +58,8 @@ __all__ = [
     "DETECTOR_BACKBONES", "PAPER_ABNORMAL", "PAPER_TYPES", "AbnormalClassifier", "BloodModel", "BloodResult",
     "BloodSample", "Regions", "average_precision", "box_iou", "build_detector", "build_type_heads",
     "classify_regions", "clip_boxes", "coco_map", "crop_regions", "detect", "detection_ap", "load_blood_model",
-    "mask_to_boxes", "match_detections", "merge_boxes", "new_blood_model", "predict_image", "predict_images",
+    "mask_to_boxes", "match_detections", "merge_boxes", "new_blood_model", "predict_folder",
+    "predict_image", "predict_images",
     "region_features", "parse_types", "sample_from_rectangles", "samples_from_instances", "save_blood_model", "synthetic_smear", "to_rgb01",
     "train_blood_model", "train_detector", "train_type_heads", "type_probabilities", "types_to_matrix",
 ]

@@ -23,7 +23,7 @@ from expertloop.engine.blood.model import (
 from expertloop.engine.blood.regions import as_boxes
 from expertloop.engine.config import param
 from expertloop.engine.features import EMBEDDERS
-from expertloop.engine.jobs import Job, Progress, rescale
+from expertloop.engine.jobs import CHECKED, Job, Progress, checks_first, rescale
 
 
 @dataclass
@@ -143,6 +143,57 @@ def predict_images(model: BloodModel, images: Sequence, *, names: Sequence[str] 
                                                device=device), i * 100, (i + 1) * 100, n * 100)
         out.append(res)
     return out
+
+
+@checks_first
+def predict_folder(model: BloodModel, files: Sequence, out_dir, *, names: Sequence[str] | None = None,
+                   device=None) -> Job[list[BloodResult]]:
+    """Job: detect in every image file (one after another, in this process) and
+    write ``regions.csv`` and ``regions_coco.json`` into ``out_dir``, with the
+    model's named thresholds (what ``expertloop blood predict`` writes, merged).
+
+    Parameters
+    ----------
+    model : BloodModel
+        Its ``score_threshold`` and ``type_threshold`` choose what is written.
+    files : sequence of paths
+        The images, read one at a time in the job.
+    out_dir : path
+        Created if needed.
+    names : sequence of str, optional
+        The images' names in the outputs (default: the file names).
+    device : str, optional
+
+    Returns
+    -------
+    Job
+        Returns one :class:`BloodResult` per image.
+    """
+    from pathlib import Path
+
+    from expertloop.io import read_image
+    from expertloop.io.blood_formats import (
+        results_to_annotations,
+        results_to_rows,
+        write_coco,
+        write_csv,
+    )
+
+    files = [Path(f) for f in files]
+    if not files:
+        raise ValueError("no images to detect in")
+    names = [f.name for f in files] if names is None else list(names)
+    if len(names) != len(files):
+        raise ValueError(f"{len(files)} images but {len(names)} names")
+    yield CHECKED
+    thr, tthr = model.score_threshold, model.type_threshold
+    results = yield from predict_images(model, [lambda f=f: read_image(f)[0].data for f in files], names=names,
+                                        device=device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "regions.csv", results_to_rows(results, thr, tthr))
+    write_coco(out / "regions_coco.json", results_to_annotations(results, thr, tthr), categories=model.det_classes)
+    return results
 
 
 @dataclass
