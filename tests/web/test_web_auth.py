@@ -27,6 +27,7 @@ def test_wrong_password_then_lockout(served):
     assert "too many failed logins" in r.text and "el_session" not in c.cookies
 
 
+@pytest.mark.parametrize("served", ["sqlite"], indirect=True)  # HTTP only: no DB specifics
 def test_login_rate_limited_per_address(served):
     from expertloop.web.app import WebConfig, create_app
 
@@ -43,6 +44,7 @@ def test_login_rate_limited_per_address(served):
     assert r.status_code == 429
 
 
+@pytest.mark.parametrize("served", ["sqlite"], indirect=True)  # HTTP only: no DB specifics
 def test_session_cookie_flags(served):
     from expertloop.web.app import WebConfig, create_app
 
@@ -70,6 +72,7 @@ def test_session_cookie_flags(served):
     assert h["x-frame-options"] == "DENY" and h["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.parametrize("served", ["sqlite"], indirect=True)  # HTTP only: no DB specifics
 def test_not_logged_in(served):
     _, app, _ = served
     c = TestClient(app)
@@ -187,6 +190,7 @@ def test_api_tokens(served, client_for):
     assert r.status_code == 401
 
 
+@pytest.mark.parametrize("served", ["sqlite"], indirect=True)  # HTTP only: no DB specifics
 @pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "\\\\evil"])
 def test_no_open_redirect_after_login(served, target):
     _, app, _ = served
