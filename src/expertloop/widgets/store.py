@@ -324,7 +324,8 @@ class AnnotationProjectWidget(QWidget):
         self.label_box.clear()
         if info is not None and info.labels:
             self.label_box.addItems(info.labels)
-        self.label_box.setCurrentIndex(-1)
+        # an image label is never preselected; points and shapes are named by the first label
+        self.label_box.setCurrentIndex(-1 if kind == "label" or not self.label_box.count() else 0)
         self.tools.setEnabled(info is not None)
         self.tools.setTitle(f"annotation: {kind}" if kind else "annotation")
         tools = set(info.tools) if info is not None else set()
