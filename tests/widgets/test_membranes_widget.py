@@ -75,6 +75,14 @@ def test_full_round_in_viewer_and_resume(make_napari_viewer, qtbot, em, tmp_path
     assert outline[:, 1].min() == xs.min() and outline[:, 1].max() == xs.max() + 1
     unc = viewer.layers[UNCERTAINTY_LAYER].data
     assert unc.shape == em["tgt"].shape and 0 <= unc.min() and unc.max() <= 0.5
+    # the uncertainty overlay is transparent where the net is sure (the EM stays readable)
+    cmap = viewer.layers[UNCERTAINTY_LAYER].colormap
+    assert cmap.map([0.0])[0][3] == 0 and cmap.map([1.0])[0][3] == 1
+    # the guidance stays visible after Propose, on its own line beside the F-score one
+    assert "correct the labels inside the yellow region" in w.guidance.value
+    assert "'membranes target 0 labels'" in w.guidance.value
+    assert w.guidance.native.isVisibleTo(w.native)
+    assert "round 0" in w.info.value and "yellow" not in w.info.value
 
     # the region is pre-filled with the prediction; the "expert" corrects it to the truth
     labels = viewer.layers["membranes target 0 labels"]
@@ -87,6 +95,7 @@ def test_full_round_in_viewer_and_resume(make_napari_viewer, qtbot, em, tmp_path
     qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
     assert w.project.round == 1, w.runner.status
     assert REGION_LAYER not in viewer.layers
+    assert "F-score" in w.info.value and "Propose region" in w.guidance.value
     xs_plot, ys_plot = w.plot.series["validation F-score"]
     assert xs_plot == [0.0, 1.0] and all(0 <= y <= 1 for y in ys_plot)
     saved = w.project.target_labels[0]

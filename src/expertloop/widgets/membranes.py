@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 NONE = "(none)"
 REGION_LAYER = "proposed region"
 UNCERTAINTY_LAYER = "uncertainty"
+#: certain pixels fully transparent, the most uncertain opaque red: the EM stays readable
+UNCERTAINTY_COLORMAP = {"colors": [[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 1.0]],
+                        "name": "transparent to red"}
 
 
 def _data_layer_choices(viewer) -> list[str]:
@@ -84,7 +87,10 @@ class MembraneWidget(Container):
         self.transfer_btn = PushButton(text="2. Transfer")
         self.propose_btn = PushButton(text="3. Propose region")
         self.accept_btn = PushButton(text="4. Accept && retrain")
-        self.info = Label(value="no project")
+        self.info = Label(value="no project")  # round, stage, F-score
+        # what to do next; a line of its own, so the F-score line never overwrites it
+        self.guidance = Label(value="")
+        self.guidance.native.setWordWrap(True)
         self.plot = PlotWidget("F-score per round (validation)", "round", "F-score")
         self.runner = JobRunner()
         super().__init__(widgets=[
@@ -93,7 +99,7 @@ class MembraneWidget(Container):
             self.target_image, self.target_labels, self.val_image, self.val_truth, self.val_value,
             *self.params.widgets,
             self.train_btn, self.transfer_btn, self.propose_btn, self.accept_btn,
-            self.info, self.plot, self.runner,
+            self.info, self.guidance, self.plot, self.runner,
         ])
         fit_dock(self)
         self.open_btn.changed.connect(self.open_project)
@@ -218,6 +224,9 @@ class MembraneWidget(Container):
             return None
         self.params.fill(self.project.config)  # the values in force, fixed ones read-only
         self._show_project_layers()
+        self.guidance.value = (
+            "the project works on its own copies of the targets: paint corrections in "
+            f"'{self._labels_layer_name(0)}' (your own layers are not changed)")
         prop = self.project.proposal
         prob = self.project.proposal_prob()
         if prop is not None and prob is not None:
@@ -263,8 +272,8 @@ class MembraneWidget(Container):
             return None
 
         def show(out):
-            self._show_proposal(out["region"], out["prob"])
             self._refresh()
+            self._show_proposal(out["region"], out["prob"])
 
         return self._start(self.project.propose, description="region proposal", on_result=show)
 
@@ -278,8 +287,8 @@ class MembraneWidget(Container):
         for name in (REGION_LAYER, UNCERTAINTY_LAYER):
             if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
-        self._viewer.add_image(uncertainty_map(prob), name=UNCERTAINTY_LAYER, colormap="magma",
-                               contrast_limits=(0, 0.5), opacity=0.5, blending="additive", **kw)
+        self._viewer.add_image(uncertainty_map(prob), name=UNCERTAINTY_LAYER, colormap=UNCERTAINTY_COLORMAP,
+                               contrast_limits=(0, 0.5), opacity=0.7, blending="translucent", **kw)
         self._viewer.add_shapes(region.outline(), shape_type="polygon", name=REGION_LAYER,
                                 edge_color="yellow", face_color="transparent", edge_width=2, **kw)
         lname = self._labels_layer_name(i)
@@ -287,8 +296,8 @@ class MembraneWidget(Container):
         if labels_layer is not None:
             labels_layer.data = prefill_region(labels_layer.data, prob, region.mask(prob.shape))
             self._viewer.layers.selection.active = labels_layer
-        self.info.value = (f"correct the labels inside the yellow region of target {i} "
-                           f"({region.n_windows} windows), then Accept & retrain")
+        self.guidance.value = (f"correct the labels inside the yellow region of target {i} "
+                               f"({region.n_windows} windows) in layer '{lname}', then Accept & retrain")
 
     def accept(self, *_) -> Any:
         if not self._need_project("accept"):
@@ -309,6 +318,7 @@ class MembraneWidget(Container):
         for name in (REGION_LAYER, UNCERTAINTY_LAYER):
             if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
+        self.guidance.value = "retraining on your corrections; then Propose region for the next round"
 
         def done(_):
             self._show_project_layers()
