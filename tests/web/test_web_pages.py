@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import page_csrf
+from conftest import login, page_csrf
 
 
 def test_annotate_and_store_sees_it(served, client_for):
@@ -224,8 +224,6 @@ def test_big_images_are_sent_reduced_from_the_right_level(served, tmp_path):
     (iid,) = store.add_images("ada", "scans", [str(pyr)])
     app = create_app(store, WebConfig(image_roots=[root], max_side=40))
     with TestClient(app) as c:
-        from conftest import login
-
         login(c, "ada")
         r = c.get("/img/1/1")  # 40 x 60 PNG, longest side above 40: every 2nd pixel
         assert r.headers["x-image-shape"] == "40,60"
