@@ -40,7 +40,7 @@ def test_docks_keep_their_width_after_a_job_and_a_table_fill(make_napari_viewer,
     viewer = make_napari_viewer(show=True)
     fdock, features = viewer.window.add_plugin_dock_widget(PLUGIN, "Deep features")
     bdock, blood = viewer.window.add_plugin_dock_widget(PLUGIN, "Blood cell detector")
-    viewer.window._qt_window.tabifyDockWidget(fdock, bdock)
+    fdock.parent().tabifyDockWidget(fdock, bdock)  # the docks' QMainWindow
     qtbot.wait(50)
     before = (fdock.width(), bdock.width())
 
