@@ -227,3 +227,15 @@ def test_every_subcommand_that_writes_declares_its_outputs():
         if names[:2] == ("flim", "convert-markers"):
             assert "output" in declared
     assert not missing, missing
+
+
+@pytest.mark.parametrize("argv", [
+    ["spots", "phantom", "{tmp}/missing.nii", "-o", "{tmp}/o"],
+    ["spots", "train", "{tmp}/only-an-image.tif", "-o", "{tmp}/m.pt"],
+    ["spots", "detect", "{tmp}/missing.pt", "{tmp}/x.tif", "-o", "{tmp}/o"],
+])
+def test_every_user_error_line_names_the_command(tmp_path, capsys, argv):
+    rc, err = _run(capsys, [a.format(tmp=tmp_path) for a in argv])
+    assert rc == 2
+    line = _one_error_line(err)
+    assert line.startswith(f"expertloop {argv[0]}: error:") or line.startswith("expertloop: error:"), line

@@ -46,12 +46,12 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     try:
         item = read_image(args.volume)[0]
     except (ImageReadError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"expertloop spots: error: {exc}", file=sys.stderr)
         return 2
     try:
         ph = make_phantom(item.data, args.spots, seed=args.seed, noise=args.noise)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"expertloop spots: error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     pairs = args.pairs
     if len(pairs) % 2:
-        print("error: give IMAGE TABLE pairs (an image, then its click table)", file=sys.stderr)
+        print("expertloop spots: error: give IMAGE TABLE pairs (an image, then its click table)", file=sys.stderr)
         return 2
     cfg = _config(args)
     sets = []
@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         det = run_job(train_spot_detector(sets, cfg, device=args.device),
                       on_progress=_progress())
     except (ImageReadError, OSError, ValueError) as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+        print(f"\nexpertloop spots: error: {exc}", file=sys.stderr)
         return 2
     path = det.save(args.output)
     print(f"\n{det.info}\nwrote {path}", file=sys.stderr)
@@ -113,7 +113,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     try:
         worker_cache(_spot_detector, str(args.model), args.device)  # a bad model: one error line first
     except (ModelFileError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"expertloop spots: error: {exc}", file=sys.stderr)
         return 2
     files = expand_inputs(args.images)
     params = {"model": str(args.model), "device": args.device, "threshold": args.threshold,
