@@ -200,3 +200,19 @@ def test_no_open_redirect_after_login(served, target):
                                "csrf": csrf_of(page.text), "next": target},
                follow_redirects=False)
     assert r.headers["location"] == "/"
+
+
+def test_serve_help_and_start_say_tls_terminates_at_the_proxy():
+    from expertloop.cli import build_parser
+    from expertloop.web.app import exposure_warning
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if getattr(a, "choices", None) and "serve" in a.choices)
+    text = sub.choices["serve"].format_help()
+    # no example exposes the plain-HTTP port with --proxy; TLS is said to end at the proxy
+    assert not [ln for ln in text.splitlines() if "0.0.0.0" in ln and "--proxy" in ln]
+    assert "TLS terminates at a reverse proxy" in text and "plain HTTP" in text
+    assert exposure_warning("127.0.0.1") is None and exposure_warning("localhost") is None
+    assert exposure_warning("::1") is None
+    assert "plain HTTP" in exposure_warning("0.0.0.0")
+    assert "--proxy" in exposure_warning("192.168.1.5")

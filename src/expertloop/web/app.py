@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import sys
 import threading
 import time
 from collections import defaultdict, deque
@@ -605,6 +606,22 @@ def _record_json(r) -> dict:
             "updated_by": r.updated_by}
 
 
+def exposure_warning(host: str) -> str | None:
+    """What to tell the admin when ``host`` serves plain HTTP beyond this machine."""
+    import ipaddress
+
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        if host == "localhost":
+            return None
+    return (f"warning: listening on {host} serves plain HTTP to the network: passwords, "
+            "session cookies and images cross it in clear. Unless TLS terminates at a "
+            "proxy on a trusted network in front of it, serve on 127.0.0.1 behind an "
+            "HTTPS reverse proxy on this host (--secure-cookies --proxy, docs/web.md).")
+
+
 def serve(location: str, *, host: str = "127.0.0.1", port: int = 8000,
           config: WebConfig | None = None, files_dir: str | None = None,
           proxy: bool = False, log_level: str = "info") -> None:
@@ -617,6 +634,9 @@ def serve(location: str, *, host: str = "127.0.0.1", port: int = 8000,
         roots = app.state.renderer.roots
         print(f"expertloop serve: {store.url_safe} on http://{host}:{port}/ "
               f"(images from: {', '.join(map(str, roots)) or 'nowhere'})", flush=True)
+        warning = exposure_warning(host)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         uvicorn.run(app, host=host, port=port, log_level=log_level,
                     proxy_headers=proxy, forwarded_allow_ips="127.0.0.1" if proxy else None)
 
