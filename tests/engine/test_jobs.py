@@ -136,3 +136,44 @@ def test_checks_first_raises_at_the_call_then_runs_from_the_checks():
         return "done"
 
     assert run_job(trivial()) == "done"
+
+
+def _serial_step(token, log):
+    """A batch-like step: runs an inner job to its end with run_job (no token
+    given); Cancel arrives while the inner job runs (a click in the GUI)."""
+    def inner():
+        for i in range(100):
+            if i == 3:
+                token.cancel()
+            log.append(i)
+            yield Progress(i + 1, 100)
+    try:
+        run_job(inner())
+    except JobCancelled:
+        log.append("inner cancelled")
+
+
+def test_run_job_inside_a_step_follows_the_outer_cancel():
+    from expertloop.engine.jobs import current_cancel
+
+    token, log = CancelToken(), []
+
+    def outer():
+        for _ in range(3):
+            _serial_step(token, log)
+            yield Progress(1, 3, "image done")
+        return "finished"
+
+    with pytest.raises(JobCancelled):
+        run_job(outer(), cancel=token)
+    assert log == [0, 1, 2, 3, "inner cancelled"]  # stopped at the inner job's next yield
+    assert current_cancel() is None
+    # a job driven without a token leaves nested run_job calls alone
+    log2, other = [], CancelToken()
+
+    def outer2():
+        _serial_step(other, log2)  # cancels a token nobody drives with
+        yield Progress(1, 1)
+        return "ok"
+
+    assert run_job(outer2()) == "ok" and len(log2) == 100

@@ -230,3 +230,65 @@ def test_failed_detection_clears_the_previous_result(make_napari_viewer, qtbot, 
     # moving the slider afterwards brings nothing back
     w.score.value = 0.1
     assert "smear cells" not in viewer.layers
+
+
+def _batch_folder(tmp_path, img, n):
+    from skimage.io import imsave
+
+    folder = tmp_path / "smears"
+    folder.mkdir()
+    for i in range(n):
+        imsave(folder / f"s{i}.png", np.roll(img, 7 * i, axis=1), check_contrast=False)
+    return folder
+
+
+def _batch_dock(viewer, qtbot, model_path, folder, out):
+    w = _widget(viewer, qtbot)
+    w.model_file.value = model_path
+    w.load()
+    _wait(qtbot, w)
+    w.folder.value = folder
+    w.export_file.value = out / "x"
+    return w, folder
+
+
+def test_folder_batch_is_the_cli_job_on_a_dask_scheduler(make_napari_viewer, qtbot, model_file, tmp_path,
+                                                        notifications):
+    """The widget's folder batch runs the job of ``expertloop blood predict``
+    (per-image tables, then merged ones) here or on a dask scheduler given in
+    the dock, and writes exactly what the command line writes."""
+    from distributed import LocalCluster
+
+    from expertloop.cli import main
+
+    path, img = model_file
+    w, folder = _batch_dock(make_napari_viewer(), qtbot, path, _batch_folder(tmp_path, img, 2),
+                            tmp_path / "widget_out")
+    w.score.value = 0.0
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                      silence_logs=50) as cluster:
+        w.batch_place["scheduler"].value = cluster.scheduler_address
+        w.detect_folder()
+        _wait(qtbot, w)
+    assert w.runner.last_error is None, w.runner.last_error
+    assert any("2 done" in str(n.message) and "scheduler" in str(n.message) for n in notifications)
+    assert main(["blood", "predict", str(folder), "-m", str(path), "-o", str(tmp_path / "cli_out"),
+                 "--score-threshold", "0", "--workers", "0"]) == 0
+    for rel in ("per_image/s0.regions.csv", "per_image/s1.regions.csv", "regions.csv"):
+        assert (tmp_path / "widget_out" / rel).read_text() == (tmp_path / "cli_out" / rel).read_text()
+    assert not list((tmp_path / "widget_out").glob(".model-*"))  # the model snapshot is removed
+
+
+def test_folder_batch_cancel_stops_promptly(make_napari_viewer, qtbot, model_file, tmp_path):
+    """Cancel at the start of the serial folder batch: no image is detected,
+    nothing is written and the model snapshot is removed."""
+    path, img = model_file
+    w, _ = _batch_dock(make_napari_viewer(), qtbot, path, _batch_folder(tmp_path, img, 4), tmp_path / "out")
+    assert w.batch_place["workers"].value == 0  # in this process, one image after another
+    assert w.detect_folder() is not None
+    w.runner.cancel()  # at once: the job is saving the model snapshot or detecting the first image
+    _wait(qtbot, w)
+    assert w.runner.status.endswith("cancelled") and w.runner.last_error is None
+    assert not list((tmp_path / "out" / "per_image").glob("*.csv"))
+    assert not (tmp_path / "out" / "regions.csv").exists()
+    assert not list((tmp_path / "out").glob(".model-*"))

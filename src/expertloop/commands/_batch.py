@@ -47,11 +47,16 @@ def run_batch_command(args: argparse.Namespace, task, files, suffixes, params, o
                     scheduler_timeout=args.scheduler_timeout)
     show = _progress_printer()
     report = run_job(job, on_progress=show)
+    print_report(report)
+    return report
+
+
+def print_report(report) -> None:
+    """End the progress line; one line per failed image, then the batch summary (on stderr)."""
     print(file=sys.stderr)
     for o in report.failed:
         print(f"failed: {o.source}: {o.message}", file=sys.stderr)
     print(report.summary(), file=sys.stderr)
-    return report
 
 
 def exit_code(report) -> int:

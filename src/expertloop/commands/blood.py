@@ -9,52 +9,36 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from expertloop.commands._cli import batch_result, emit
 
 
-def _image_names(files: list[Path]) -> list[str]:
-    """The name written for each image in the CSV/COCO output: the file name,
-    or, where two inputs share a file name (``x/img.png``, ``y/img.png``), the
-    path relative to the folder all inputs have in common, so no two rows of
-    different images can be told apart only by their order."""
-    names = [f.name for f in files]
-    if len(set(names)) == len(names):
-        return names
-    full = [f.resolve() for f in files]
-    root = Path(os.path.commonpath([p.parent for p in full]))
-    return [p.relative_to(root).as_posix() for p in full]
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from expertloop.commands._batch import exit_code, run_batch_command
+    from expertloop.cli import _progress_printer
+    from expertloop.commands._batch import exit_code, print_report
     from expertloop.engine.batch import expand_inputs, worker_cache
-    from expertloop.engine.batch_tasks import OUTPUTS, _blood_model, blood_predict
-    from expertloop.io.blood_formats import merge_coco, merge_csv
+    from expertloop.engine.batch_tasks import _blood_model
+    from expertloop.engine.blood.pipeline import predict_folder
+    from expertloop.engine.jobs import run_job
 
     # a bad model file: one error line before any worker starts (and the
     # in-process runs reuse the loaded model)
     worker_cache(_blood_model, str(args.model), args.device)
     files = expand_inputs(args.inputs)
-    out = Path(args.output)
     thresholds = {"candidate_floor": args.candidate_floor, "score_threshold": args.score_threshold,
                   "type_threshold": args.type_threshold}
-    params = {"model": str(args.model), "device": args.device, "thresholds": thresholds,
-              "display_names": dict(zip(map(str, files), _image_names(files)))}
-    report = run_batch_command(args, blood_predict, files, OUTPUTS["blood"], params, out / "per_image")
-    ok = [o for o in report.outcomes if o.ok]
-    written = []
-    if "csv" in args.format:
-        written.append(merge_csv([o.outputs[0] for o in ok], out / "regions.csv"))
-    if "coco" in args.format:
-        written.append(merge_coco([o.outputs[1] for o in ok], out / "regions_coco.json"))
-    for p in written:
+    job = predict_folder(str(args.model), files, args.output, thresholds=thresholds, formats=args.format,
+                         device=args.device, skip_existing=args.skip_existing, scheduler=args.scheduler,
+                         workers=args.workers, processes=not args.in_process,
+                         scheduler_timeout=args.scheduler_timeout)
+    done = run_job(job, on_progress=_progress_printer())
+    print_report(done.report)
+    for p in done.written:
         print(f"wrote {p}", file=sys.stderr)
-    emit(args, batch_result(report, files=[str(p) for p in written]))
-    return exit_code(report)
+    emit(args, batch_result(done.report, files=[str(p) for p in done.written]))
+    return exit_code(done.report)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expertloop.engine.config import param
 from expertloop.engine.jobs import Job, Progress
 
 
@@ -295,6 +296,25 @@ class BatchReport:
     def summary(self) -> str:
         return (f"{len(self.done)} done, {len(self.skipped)} skipped (outputs existed), "
                 f"{len(self.failed)} failed, in {self.seconds:.1f} s on {self.where}")
+
+
+@dataclass
+class BatchPlace:
+    """Where a batch started from a widget runs (the command line has the same
+    choices as ``--workers`` and ``--scheduler``)."""
+
+    workers: int = param(0, help="worker processes of a dask LocalCluster on this machine; 0: the images "
+                                 "one after another in napari's own process", label="batch workers",
+                         min=0, max=256)
+    scheduler: str = param("", help="address of a running dask scheduler, e.g. tcp://host:8786, whose "
+                                    "workers see the images and the output folder (empty: this machine)",
+                           label="dask scheduler")
+
+    def run_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`run_batch` (and of the jobs built on it)."""
+        if self.scheduler.strip():
+            return {"scheduler": self.scheduler.strip()}
+        return {"workers": int(self.workers)}
 
 
 def default_workers(n_images: int) -> int:

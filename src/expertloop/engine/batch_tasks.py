@@ -64,9 +64,12 @@ def feature_pca_image(source: Path, paths, name: str, params: dict[str, Any]) ->
 
 # ---------------------------------------------------------------- blood
 def _blood_model(path: str, device):
+    """The model and the thresholds saved with it (the cached model is shared
+    by the images of every batch in this process: it is never changed)."""
     from expertloop.engine.blood import load_blood_model
 
-    return load_blood_model(path, device=device)
+    model = load_blood_model(path, device=device)
+    return model, model.thresholds()
 
 
 def blood_predict(source: Path, paths, name: str, params: dict[str, Any]) -> str:
@@ -80,9 +83,10 @@ def blood_predict(source: Path, paths, name: str, params: dict[str, Any]) -> str
         write_csv,
     )
 
-    model = worker_cache(_blood_model, params["model"], params.get("device"))
-    model.set_thresholds(**params.get("thresholds", {}))
-    thr, tthr = model.score_threshold, model.type_threshold
+    model, saved = worker_cache(_blood_model, params["model"], params.get("device"))
+    given = {k: v for k, v in params.get("thresholds", {}).items() if v is not None}
+    th = {**saved, **given}
+    thr, tthr = th["score_threshold"], th["type_threshold"]
     item = _read(source)
     data = np.asarray(item.data)
     rgb = bool(item.meta.get("rgb"))
@@ -92,7 +96,8 @@ def blood_predict(source: Path, paths, name: str, params: dict[str, Any]) -> str
         data = data.reshape((-1,) + data.shape[-(3 if rgb else 2):])[0]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = run_job(predict_image(model, data, name=params.get("display_names", {}).get(str(source), source.name),
+        res = run_job(predict_image(model, data, score_threshold=th["candidate_floor"],
+                                    name=params.get("display_names", {}).get(str(source), source.name),
                                     device=params.get("device")))
     notes += [f"warning: {w.message}" for w in caught]
     write_csv(paths[0], results_to_rows([res], thr, tthr))

@@ -88,6 +88,16 @@ class CancelToken:
 #: what :func:`drive` returns when the job was cancelled
 CANCELLED = object()
 
+_driving = threading.local()
+
+
+def current_cancel() -> CancelToken | None:
+    """The cancel token of the job this thread is running a step of (None outside jobs).
+
+    :func:`run_job` called inside a job's step (a batch step running one
+    image to its end, say) uses it, so Cancel stops the inner job too."""
+    return getattr(_driving, "token", None)
+
 
 def drive(job: Job[T], cancel: CancelToken | None = None) -> Job[T]:
     """Re-yield ``job``'s records, stopping at a yield once ``cancel`` is set.
@@ -106,10 +116,14 @@ def drive(job: Job[T], cancel: CancelToken | None = None) -> Job[T]:
         while True:
             if cancel is not None and cancel.cancelled:
                 return CANCELLED
+            outer = current_cancel()
+            _driving.token = cancel if cancel is not None else outer
             try:
                 record = next(job)
             except StopIteration as stop:
                 return stop.value
+            finally:
+                _driving.token = outer
             if not isinstance(record, Progress):
                 raise TypeError(
                     f"a job must yield Progress records, got {type(record).__name__}"
@@ -129,10 +143,11 @@ def run_job(
 
     ``on_progress`` receives every :class:`Progress` record; ``cancel`` is
     checked at every yield: when set, the job is closed at that yield and
-    :class:`JobCancelled` is raised. Exceptions from the job propagate
-    unchanged.
+    :class:`JobCancelled` is raised. Without ``cancel``, a ``run_job`` inside
+    a step of another job follows that job's token (:func:`current_cancel`).
+    Exceptions from the job propagate unchanged.
     """
-    driver = drive(job, cancel)
+    driver = drive(job, cancel if cancel is not None else current_cancel())
     while True:
         try:
             record = next(driver)

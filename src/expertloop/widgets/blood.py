@@ -109,6 +109,9 @@ class BloodWidget(Container):
         self.coco_btn = PushButton(text="Export COCO")
         # batch over a folder
         self.folder = FileEdit(label="batch folder", mode="d")
+        from expertloop.engine.batch import BatchPlace
+
+        self.batch_place = ConfigControls(BatchPlace)
         self.batch_btn = PushButton(text="Detect folder → CSV + COCO")
         self.runner = JobRunner()
         super().__init__(widgets=[
@@ -116,7 +119,7 @@ class BloodWidget(Container):
             self.det_classes, self.pretrained, self.image, self.detect_btn, self.score, self.type_thr,
             self.summary, self.table, self.annotations, self.type_feature, self.det_epochs, self.head_epochs,
             self.train_btn, self.save_file, self.save_btn, self.export_file, self.csv_btn, self.coco_btn,
-            self.folder, self.batch_btn, self.runner,
+            self.folder, *self.batch_place.widgets, self.batch_btn, self.runner,
         ])
         fit_dock(self)
         self.load_btn.changed.connect(self.load)
@@ -353,32 +356,40 @@ class BloodWidget(Container):
 
     # ------------------------------------------------------------ batch
     def detect_folder(self, *_):
-        """Detect in every image of ``batch folder``; write ``regions.csv`` and
-        ``regions_coco.json`` into the folder of ``export to``."""
+        """Detect in every image of ``batch folder`` with the job ``expertloop
+        blood predict`` runs (:func:`~expertloop.engine.blood.pipeline.predict_folder`,
+        in this process or on dask workers as ``batch workers``/``dask
+        scheduler`` say): ``per_image/`` tables, then ``regions.csv`` and
+        ``regions_coco.json`` in the folder of ``export to``, with the
+        thresholds shown."""
+        from expertloop.engine.batch import BatchInputError, BatchPlace, expand_inputs
         from expertloop.engine.blood.pipeline import predict_folder
-        from expertloop.io.readers import SUPPORTED_SUFFIXES
+        from expertloop.engine.config import build
 
         if self.model is None:
             notify("Blood cell detector", "load or train a model first")
             return None
         folder = Path(str(self.folder.value))
-        files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(SUPPORTED_SUFFIXES)) \
-            if folder.is_dir() else []
-        if not files:
-            notify("Blood cell detector", f"no images in {folder}")
-            return None
         target = Path(str(self.export_file.value))
-        out_dir = target if target.is_dir() else target.parent
         if not target.name:
             notify("Blood cell detector", "choose where to export (export to)")
             return None
+        out_dir = target if target.is_dir() else target.parent
         self.refresh()  # the sliders' values are the model's thresholds
-        model = self.model
-        thr, tthr = model.score_threshold, model.type_threshold
+        place = build(BatchPlace, self.batch_place.values())
+        try:
+            files = expand_inputs([folder]) if folder.is_dir() else []
+            if not files:
+                raise BatchInputError(f"no images in {folder}")
+            job = predict_folder(self.model, files, out_dir, **place.run_options())
+        except ValueError as exc:  # BatchInputError included
+            notify("Blood cell detector", str(exc))
+            return None
 
-        def done(results):
-            n = sum(r.summary(thr, tthr)["regions"] for r in results)
-            notify("Blood cell detector", f"{len(results)} images, {n} regions: written to {out_dir}")
+        def done(out):
+            r = out.report
+            failed = "".join(f"\n  failed: {o.source.name}: {o.message}" for o in r.failed[:5])
+            notify("Blood cell detector", f"{r.summary()}; written to {out_dir}{failed}",
+                   "warning" if r.failed else "info")
 
-        return self.runner.start(predict_folder(model, files, out_dir), description="detecting blood cells in a folder",
-                                 on_result=done)
+        return self.runner.start(job, description="detecting blood cells in a folder", on_result=done)

@@ -6,6 +6,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -145,55 +146,117 @@ def predict_images(model: BloodModel, images: Sequence, *, names: Sequence[str] 
     return out
 
 
+def image_names(files: Sequence) -> list[str]:
+    """The name written for each image in the blood CSV/COCO tables: the file
+    name, or, where two inputs share a file name (``x/img.png``, ``y/img.png``),
+    the path relative to the folder all inputs have in common, so no two rows
+    of different images can be told apart only by their order."""
+    import os
+    from pathlib import Path
+
+    names = [Path(f).name for f in files]
+    if len(set(names)) == len(names):
+        return names
+    full = [Path(f).resolve() for f in files]
+    root = Path(os.path.commonpath([p.parent for p in full]))
+    return [p.relative_to(root).as_posix() for p in full]
+
+
+@dataclass
+class FolderPrediction:
+    """What :func:`predict_folder` did: the batch report (one outcome per
+    image) and the merged tables it wrote."""
+
+    report: Any  # expertloop.engine.batch.BatchReport
+    written: list = field(default_factory=list)  # paths of regions.csv / regions_coco.json
+
+    def summary(self) -> str:
+        return self.report.summary()
+
+
 @checks_first
-def predict_folder(model: BloodModel, files: Sequence, out_dir, *, names: Sequence[str] | None = None,
-                   device=None) -> Job[list[BloodResult]]:
-    """Job: detect in every image file (one after another, in this process) and
-    write ``regions.csv`` and ``regions_coco.json`` into ``out_dir``, with the
-    model's named thresholds (what ``expertloop blood predict`` writes, merged).
+def predict_folder(model, files: Sequence, out_dir, *, thresholds: dict | None = None,
+                   formats: Sequence[str] = ("csv", "coco"), device=None, skip_existing: bool = False,
+                   client=None, scheduler: str | None = None, workers: int | None = None,
+                   processes: bool = True, scheduler_timeout: float = 10.0) -> Job[FolderPrediction]:
+    """Job: detect and classify cells in many images: what ``expertloop blood
+    predict`` and the widget's folder batch both run.
+
+    The images run through :func:`expertloop.engine.batch.run_batch` (the
+    :func:`~expertloop.engine.batch_tasks.blood_predict` step): each image's
+    regions go to ``out_dir/per_image/<name>.regions.csv`` and ``.coco.json``
+    as soon as it is done; ``out_dir/regions.csv`` and
+    ``out_dir/regions_coco.json`` are merged from them at the end. A failed
+    image is listed in the report and does not stop the others.
 
     Parameters
     ----------
-    model : BloodModel
-        Its ``score_threshold`` and ``type_threshold`` choose what is written.
+    model : BloodModel or path
+        A model in memory is saved (a snapshot, in ``out_dir``, removed at the
+        end) so the workers can load it; a path is loaded by each worker.
     files : sequence of paths
-        The images, read one at a time in the job.
+        The images (see :func:`~expertloop.engine.batch.expand_inputs` for folders and globs).
     out_dir : path
         Created if needed.
-    names : sequence of str, optional
-        The images' names in the outputs (default: the file names).
-    device : str, optional
+    thresholds : dict, optional
+        ``candidate_floor``, ``score_threshold``, ``type_threshold`` to use
+        (absent ones: the model's). For a model in memory the default is
+        its :meth:`~BloodModel.thresholds`.
+    formats : sequence of {"csv", "coco"}
+        The merged tables to write.
+    device, skip_existing, client, scheduler, workers, processes, scheduler_timeout
+        Where and how the images run: see :func:`~expertloop.engine.batch.run_batch`
+        (``workers=0``: one after another in this process).
 
     Returns
     -------
     Job
-        Returns one :class:`BloodResult` per image.
+        Returns a :class:`FolderPrediction`.
     """
+    import uuid
     from pathlib import Path
 
-    from expertloop.io import read_image
-    from expertloop.io.blood_formats import (
-        results_to_annotations,
-        results_to_rows,
-        write_coco,
-        write_csv,
-    )
+    from expertloop.engine.batch import check_output_folder, run_batch
+    from expertloop.engine.batch_tasks import OUTPUTS, blood_predict
+    from expertloop.engine.blood.model import THRESHOLDS, save_blood_model
+    from expertloop.io.blood_formats import merge_coco, merge_csv
 
     files = [Path(f) for f in files]
     if not files:
         raise ValueError("no images to detect in")
-    names = [f.name for f in files] if names is None else list(names)
-    if len(names) != len(files):
-        raise ValueError(f"{len(files)} images but {len(names)} names")
+    bad = sorted(set(formats) - {"csv", "coco"})
+    if bad:
+        raise ValueError(f"unknown formats {bad}: choose csv and/or coco")
+    in_memory = isinstance(model, BloodModel)
+    thresholds = {**(model.thresholds() if in_memory else {}), **(thresholds or {})}
+    unknown = sorted(set(thresholds) - set(THRESHOLDS))
+    if unknown:
+        raise ValueError(f"unknown thresholds {unknown}; choose among {THRESHOLDS}")
+    out = check_output_folder(out_dir)
+    params = {"model": None if in_memory else str(model), "device": device, "thresholds": thresholds,
+              "display_names": dict(zip(map(str, files), image_names(files)))}
+    snapshot = out / f".model-{uuid.uuid4().hex[:10]}" if in_memory else None
+    job = run_batch(blood_predict, files, out / "per_image", OUTPUTS["blood"], params,
+                    skip_existing=skip_existing, client=client, scheduler=scheduler, workers=workers,
+                    processes=processes, scheduler_timeout=scheduler_timeout)
     yield CHECKED
-    thr, tthr = model.score_threshold, model.type_threshold
-    results = yield from predict_images(model, [lambda f=f: read_image(f)[0].data for f in files], names=names,
-                                        device=device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "regions.csv", results_to_rows(results, thr, tthr))
-    write_coco(out / "regions_coco.json", results_to_annotations(results, thr, tthr), categories=model.det_classes)
-    return results
+    try:
+        if snapshot is not None:
+            yield Progress(0, len(files), "saving the model for the workers")
+            params["model"] = str(save_blood_model(snapshot, model))
+        report = yield from job
+    finally:
+        job.close()
+        if snapshot is not None:
+            for p in (snapshot.with_suffix(".pt"), snapshot.with_suffix(".json")):
+                p.unlink(missing_ok=True)
+    ok = [o for o in report.outcomes if o.ok]
+    written = []
+    if "csv" in formats:
+        written.append(merge_csv([o.outputs[0] for o in ok], out / "regions.csv"))
+    if "coco" in formats:
+        written.append(merge_coco([o.outputs[1] for o in ok], out / "regions_coco.json"))
+    return FolderPrediction(report, written)
 
 
 @dataclass
