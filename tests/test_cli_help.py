@@ -66,7 +66,7 @@ def test_commands_that_print_results_offer_json():
     expected = {"info", "spots phantom", "spots train", "spots detect", "membranes loop", "flim fit",
                 "flim segment", "flim recommend", "flim convert-markers", "blood predict", "blood train",
                 "semiauto simulate", "semiauto export", "semiauto push-to-store", "semiauto pull-from-store",
-                "store report", "store search", "store missing", "membranes predict"}
+                "store report", "store search", "store missing", "membranes predict", "features"}
     assert {f"expertloop {e}" for e in expected} <= with_json
 
 

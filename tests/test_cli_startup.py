@@ -1,5 +1,7 @@
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,15 +56,20 @@ def test_info_with_unavailable_device_is_a_clear_error(capsys):
     assert "not available" in capsys.readouterr().err
 
 
-def test_features_batch(tmp_path, data_dir):
+def test_features_batch(tmp_path, data_dir, capsys):
     bad = tmp_path / "bad.tif"
     bad.write_text("x")
     out = tmp_path / "out"
     rc = main([
         "features", str(data_dir / "nuclei_crop.tif"), str(bad),
         "-o", str(out), "--backbone", "resnet18", "--pretrained", "no", "--tile", "64", "--in-process",
+        "--json",
     ])
     assert rc == 1  # one file failed, and said so
+    doc = json.loads(capsys.readouterr().out)  # --json: one document on stdout, as in every command
+    assert doc["failed"] == 1
+    status = {Path(r["image"]).name: r["status"] for r in doc["images"]}
+    assert status == {"nuclei_crop.tif": "done", "bad.tif": "failed"}
     written = tifffile.imread(out / "nuclei_crop_resnet18_features.tif")
     assert written.shape == (32, 32, 3) and written.dtype == np.uint8 and written.std() > 0
 

@@ -179,14 +179,16 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     from expertloop.commands._batch import exit_code, run_batch_command
+    from expertloop.commands._cli import batch_result, emit
     from expertloop.engine.batch import expand_inputs
     from expertloop.engine.batch_tasks import feature_pca_image
 
     files = expand_inputs(args.images)
     params = {"backbone": args.backbone, "pretrained": args.pretrained, "tile": args.tile,
               "device": args.device, "seed": args.seed}
-    return exit_code(run_batch_command(args, feature_pca_image, files,
-                                      (f"_{args.backbone}_features.tif",), params))
+    report = run_batch_command(args, feature_pca_image, files, (f"_{args.backbone}_features.tif",), params)
+    emit(args, batch_result(report))
+    return exit_code(report)
 
 
 # --------------------------------------------------------------- parser
@@ -225,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     ], description="Open napari with files and/or a sample and dock expertloop widgets (default: Deep "
                    "features). NIfTI and TIFF open with expertloop's reader, other files with napari's.")
     s.add_argument("paths", nargs="*", help="images to open")
-    s.add_argument("--sample", choices=["mri", "nuclei", "spots", "membranes", "flim", "blood"],
-                   help="open a sample (one per workflow: spots, membranes, flim, blood; docs/data.md)")
+    s.add_argument("--sample", choices=["mri", "nuclei", "spots", "membranes", "flim", "blood", "semiauto"],
+                   help="open a sample (one per workflow: spots, membranes, flim, blood, semiauto; "
+                        "docs/data.md)")
     s.add_argument("--widget", action="append",
                    help="widget to dock, by its name in the Plugins menu (repeatable)")
     s.set_defaults(func=cmd_gui)
@@ -237,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = action(sub, "features", "CNN feature PCA images for a batch of files", [
         "expertloop features *.tif -o features/",
         "expertloop features scans/ -o out/ --backbone resnet18 --pretrained no --workers 2",
+        "expertloop features nuclei.tif -o out/ --workers 0 --json > features.json",
     ], description="Write OUT/<image>_<backbone>_features.tif (RGB: the first 3 principal components "
                    "of the backbone's features, pixel size times its stride) per image.")
     s.add_argument("images", nargs="+", help=INPUTS_HELP + "; NIfTI, TIFF, PNG or JPEG")
@@ -247,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     s.add_argument("--seed", type=int, default=0, help="seed of the PCA and random weights (default 0)")
     add_batch_arguments(s)
+    add_json(s)
     s.set_defaults(func=cmd_features, outputs={"output": "folder"})
 
     # Workflow subcommands live in expertloop.commands.<workflow> modules,

@@ -17,6 +17,7 @@ EXPECTED = {
                   ("EM validation truth", "labels", (256, 256))],
     "flim": [("dsb2018_nuclei", "image", (512, 512)), ("nuclei markers", "labels", (512, 512))],
     "blood": [("BloodImage_00005", "image", (480, 640, 3)), ("BloodImage_00005 boxes", "shapes", None)],
+    "semiauto": [("BCCD cell crops", "image", (42, 32, 32, 3))],
 }
 
 
@@ -76,3 +77,31 @@ def test_membranes_sample_fills_the_widget(make_napari_viewer):
     assert "EM target" in widget.target_image.choices
     assert widget.source_value.value == 1  # the sample's membrane value is the default
 
+
+
+def test_semiauto_sample_runs_an_iteration_in_the_widget(make_napari_viewer, qtbot, tmp_path):
+    """The sample's stack, class names and initial labels go straight into the
+    widget's controls; one iteration fills the review queue."""
+    from expertloop.widgets.semiauto import SemiAutoWidget
+
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open_sample(PLUGIN, "semiauto")
+    assert layer.rgb
+    meta = layer.metadata
+    w = SemiAutoWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.stack.reset_choices()
+    w.stack.value = layer.name
+    w.class_names.value = ", ".join(meta["class_names"])
+    w.initial.value = meta["initial_labels"]
+    w.project.value = str(tmp_path / "proj")
+    loop = w.load()
+    assert loop is not None and len(loop.collection) == 42 and loop.class_names == ["RBC", "WBC", "Platelets"]
+    assert int((loop.labels >= 0).sum()) == 12  # 4 per class, from the shipped CSV
+    assert np.bincount(loop.labels[loop.labels >= 0], minlength=3).tolist() == [4, 4, 4]
+    w.run_iteration()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    p = loop.proposal
+    assert p is not None and len(p.batch) == 30  # every unlabelled crop predicted
+    assert len(p.accepted) + len(p.queued) + len(p.deferred) == 30
+    assert loop.queue is not None and len(loop.queue) == len(p.queued) > 0

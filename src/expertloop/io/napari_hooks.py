@@ -163,3 +163,20 @@ def sample_blood() -> list[tuple]:
     from expertloop.io.napari_annotations import read_boxes_layers
 
     return _sample("BloodImage_00005.jpg") + read_boxes_layers(str(sample_path("BloodImage_00005.xml")))
+
+
+#: class names of the semi-automatic labelling sample, in class-index order
+SEMIAUTO_SAMPLE_CLASSES = ("RBC", "WBC", "Platelets")
+
+
+def sample_semiauto() -> list[tuple]:
+    """Semi-automatic labelling: 42 BCCD cell crops (32 x 32 RGB, 14 RBC,
+    14 WBC, 14 Platelets, shuffled) as one stack layer. Its metadata holds
+    the class names and the path of the shipped initial labels CSV (4 cells
+    per class labelled) that go into the widget's *classes* and *initial
+    labels CSV* controls."""
+    (item,) = read_image(sample_path("bccd_cells_42x32.tif"))
+    meta = {**item.meta, "name": "BCCD cell crops",
+            "metadata": {**item.meta.get("metadata", {}), "class_names": list(SEMIAUTO_SAMPLE_CLASSES),
+                         "initial_labels": str(sample_path("bccd_cells_42x32_initial_labels.csv"))}}
+    return [(item.data, meta, "image")]
