@@ -19,8 +19,12 @@ def _nuclei(data_dir):
     return img, mask, mk
 
 
-def test_marker_encoder_fit_features_decoder_segment_save(make_napari_viewer, qtbot, data_dir, tmp_path):
+def test_marker_encoder_fit_features_decoder_segment_save(make_napari_viewer, qtbot, data_dir, tmp_path,
+                                                          record_threads):
+    import expertloop.engine.flim as flim
     from expertloop.widgets.flim import FlimEncoderWidget
+
+    saves, loads = record_threads(flim, "save_network"), record_threads(flim, "load_network")
 
     img, mask, mk = _nuclei(data_dir)
     viewer = make_napari_viewer()
@@ -47,12 +51,18 @@ def test_marker_encoder_fit_features_decoder_segment_save(make_napari_viewer, qt
     assert seg.shape == img.shape and set(np.unique(seg)) <= {0, 2}
     assert dice(seg == 2, mask > 0) > 0.6
     w.model_file.value = tmp_path / "net.pt"
-    assert w.save().exists()
+    w.save()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert (tmp_path / "net.pt").exists()
     w.network = None
-    assert w.load() is not None and w.network.kind == "pixel"
+    w.load()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.network is not None and w.network.kind == "pixel"
     fresh = FlimEncoderWidget(viewer)  # a loaded network's architecture fills the controls
     fresh.model_file.value = tmp_path / "net.pt"
     assert fresh.filters.value != 4 and fresh.load() is not None
+    qtbot.waitUntil(lambda: not fresh.runner.running, timeout=TIMEOUT)
+    assert saves == [False] and loads == [False, False]  # model files read and written off the GUI thread
     assert fresh.filters.value == 4 and fresh.n_layers.value == w.n_layers.value
     # the U-Net decoder trained on a dense mask layer (e.g. ground truth) instead of the markers
     viewer.add_labels(mask, name="truth")
@@ -83,9 +93,12 @@ def test_marker_encoder_bad_inputs_notify(make_napari_viewer, qtbot, data_dir, n
     assert any("do not match the image" in str(n.message) for n in notifications)
 
 
-def test_folder_stack_and_recommendation_dock_click_loads_image(make_napari_viewer, qtbot, data_dir, tmp_path):
+def test_folder_stack_and_recommendation_dock_click_loads_image(make_napari_viewer, qtbot, data_dir, tmp_path,
+                                                                record_threads):
     from matplotlib.backend_bases import MouseEvent
 
+    import expertloop.engine.flim as flim
+    import expertloop.io.flim_images as flim_images
     from expertloop.widgets.flim import FlimRecommendWidget
 
     img, mask, _ = _nuclei(data_dir)
@@ -97,7 +110,10 @@ def test_folder_stack_and_recommendation_dock_click_loads_image(make_napari_view
     w = FlimRecommendWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.folder.value = tmp_path
-    layer = w.open_folder()
+    reads, heats = record_threads(flim_images, "read_image"), record_threads(flim, "heatmap")
+    w.open_folder()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    layer = viewer.layers[w.image.value]
     assert layer.data.shape == (5, 64, 64) and layer.metadata["flim_files"][4] == "img4.tif"
     lab = w.new_markers()
     from expertloop.engine.flim import simulate_markers
@@ -120,7 +136,9 @@ def test_folder_stack_and_recommendation_dock_click_loads_image(make_napari_view
     MouseEvent("motion_notify_event", w.plot.canvas, x, y)._process()
     assert f"img{target}.tif" in w.hover.value
     MouseEvent("button_press_event", w.plot.canvas, x, y, button=1)._process()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
     assert w.inspected == target
+    assert len(reads) == 5 and heats == [False] and not any(reads)  # folder and heatmap off the GUI thread
     np.testing.assert_array_equal(viewer.layers["FLIM inspected image"].data, crops[target])
     heat = viewer.layers["FLIM heatmap"].data
     assert heat.shape == (64, 64) and 0 <= heat.min() and heat.max() <= 1
@@ -153,3 +171,24 @@ def test_marker_encoder_on_a_3d_volume(make_napari_viewer, qtbot, data_dir):
     qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
     seg = viewer.layers["vol FLIM segmentation"].data
     assert seg.shape == vol.shape and dice(seg == 2, lab > 0) > 0.5
+
+
+def test_reading_a_folder_can_be_cancelled(make_napari_viewer, qtbot, tmp_path, record_threads):
+    import threading
+
+    import expertloop.io.flim_images as flim_images
+    from expertloop.widgets.flim import FlimEncoderWidget
+
+    for i in range(4):
+        tifffile.imwrite(tmp_path / f"img{i}.tif", np.full((16, 16), i, np.uint8))
+    gate = threading.Event()
+    reads = record_threads(flim_images, "read_image", gate)
+    viewer = make_napari_viewer()
+    w = FlimEncoderWidget(viewer)
+    w.folder.value = tmp_path
+    w.open_folder()
+    qtbot.waitUntil(lambda: len(reads) == 1, timeout=5000)
+    w.runner._cancel_btn.clicked.emit()
+    gate.set()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=10000)
+    assert reads == [False] and len(viewer.layers) == 0 and "cancelled" in w.runner.status

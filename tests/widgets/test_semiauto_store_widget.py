@@ -9,8 +9,10 @@ from expertloop.store import Store
 from expertloop.widgets.semiauto import SemiAutoWidget
 
 
-def test_send_hard_cases_and_fetch_reviewed(make_napari_viewer, qtbot, tmp_path, notifications):
+def test_send_hard_cases_and_fetch_reviewed(make_napari_viewer, qtbot, tmp_path, notifications, record_threads):
     from sklearn.datasets import load_digits
+
+    import expertloop.engine.semiauto.store_bridge as bridge
 
     d = load_digits()
     images, y = (d.images[:160] / 16 * 255).astype(np.uint8), d.target[:160]
@@ -32,6 +34,7 @@ def test_send_hard_cases_and_fetch_reviewed(make_napari_viewer, qtbot, tmp_path,
     panel.send()
     assert any("run an iteration first" in str(n.message) for n in notifications)
     assert w.load() is not None
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
     w.run_iteration()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
     q = w.loop.queue
@@ -44,8 +47,10 @@ def test_send_hard_cases_and_fetch_reviewed(make_napari_viewer, qtbot, tmp_path,
     panel.collection.value = "digits review"
     panel.actor.value = "ada"
     panel.annotators.value = "bob"
+    written = record_threads(bridge, "_write_review_image")
     panel.send_btn.clicked.emit()  # the button
     qtbot.waitUntil(lambda: not w.runner.running, timeout=20000)
+    assert len(written) == len(q) and not any(written)  # review TIFFs written off the GUI thread
     assert f"{len(q)} sent to 'digits review'" in panel.status.value
     with Store.open(tmp_path / "store") as st:
         preds = {p.meta["semiauto_index"]: p for p in st.predictions("bob", "digits review").values()}

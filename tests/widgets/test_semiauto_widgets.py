@@ -85,7 +85,9 @@ def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_pr
     w.params["val_fraction"].value = 0.25
     w.params["t"].value = 0.9
     w.review.annotator.value = "tester"
-    loop = w.load()
+    assert w.load() is not None
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    loop = w.loop
     assert loop is not None and len(loop.collection) == 42
     assert any("corrupt.png" in str(n.message) for n in notifications)
 
@@ -128,7 +130,9 @@ def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_pr
     # the project is saved: a new widget resumes it with the open queue
     w2 = SemiAutoWidget(viewer)
     w2.folder.value = str(root)
-    loop2 = w2.load()
+    w2.load()
+    qtbot.waitUntil(lambda: not w2.runner.running, timeout=60000)
+    loop2 = w2.loop
     assert loop2.iteration == loop.iteration and loop2.proposal is not None
     assert w2.review.queue is not None
     # its controls show the project's parameters, not the defaults; an edit is saved with it
@@ -160,3 +164,30 @@ def test_loop_widget_bad_inputs(make_napari_viewer, tmp_path, notifications):
     w.project.value = str(tmp_path / "p")
     assert w.load() is None
     assert any("at least two class names" in str(n.message) for n in notifications)
+
+
+def test_loading_a_folder_runs_in_the_worker_and_cancel_stops_it(make_napari_viewer, qtbot, crop_project,
+                                                                 record_threads):
+    """Issue 18 defect 16: the folder is read off the GUI thread, file by file, and Cancel stops it."""
+    import threading
+
+    import expertloop.io.readers as readers
+
+    root, _ = crop_project
+    gate = threading.Event()
+    reads = record_threads(readers, "read_image", gate)
+    viewer = make_napari_viewer()
+    w = SemiAutoWidget(viewer)
+    w.folder.value = str(root)
+    assert w.load() is not None
+    qtbot.waitUntil(lambda: len(reads) == 1, timeout=5000)  # the GUI runs while the first file is read
+    assert reads == [False]
+    w.runner._cancel_btn.clicked.emit()                     # the Cancel button
+    gate.set()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=10000)
+    assert w.loop is None and len(reads) == 1 and "cancelled" in w.runner.status
+    assert not (root / "semiauto_project").exists()
+    # a second load runs to its end, off the GUI thread too
+    w.load()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=30000)
+    assert w.loop is not None and len(reads) == 1 + 43 and not any(reads)

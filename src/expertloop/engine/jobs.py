@@ -224,6 +224,17 @@ def checks_first(job_function: Callable[..., Job[T]]) -> Callable[..., Job[T]]:
     return call
 
 
+def call_job(message: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Job[T]:
+    """Job: one call ``fn(*args, **kwargs)`` (e.g. a file read or write), for a widget's worker thread.
+
+    It yields before the call (so Cancel before it starts skips it) and after it.
+    """
+    yield Progress(0, 1, message)
+    out = fn(*args, **kwargs)
+    yield Progress(1, 1, message)
+    return out
+
+
 def print_progress(record: Progress) -> None:
     """A simple ``on_progress`` callback for scripts: one line per record."""
     print(record, flush=True)

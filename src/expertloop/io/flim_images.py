@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from expertloop.engine.jobs import Job, Progress, run_job
 from expertloop.io.readers import SUPPORTED_SUFFIXES, read_image
 
 
@@ -22,13 +23,19 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def read_image_folder(folder: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
-    """``(stack (N, *spatial), file names)``; RGB images become grey (luminance).
+    """:func:`read_image_folder_job`, run to its end."""
+    return run_job(read_image_folder_job(folder))
+
+
+def read_image_folder_job(folder: str | os.PathLike) -> Job[tuple[np.ndarray, list[str]]]:
+    """Job: ``(stack (N, *spatial), file names)``; RGB images become grey (luminance).
 
     All images must have the same shape (crop or resize them first).
     """
     files = image_files(folder)
     planes, shapes = [], {}
-    for f in files:
+    for k, f in enumerate(files):
+        yield Progress(k, len(files), f"reading {f.name} ({k + 1}/{len(files)})")
         a = np.asarray(read_image(f)[0].data)
         if a.ndim == 3 and a.shape[-1] in (3, 4):
             a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)

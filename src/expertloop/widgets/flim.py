@@ -23,6 +23,7 @@ from magicgui.widgets import (
     Select,
 )
 
+from expertloop.engine.jobs import Progress
 from expertloop.widgets._common import (
     ConfigControls,
     fit_dock,
@@ -106,22 +107,25 @@ class _Base(Container):
         return layer, imgs, mks
 
     def open_folder(self, *_):
-        from expertloop.io.flim_images import read_image_folder
+        """Read the chosen folder as one stack (in the runner's worker); returns the worker."""
+        from expertloop.io.flim_images import read_image_folder_job
 
         folder = self.folder.value
-        try:
-            stack, names = read_image_folder(folder)
-        except (OSError, ValueError) as exc:
-
-            notify("FLIM", str(exc), "error")
+        if self.runner.running:
+            notify("FLIM", "wait for the running step to finish (or cancel it)")
             return None
-        layer = self._viewer.add_image(stack, name=f"{folder.name or 'images'} stack",
-                                       metadata={FILES_KEY: names})
-        self.image.reset_choices()
-        self.image.value = layer.name
-        if hasattr(self, "stack"):
-            self.stack.value = True
-        return layer
+
+        def show(result):
+            stack, names = result
+            layer = self._viewer.add_image(stack, name=f"{folder.name or 'images'} stack",
+                                           metadata={FILES_KEY: names})
+            self.image.reset_choices()
+            self.image.value = layer.name
+            if hasattr(self, "stack"):
+                self.stack.value = True
+
+        return self.runner.start(read_image_folder_job(folder), description=f"reading {folder}",
+                                 on_result=show)
 
     def new_markers(self, *_):
         layer = self._image_layer()
@@ -297,34 +301,37 @@ class FlimEncoderWidget(_Base):
         return self.runner.start(segment(self.network, imgs), description="segmenting", on_result=show)
 
     def save(self, *_):
+        """Save the network (in the runner's worker); returns the worker."""
         from expertloop.engine.flim import save_network
+        from expertloop.engine.jobs import call_job
 
         if self.network is None:
             notify("FLIM", "nothing to save yet: train a decoder first")
             return None
-        path = save_network(self.model_file.value, self.network)
-        notify("FLIM", f"network saved to {path}")
-        return path
+        path = self.model_file.value
+        return self.runner.start(call_job(f"saving {path}", save_network, path, self.network),
+                                 description="saving network",
+                                 on_result=lambda out: notify("FLIM", f"network saved to {out}"))
 
     def load(self, *_):
+        """Load a network (in the runner's worker); the controls then show its architecture."""
         from expertloop.engine.flim import load_network
-        from expertloop.engine.persistence import ModelFileError
+        from expertloop.engine.jobs import call_job
 
-        try:
-            self.network = load_network(self.model_file.value)
-        except (ModelFileError, OSError) as exc:
+        path = self.model_file.value
+        return self.runner.start(call_job(f"loading {path}", load_network, path),
+                                 description="loading network", on_result=self._network_loaded)
 
-            notify("FLIM", str(exc), "error")
-            return None
-        self.encoder = self.network.encoder
+    def _network_loaded(self, network) -> None:
+        self.network = network
+        self.encoder = network.encoder
         from expertloop.engine.flim.params import FlimFit
 
-        shown = FlimFit.from_spec(self.encoder.spec, self.network.kind)
+        shown = FlimFit.from_spec(self.encoder.spec, network.kind)
         if shown is not None:  # the controls show the loaded network's architecture
             self.params.fill(shown, lock_fixed=False)
-        notify("FLIM", f"loaded {self.network.kind} network (classes {self.network.classes})"
+        notify("FLIM", f"loaded {network.kind} network (classes {network.classes})"
                        + ("" if shown is not None else "; its encoder comes from a spec file"))
-        return self.network
 
 
 class FlimRecommendWidget(_Base):
@@ -432,15 +439,29 @@ class FlimRecommendWidget(_Base):
         if value:
             self.inspect(int(value[-1].split(":")[0].split()[1]))
 
-    def inspect(self, i: int) -> None:
-        """Load image ``i`` and its feature heatmap into the viewer."""
+    def inspect(self, i: int):
+        """Load image ``i`` and its feature heatmap into the viewer (computed in the runner's worker)."""
         from expertloop.engine.flim import heatmap
 
         if self.result is None:
-            return
-        self.inspected = int(i)
-        img = np.asarray(self._images[i])
-        h = heatmap(self.result.encoder, img)
+            return None
+        if self.runner.running:
+            notify("FLIM", "wait for the running step to finish (or cancel it)")
+            return None
+        i = int(i)
+        encoder, source = self.result.encoder, self._images[i]  # may be lazy: read in the worker
+
+        def job():
+            yield Progress(0, 2, f"reading image {i}")
+            img = np.asarray(source)
+            yield Progress(1, 2, f"heatmap of image {i}")
+            return img, heatmap(encoder, img)
+
+        return self.runner.start(job(), description=f"heatmap of {self.names[i]}",
+                                 on_result=lambda r: self._show_inspected(i, *r))
+
+    def _show_inspected(self, i: int, img, h) -> None:
+        self.inspected = i
         layer = layer_by_name(self._viewer, self.image.value)
         if layer is not None:
             step = list(self._viewer.dims.current_step)

@@ -33,6 +33,7 @@ from magicgui.widgets import (
     PushButton,
 )
 
+from expertloop.engine.jobs import Progress
 from expertloop.engine.semiauto.classifiers import (
     CLASSIFIERS,
     DEFAULT_CLASSIFIER,
@@ -42,7 +43,7 @@ from expertloop.engine.semiauto.data import (
     PROJECT_FOLDER,
     UNLABELLED,
     from_stack,
-    load_images,
+    load_images_job,
     parse_class_names,
     read_labels_csv,
 )
@@ -335,65 +336,125 @@ class SemiAutoWidget(Container):
         self.params.fill(self.loop.config)
 
     def _source(self):
-        """(collection, labels, class names, project folder) from the widgets; raises ValueError."""
+        """``(read job, project folder)`` from the widgets, checked here; raises ValueError.
+
+        The job (run in the worker) reads the images and the initial labels and
+        returns ``(collection, labels, class names)``.
+        """
         folder = str(self.folder.value or "")
         folder = folder if folder not in ("", ".") and Path(folder).is_dir() else ""
         names_text = self.class_names.value.strip()
+        init = str(self.initial.value or "")
+        init = init if init not in ("", ".") and Path(init).is_file() else ""
         if folder:
             root = Path(folder)
-            col, labels, names = load_images(
-                root, class_names=parse_class_names(names_text) if names_text else None)
-            if names is None:
-                names = parse_class_names(names_text)  # no class folders: names must be typed
+            typed = parse_class_names(names_text) if names_text else None
             project = Path(str(self.project.value)) if str(self.project.value) not in ("", ".") \
                 else root / PROJECT_FOLDER
+
+            def read():
+                col, labels, names = yield from load_images_job(root, class_names=typed)
+                if names is None:
+                    names = parse_class_names(names_text)  # no class folders: names must be typed
+                return col, labels, names
         else:
             layer = layer_by_name(self._viewer, self.stack.value)
             if layer is None:
                 raise ValueError("choose an image folder or a stack layer")
             names = parse_class_names(names_text)
-            col = from_stack(np.asarray(layer_array(layer)[0]))
-            labels = np.full(len(col), UNLABELLED)
             if str(self.project.value) in ("", "."):
                 raise ValueError("choose a project folder: decisions are saved there")
             project = Path(str(self.project.value))
-        init = str(self.initial.value or "")
-        if init not in ("", ".") and Path(init).is_file():
-            csv_labels = read_labels_csv(init, col, names)
-            labels = np.where(csv_labels >= 0, csv_labels, labels)
-        return col, labels, names, project
+            data = layer_array(layer)[0]  # level 0, maybe lazy: read in the worker
+
+            def read():
+                yield Progress(0, 1, f"reading the stack layer {layer.name!r}")
+                col = from_stack(np.asarray(data))
+                return col, np.full(len(col), UNLABELLED), names
+
+        def job():
+            col, labels, names = yield from read()
+            if init:
+                csv_labels = read_labels_csv(init, col, names)
+                labels = np.where(csv_labels >= 0, csv_labels, labels)
+            return col, labels, names
+
+        return job(), project
+
+    def _load_job(self):
+        """Job (checked at the call, on the GUI thread): read the images, then resume
+        or create the project; returns ``(loop, resumed)``."""
+        read, project = self._source()
+        clf = make_classifier(self.classifier.value)
+        config, annotator = self._config(), self.review.annotator.value
+
+        def job():
+            col, labels, names = yield from read
+            yield Progress(0, 1, f"opening the project in {project}")
+            storage = FolderQueueStorage(project)
+            if storage.load_state():
+                return SemiAutoLoop.restore(storage, col, clf, annotator=annotator), True
+            return SemiAutoLoop(col, names, labels, clf, config=config, storage=storage,
+                                allow_missing_classes=True), False
+
+        return job()
 
     def load(self, *_):
-        """Read the images and labels, or resume the project saved in the project folder."""
-
+        """Read the images and labels, or resume the project saved in the project folder
+        (in the runner's worker; returns the worker, None when nothing was started)."""
+        if self.runner.running:
+            notify("Semi-automatic labelling", "wait for the running step to finish (or cancel it)")
+            return None
         try:
-            col, labels, names, project = self._source()
-            storage = FolderQueueStorage(project)
-            clf = make_classifier(self.classifier.value)
-            if storage.load_state():
-                self.loop = SemiAutoLoop.restore(storage, col, clf, annotator=self.review.annotator.value)
-                notify("Semi-automatic labelling", f"resumed the project in {project}")
-            else:
-                self.loop = SemiAutoLoop(col, names, labels, clf, config=self._config(), storage=storage,
-                                         allow_missing_classes=True)
+            job = self._load_job()
         except (ValueError, FileNotFoundError) as exc:
             notify("Semi-automatic labelling", str(exc), "error")
             return None
-        self.params.fill(self.loop.config)  # the project's values in force, fixed ones read-only
+        return self.runner.start(job, description="loading images", on_result=self._loaded)
+
+    def _loaded(self, result) -> None:
+        self.loop, resumed = result
+        loop, col = self.loop, self.loop.collection
+        if resumed:
+            notify("Semi-automatic labelling", f"resumed the project in {loop.storage.folder}")
+        self.params.fill(loop.config)  # the project's values in force, fixed ones read-only
         if col.skipped:
             listed = "; ".join(f"{n}" for n, _ in col.skipped[:10])
             notify("Semi-automatic labelling", f"skipped {len(col.skipped)} unreadable file(s): {listed}", "warning")
         if col.resized:
             notify("Semi-automatic labelling", f"resized {len(col.resized)} image(s) to {col.shape[:2]}", "warning")
         self._after_step()
-        if self.loop.queue is not None:
+        if loop.queue is not None:
             self._show_queue()
-        return self.loop
 
     # -------------------------------------------------------------- steps
     def run_iteration(self, *_):
-        if self.loop is None and self.load() is None:
+        """Train, predict and fill the review queue (worker); loads the images first if needed."""
+        if self.runner.running:
+            notify("Semi-automatic labelling", "wait for the running step to finish (or cancel it)")
             return None
+        if self.loop is None:
+            try:
+                load = self._load_job()
+            except (ValueError, FileNotFoundError) as exc:
+                notify("Semi-automatic labelling", str(exc), "error")
+                return None
+
+            def job():  # load, then the iteration, in one job: Cancel stops either
+                loop, resumed = yield from load
+                if loop.proposal is not None:
+                    return (loop, resumed), None
+                return (loop, resumed), (yield from loop.run_iteration())
+
+            def done(result):
+                loaded, proposal = result
+                self._loaded(loaded)
+                if self.loop.proposal is not None and proposal is None:
+                    notify("Semi-automatic labelling", "finish and apply the open review first")
+                    return
+                self._proposal_ready(proposal)
+
+            return self.runner.start(job(), description="semi-automatic labelling", on_result=done)
         if self.loop.proposal is not None:
             notify("Semi-automatic labelling", "finish and apply the open review first")
             return None

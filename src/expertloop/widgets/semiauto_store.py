@@ -62,17 +62,27 @@ class StoreReviewPanel(Container):
         return loop
 
     def send(self, *_):
-        """Push the open queue's undecided hard cases (worker thread)."""
-        from expertloop.engine.semiauto.store_bridge import push_job, review_items
+        """Push the open queue's undecided hard cases (worker thread: the TIFF files of
+        stack images and the database work; the queue is read here, at the click)."""
+        from expertloop.engine.jobs import rescale
+        from expertloop.engine.semiauto.store_bridge import push_job, review_items_job
 
         loop = self._ready()
-        if loop is None:
+        if loop is None or self._runner.running:
+            if loop is not None:
+                notify("Review in annotation project", "wait for the running step to finish (or cancel it)")
             return None
-        items = review_items(loop, stack_name=self._stack_name() or "semiauto", image_dir=self._image_dir())
+        write = review_items_job(loop, stack_name=self._stack_name() or "semiauto", image_dir=self._image_dir())
         q = loop.queue
-        job = push_job(self.location.value.strip(), self.collection.value.strip(), items, q.class_names,
-                       q.queue_id, actor=self.actor.value.strip(), assign_to=_split(self.annotators.value))
-        return self._runner.start(job, description="send hard cases", on_result=self._sent)
+        location, collection = self.location.value.strip(), self.collection.value.strip()
+        actor, assign_to = self.actor.value.strip(), _split(self.annotators.value)
+
+        def job():
+            items = yield from rescale(write, 0, 80, 100)
+            return (yield from rescale(push_job(location, collection, items, q.class_names, q.queue_id,
+                                                actor=actor, assign_to=assign_to), 80, 100, 100))
+
+        return self._runner.start(job(), description="send hard cases", on_result=self._sent)
 
     def _sent(self, res: dict) -> None:
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from expertloop.engine.jobs import Job, Progress, run_job
+
 UNLABELLED = -1
 
 
@@ -114,11 +116,13 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _read_files(files: Sequence[Path], rel: Path):
+def _read_files(files: Sequence[Path], rel: Path) -> Job:
+    """Job: read ``files`` one by one (a progress record per file, so Cancel stops between files)."""
     from expertloop.io.readers import ImageReadError, read_image
 
     arrays, names, paths, skipped, notes = [], [], [], [], []
-    for f in files:
+    for k, f in enumerate(files):
+        yield Progress(k, len(files), f"reading image {k + 1}/{len(files)}")
         name = str(f.relative_to(rel)) if rel else f.name
         try:
             with warnings.catch_warnings(record=True) as caught:  # one summary, not one per file
@@ -141,7 +145,12 @@ def _read_files(files: Sequence[Path], rel: Path):
 
 
 def load_folder(folder, *, size=None, on_mismatch: str = "resize") -> ImageSet:
-    """Every readable image in ``folder`` (not recursive), in name order.
+    """:func:`load_folder_job`, run to its end."""
+    return run_job(load_folder_job(folder, size=size, on_mismatch=on_mismatch))
+
+
+def load_folder_job(folder, *, size=None, on_mismatch: str = "resize") -> Job[ImageSet]:
+    """Job: every readable image in ``folder`` (not recursive), in name order.
 
     Unreadable files are skipped and listed in ``skipped``. ``size`` (int or
     (h, w)) resizes all images to it; otherwise the most common size is kept
@@ -151,7 +160,7 @@ def load_folder(folder, *, size=None, on_mismatch: str = "resize") -> ImageSet:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    arrays, names, paths, skipped = _read_files(_image_files(folder), folder)
+    arrays, names, paths, skipped = yield from _read_files(_image_files(folder), folder)
     if not arrays:
         raise ValueError(f"{folder}: no readable images (.png, .jpg, .tif)"
                          + (f"; {len(skipped)} unreadable" if skipped else ""))
@@ -169,7 +178,13 @@ def _class_dirs(root: Path, exclude: Sequence[str] = (PROJECT_FOLDER,)) -> list[
 
 def load_images(root, *, class_names: Sequence[str] | None = None, size=None,
                 on_mismatch: str = "resize"):
-    """A folder of images, with or without class sub-folders.
+    """:func:`load_images_job`, run to its end."""
+    return run_job(load_images_job(root, class_names=class_names, size=size, on_mismatch=on_mismatch))
+
+
+def load_images_job(root, *, class_names: Sequence[str] | None = None, size=None,
+                    on_mismatch: str = "resize") -> Job:
+    """Job: a folder of images, with or without class sub-folders.
 
     Returns ``(collection, labels, class_names)``: with sub-folders, as
     :func:`load_class_folders`; without, all images unlabelled and
@@ -179,14 +194,21 @@ def load_images(root, *, class_names: Sequence[str] | None = None, size=None,
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     if _class_dirs(root):
-        return load_class_folders(root, size=size, on_mismatch=on_mismatch, class_names=class_names)
-    col = load_folder(root, size=size, on_mismatch=on_mismatch)
+        return (yield from load_class_folders_job(root, size=size, on_mismatch=on_mismatch,
+                                                  class_names=class_names))
+    col = yield from load_folder_job(root, size=size, on_mismatch=on_mismatch)
     return col, np.full(len(col), UNLABELLED, np.int64), list(class_names) if class_names else None
 
 
 def load_class_folders(root, *, size=None, on_mismatch: str = "resize",
                        class_names: Sequence[str] | None = None):
-    """A folder-per-class layout: returns ``(collection, labels, class_names)``.
+    """:func:`load_class_folders_job`, run to its end."""
+    return run_job(load_class_folders_job(root, size=size, on_mismatch=on_mismatch, class_names=class_names))
+
+
+def load_class_folders_job(root, *, size=None, on_mismatch: str = "resize",
+                           class_names: Sequence[str] | None = None) -> Job:
+    """Job: a folder-per-class layout: returns ``(collection, labels, class_names)``.
 
     ``root/<class>/*`` are labelled with that class; images directly in
     ``root`` are unlabelled (``-1``). ``class_names`` fixes the class order
@@ -209,7 +231,7 @@ def load_class_folders(root, *, size=None, on_mismatch: str = "resize",
     for f in _image_files(root):
         files.append(f)
         labels.append(UNLABELLED)
-    arrays, names, paths, skipped = _read_files(files, root)
+    arrays, names, paths, skipped = yield from _read_files(files, root)
     keep = {n for n in names}
     lab = np.array([lb for f, lb in zip(files, labels) if str(f.relative_to(root)) in keep], np.int64)
     if not arrays:

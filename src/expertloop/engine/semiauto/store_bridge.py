@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from expertloop.engine.jobs import Job, Progress
+from expertloop.engine.jobs import CHECKED, Job, Progress, checks_first, run_job
 from expertloop.engine.semiauto.queue import QueueItem, ReviewQueue
 
 STACK_SCHEME = "stack://"
@@ -133,9 +133,15 @@ def _write_review_image(image_dir: Path, stack_name: str, index: int, image) -> 
 
 
 def _items(ctx: _Context, stack_name: str, include_decided: bool, image_dir=None) -> list[dict]:
+    return run_job(_items_job(ctx, stack_name, include_decided, image_dir))
+
+
+@checks_first
+def _items_job(ctx: _Context, stack_name: str, include_decided: bool, image_dir=None):
+    """Job: :func:`review_items`; the queue is read at once (the caller's thread), images written after."""
     q = ctx.queue
     decided = q.decisions()
-    out = []
+    out, to_write = [], []
     for it in q.items:
         if it.index in decided and not include_decided:
             continue
@@ -145,9 +151,13 @@ def _items(ctx: _Context, stack_name: str, include_decided: bool, image_dir=None
             if ctx.images is None:
                 raise ValueError("image_dir needs the loop (its images), not only its queue")
             meta["stack_uri"] = uri
-            uri = _write_review_image(image_dir, stack_name, it.index, ctx.images[it.index])
+            to_write.append((len(out), it.index))
         out.append({"uri": uri, "label": q.class_names[it.predicted], "confidence": float(it.confidence),
                     "probabilities": ctx.probabilities.get(it.index), "meta": meta})
+    yield CHECKED
+    for k, (row, index) in enumerate(to_write):
+        yield Progress(k, len(to_write), f"writing review image {k + 1}/{len(to_write)}")
+        out[row]["uri"] = _write_review_image(image_dir, stack_name, index, ctx.images[index])
     return out
 
 
@@ -162,6 +172,14 @@ def review_items(project_or_loop: Any, *, stack_name: str = "semiauto",
     "Annotation project" dock, and the stack URI is kept in ``meta["stack_uri"]``.
     """
     return _items(_context(project_or_loop), stack_name, include_decided, image_dir)
+
+
+def review_items_job(project_or_loop: Any, *, stack_name: str = "semiauto",
+                     include_decided: bool = False, image_dir=None) -> Job[list[dict]]:
+    """Job: :func:`review_items`. The queue is read when it is called (in the caller's
+    thread, so later key presses do not race with it); the TIFF files of stack images
+    are written as the job runs (a worker thread), one progress record each."""
+    return _items_job(_context(project_or_loop), stack_name, include_decided, image_dir)
 
 
 def push_queue_to_store(project_or_loop: Any, store, collection: str, *, actor: str,
