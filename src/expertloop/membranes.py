@@ -17,16 +17,17 @@ Everything else (the network, the region search, the abundance) lives in
 
 from expertloop.engine.config import FixedParameterError
 from expertloop.engine.jobs import run_job
-from expertloop.engine.membranes.loop import (
+from expertloop.engine.membranes import (  # re-exported from the engine package, not repeated
     MembraneConfig,
     MembraneProject,
+    NetConfig,
     f_score,
+    membrane_labels,
     prefill_region,
     run_simulated_rounds,
     simulated_expert,
     simulated_round,
 )
-from expertloop.engine.membranes.net import NetConfig, membrane_labels
 
 __all__ = [
     "FixedParameterError", "MembraneConfig", "MembraneProject", "NetConfig", "f_score",

@@ -9,8 +9,10 @@ a cover, a README, citations. :func:`load_package` validates a package with
 architecture is the expected expertloop function and returns its weights.
 
 Workflow modules (``engine/membranes/bioimageio.py``, ``engine/flim/bioimageio.py``)
-say what their network, tensors and preprocessing are. ``bioimageio.spec`` is
-imported only inside functions; torch through the engine backend.
+describe their packages with a :class:`PackageKind` (architecture function,
+tensor ids, docs page, citation) and wrap their network in
+:func:`probability_module`; ``bioimageio.spec`` is imported only inside
+functions; torch through the engine backend.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -41,27 +44,88 @@ def require_spec():
                               "pip install 'napari-expertloop[bioimageio]'") from exc
 
 
+@dataclass(frozen=True)
+class PackageKind:
+    """What identifies one workflow's packages (the same for every export)."""
+
+    factory: Any         # the architecture function (module-level, importable by bioimageio.core)
+    input_id: str
+    output_id: str
+    what: str            # the workflow, in error messages ("membrane", "FLIM")
+    docs_page: str       # docs/<page>.md
+    citation: str
+
+    @property
+    def module(self) -> str:
+        return self.factory.__module__
+
+    @property
+    def architecture(self) -> str:
+        return self.factory.__name__
+
+    @property
+    def docs_url(self) -> str:
+        return f"{REPO_URL}/blob/main/docs/{self.docs_page}.md"
+
+    def rebuild(self, source: str | Path):
+        """The module of a package of this kind, its weights loaded."""
+        return rebuild(source, self.factory, self.module, self.architecture, self.input_id, self.output_id,
+                       self.what)
+
+
 @dataclass
 class PackageInfo:
-    """What a workflow says about its package."""
+    """What a workflow says about one package."""
 
+    kind: PackageKind
     name: str
     description: str
     readme: str
-    module: str                      # where the architecture function lives
-    architecture: str                # its name
-    kwargs: Mapping[str, Any]        # its arguments (JSON)
-    input_id: str
+    kwargs: Mapping[str, Any]        # the architecture function's arguments (JSON)
     input_channels: Sequence[str]
-    output_id: str
     output_channels: Sequence[str]
     min_size: int                    # smallest y/x the network takes
-    cite: Sequence[tuple[str, str]]  # (text, url)
     tags: Sequence[str]
     config: Mapping[str, Any]
     zero_mean_unit_variance: bool = False
     authors: Sequence[str] = field(default_factory=lambda: ("napari-expertloop user",))
     license: str = "BSD-3-Clause"
+
+
+@lru_cache(maxsize=1)
+def _probability_class():
+    torch = get_torch()
+    F = torch.nn.functional
+
+    class Probability(torch.nn.Module):
+        """``net``'s logits -> softmax over channels, optionally after reflect
+        padding (so a windowed network keeps the input size) and keeping only
+        some channels."""
+
+        def __init__(self, net, pad: tuple[int, int, int, int] | None, keep: slice | None,
+                     dense: bool) -> None:
+            super().__init__()
+            self.net = net
+            self.pad, self.keep, self.dense = pad, keep, dense
+
+        def forward(self, x):
+            if self.pad is not None:
+                x = F.pad(x, self.pad, mode="reflect")
+            p = torch.softmax(self.net(x, dense=True) if self.dense else self.net(x), 1)
+            return p if self.keep is None else p[:, self.keep]
+
+    return Probability
+
+
+def probability_module(net, *, window: int | None = None, keep: slice | None = None, dense: bool = False):
+    """``net`` wrapped as a package's network: softmax of its logits.
+
+    ``window``: reflect-pad by it first (a window classifier run densely,
+    ``net(x, dense=True)`` when ``dense``); ``keep``: the output channels
+    kept. The wrapped network is the attribute ``net`` (state-dict keys
+    ``net.*``)."""
+    pad = None if window is None else (window // 2, window - 1 - window // 2, window // 2, window - 1 - window // 2)
+    return _probability_class()(net, pad, keep, dense)
 
 
 def _cover(image: np.ndarray, output: np.ndarray, path: Path) -> Path:
@@ -107,29 +171,30 @@ def write_package(module, info: PackageInfo, test_input: np.ndarray, test_output
               for a in ("y", "x")]
         pre = ([bm.ZeroMeanUnitVarianceDescr(kwargs=bm.ZeroMeanUnitVarianceKwargs(
             axes=[bm.AxisId("y"), bm.AxisId("x")]))] if info.zero_mean_unit_variance else [])
+        kind = info.kind
         inp = bm.InputTensorDescr(
-            id=bm.TensorId(info.input_id),
+            id=bm.TensorId(kind.input_id),
             axes=[bm.BatchAxis(), bm.ChannelAxis(channel_names=[bm.Identifier(c) for c in info.input_channels]),
                   *yx],
             test_tensor=bm.FileDescr(source=d / "test_input.npy"), preprocessing=pre)
         outp = bm.OutputTensorDescr(
-            id=bm.TensorId(info.output_id),
+            id=bm.TensorId(kind.output_id),
             axes=[bm.BatchAxis(), bm.ChannelAxis(channel_names=[bm.Identifier(c) for c in info.output_channels]),
                   *[bm.SpaceOutputAxis(id=bm.AxisId(a), size=bm.SizeReference(
-                      tensor_id=bm.TensorId(info.input_id), axis_id=bm.AxisId(a))) for a in ("y", "x")]],
+                      tensor_id=bm.TensorId(kind.input_id), axis_id=bm.AxisId(a))) for a in ("y", "x")]],
             test_tensor=bm.FileDescr(source=d / "test_output.npy"))
         version = bm.Version(torch.__version__.split("+")[0])
         weights = bm.WeightsDescr(
             pytorch_state_dict=bm.PytorchStateDictWeightsDescr(
                 source=d / "weights.pt", pytorch_version=version,
                 architecture=bm.ArchitectureFromLibraryDescr(
-                    callable=bm.Identifier(info.architecture), import_from=info.module, kwargs=dict(info.kwargs))),
+                    callable=bm.Identifier(kind.architecture), import_from=kind.module, kwargs=dict(info.kwargs))),
             torchscript=bm.TorchscriptWeightsDescr(source=d / "weights_torchscript.pt", pytorch_version=version,
                                                   parent="pytorch_state_dict"))
         descr = bm.ModelDescr(
             name=info.name, description=info.description,
             authors=[bm.Author(name=a) for a in info.authors],
-            cite=[bm.CiteEntry(text=t, url=u) for t, u in info.cite],
+            cite=[bm.CiteEntry(text=kind.citation, url=kind.docs_url)],
             license=bm.LicenseId(info.license),
             documentation=bm.FileDescr(source=d / "README.md"),
             covers=[bm.FileDescr(source=d / "cover.png")],

@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from expertloop.engine.backend import get_torch
 from expertloop.engine.bioimageio import (
     BioimageioError,
     PackageInfo,
-    rebuild,
+    PackageKind,
+    probability_module,
     write_package,
 )
 from expertloop.engine.flim.decoder import build_network, predict
@@ -29,33 +29,18 @@ from expertloop.engine.flim.encoder import (
 
 __all__ = ["BioimageioError", "export_flim_model", "flim_probability_net", "import_flim_model"]
 
-ARCHITECTURE = "flim_probability_net"
-MODULE = "expertloop.engine.flim.bioimageio"
-INPUT, OUTPUT = "image", "class_probabilities"
-DOCS_URL = "https://github.com/napari-expertloop/napari-expertloop/blob/main/docs/flim.md"
-CITATION = ("Feature Learning from Image Markers (FLIM): convolutional encoders estimated from user markers; "
-            "ground-truth-free image selection for FLIM (Sousa de Souza, Falcao et al.)")
-
 
 def flim_probability_net(encoder: dict, decoder: dict):
     """The network of a package: FLIM encoder + decoder + softmax over classes."""
     enc = build_encoder(encoder["spec"], encoder["in_channels"], encoder["out_channels"])
-    net = build_network(enc, decoder["classes"], decoder["kind"], int(decoder.get("width", 16)))
-    return _probability_class()(net)
+    return probability_module(build_network(enc, decoder["classes"], decoder["kind"],
+                                            int(decoder.get("width", 16))))
 
 
-def _probability_class():
-    torch = get_torch()
-
-    class FlimProbability(torch.nn.Module):
-        def __init__(self, net) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return torch.softmax(self.net(x), 1)
-
-    return FlimProbability
+KIND = PackageKind(
+    flim_probability_net, input_id="image", output_id="class_probabilities", what="FLIM", docs_page="flim",
+    citation="Feature Learning from Image Markers (FLIM): convolutional encoders estimated from user "
+             "markers; ground-truth-free image selection for FLIM (Sousa de Souza, Falcao et al.)")
 
 
 def _metadata(net) -> tuple[dict, dict]:
@@ -82,22 +67,23 @@ def export_flim_model(net, output: str | Path, test_image: Any, *, name: str = "
     names = list(class_names or [f"class_{c}" for c in net.classes])
     info = PackageInfo(
         name=name, description="FLIM encoder + decoder: class probabilities per pixel (napari-expertloop)",
-        readme=(f"# {name}\n\nA FLIM network from napari-expertloop ({DOCS_URL}): convolutional encoder "
+        kind=KIND, readme=(f"# {name}\n\nA FLIM network from napari-expertloop ({KIND.docs_url}): "
+                           "convolutional encoder "
                 "whose filters were computed from an expert's markers (no backpropagation), marker-based "
                 f"normalisation inside the network, and a {dec['kind']} decoder. Input: the image "
                 f"({net.encoder.in_channels} channel(s), raw intensities: no preprocessing). Output: the "
                 f"probability of each of the {len(names)} classes ({', '.join(names)}) per pixel.\n"),
-        module=MODULE, architecture=ARCHITECTURE, kwargs={"encoder": enc, "decoder": dec},
-        input_id=INPUT, input_channels=[f"channel{i}" for i in range(net.encoder.in_channels)],
-        output_id=OUTPUT, output_channels=names, min_size=16, cite=[(CITATION, DOCS_URL)],
+        kwargs={"encoder": enc, "decoder": dec},
+        input_channels=[f"channel{i}" for i in range(net.encoder.in_channels)],
+        output_channels=names, min_size=16,
         tags=["flim", "segmentation", "few-labels", "napari-expertloop", "2d"],
         config={"workflow": "flim", "encoder": enc, "decoder": dec}, authors=authors, license=license)
-    return write_package(_probability_class()(net), info, x[None], probs[None], output)
+    return write_package(probability_module(net), info, x[None], probs[None], output)
 
 
 def import_flim_model(source: str | Path):
     """A FLIM network (eval mode) from a package written by :func:`export_flim_model`."""
-    net = rebuild(source, flim_probability_net, MODULE, ARCHITECTURE, INPUT, OUTPUT, "FLIM").net
+    net = KIND.rebuild(source).net
     for p in net.encoder.parameters():
         p.requires_grad_(False)
     return net

@@ -16,50 +16,35 @@ from typing import Any
 
 import numpy as np
 
-from expertloop.engine.backend import get_torch
 from expertloop.engine.bioimageio import (
     BioimageioError,
     PackageInfo,
-    rebuild,
+    PackageKind,
+    probability_module,
     write_package,
 )
 from expertloop.engine.membranes.net import NetConfig, build_net, predict_dense
 
 __all__ = ["BioimageioError", "export_membrane_model", "import_membrane_model", "membrane_probability_net"]
 
-ARCHITECTURE = "membrane_probability_net"
-MODULE = "expertloop.engine.membranes.bioimageio"
-INPUT, OUTPUT = "raw", "membrane_probability"
-DOCS_URL = "https://github.com/napari-expertloop/napari-expertloop/blob/main/docs/membranes.md"
-CITATION = ("Active learning based transfer learning for membrane segmentation "
-            "(ConvNet pixel classifier, transfer, expert-guided regions)")
-
 
 def membrane_probability_net(window: int, channels: list[int], hidden: list[int], dropout: float = 0.5):
     """The network of a package: image ``(B, 1, H, W)`` (z-scored) ->
     P(membrane) ``(B, 1, H, W)``. Its ``net`` is a :func:`build_net` network."""
     config = NetConfig(window=int(window), channels=tuple(channels), hidden=tuple(hidden), dropout=float(dropout))
-    return _probability_class()(build_net(config, seed=None))
+    return _probability(build_net(config, seed=None))
 
 
-def _probability_class():
-    torch = get_torch()
-    F = torch.nn.functional
+KIND = PackageKind(
+    membrane_probability_net, input_id="raw", output_id="membrane_probability", what="membrane",
+    docs_page="membranes",
+    citation="Active learning based transfer learning for membrane segmentation "
+             "(ConvNet pixel classifier, transfer, expert-guided regions)")
 
-    class MembraneProbability(torch.nn.Module):
-        """Reflect-pad by the window, dense logits, softmax: one P(membrane) per pixel."""
 
-        def __init__(self, net) -> None:
-            super().__init__()
-            self.net = net
-            w = int(net.config.window)
-            self.pad = (w // 2, w - 1 - w // 2, w // 2, w - 1 - w // 2)
-
-        def forward(self, x):
-            x = F.pad(x, self.pad, mode="reflect")
-            return torch.softmax(self.net(x, dense=True), 1)[:, 1:2]
-
-    return MembraneProbability
+def _probability(net):
+    """Reflect-pad by the window, dense logits, softmax: one P(membrane) per pixel."""
+    return probability_module(net, window=int(net.config.window), keep=slice(1, 2), dense=True)
 
 
 def export_membrane_model(model, output: str | Path, test_image: Any, *, name: str = "expertloop membranes",
@@ -77,25 +62,24 @@ def export_membrane_model(model, output: str | Path, test_image: Any, *, name: s
     expected = run_job(predict_dense(model, img))
     info = PackageInfo(
         name=name, description="Membrane probability for electron-microscopy images (napari-expertloop)",
-        readme=(f"# {name}\n\nMembrane probability for electron-microscopy images, from napari-expertloop's "
-                f"membrane active-learning workflow ({DOCS_URL}).\n\nA {cfg.window}x{cfg.window} window "
+        kind=KIND, readme=(f"# {name}\n\nMembrane probability for electron-microscopy images, from "
+                           f"napari-expertloop's membrane active-learning workflow ({KIND.docs_url}).\n\nA {cfg.window}x{cfg.window} window "
                 "classifier (3 conv + 3 fully connected layers) run as a fully convolutional network: each "
                 "output pixel is the probability that it is membrane, from the window centred on it (reflect "
                 "padding at the borders). Input: one grey image, z-scored per image (the preprocessing). "
                 "Output: P(membrane) in [0, 1], the size of the input.\n"),
-        module=MODULE, architecture=ARCHITECTURE,
         kwargs={"window": int(cfg.window), "channels": list(cfg.channels), "hidden": list(cfg.hidden),
                 "dropout": float(cfg.dropout)},
-        input_id=INPUT, input_channels=["em"], output_id=OUTPUT, output_channels=["membrane"],
-        min_size=int(cfg.window), zero_mean_unit_variance=True, cite=[(CITATION, DOCS_URL)],
+        input_channels=["em"], output_channels=["membrane"],
+        min_size=int(cfg.window), zero_mean_unit_variance=True,
         tags=["membrane-segmentation", "electron-microscopy", "active-learning", "transfer-learning",
               "napari-expertloop", "2d"],
         config={"workflow": "membranes", "net": cfg.to_dict()}, authors=authors, license=license)
-    return write_package(_probability_class()(model), info, img[None, None], expected[None, None], output)
+    return write_package(_probability(model), info, img[None, None], expected[None, None], output)
 
 
 def import_membrane_model(source: str | Path):
     """A membrane network (eval mode) from a package written by :func:`export_membrane_model`."""
-    net = rebuild(source, membrane_probability_net, MODULE, ARCHITECTURE, INPUT, OUTPUT, "membrane").net
+    net = KIND.rebuild(source).net
     net.transferred = ()
     return net
