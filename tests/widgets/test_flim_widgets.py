@@ -192,3 +192,46 @@ def test_reading_a_folder_can_be_cancelled(make_napari_viewer, qtbot, tmp_path, 
     gate.set()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=10000)
     assert reads == [False] and len(viewer.layers) == 0 and "cancelled" in w.runner.status
+
+
+def test_load_a_bioimageio_package_as_flim_network(make_napari_viewer, qtbot, data_dir, tmp_path, notifications,
+                                                   monkeypatch):
+    """Issue 16: a package written by export_flim_model loads from the dock (and says so without the extra)."""
+    import sys
+
+    import pytest
+
+    from expertloop.engine.flim import fit_encoder, fit_pixel_head, parse_spec
+    from expertloop.engine.flim.decoder import predict
+    from expertloop.engine.jobs import run_job
+    from expertloop.widgets.flim import FlimEncoderWidget
+
+    img, _, mk = _nuclei(data_dir)
+    img = np.ascontiguousarray(img[:64, :64]).astype(np.float32)
+    mk = np.ascontiguousarray(mk[:64, :64])
+    viewer = make_napari_viewer()
+    w = FlimEncoderWidget(viewer)
+    w.package.value = tmp_path / "flim.zip"
+    with monkeypatch.context() as m:  # no bioimageio extra installed
+        m.setitem(sys.modules, "bioimageio.spec", None)
+        w.package_btn.clicked.emit()
+        qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.network is None
+    assert any("needs the bioimageio extra" in str(n.message) and "pip install" in str(n.message)
+               for n in notifications)
+    pytest.importorskip("bioimageio.spec")
+    from expertloop.engine.flim.bioimageio import export_flim_model
+
+    enc, _ = run_job(fit_encoder([img], [mk], parse_spec({"layers": [{"filters_per_class": 2}]}), seed=0))
+    net = run_job(fit_pixel_head(enc, [img], [mk], seed=0))
+    export_flim_model(net, tmp_path / "flim.zip", img)
+    w.package_btn.clicked.emit()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.network is not None and w.network.classes == net.classes and w.encoder is w.network.encoder
+    assert w.n_layers.value == 1 and w.filters.value == 2  # the controls show the package's architecture
+    np.testing.assert_allclose(predict(w.network, img)[1], predict(net, img)[1], atol=1e-5)
+    viewer.add_image(img, name="crop")
+    w.image.value = "crop"
+    w.segment()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert viewer.layers["crop FLIM segmentation"].data.shape == img.shape

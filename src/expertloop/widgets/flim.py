@@ -173,6 +173,9 @@ class FlimEncoderWidget(_Base):
         self.model_file = FileEdit(label="model file", mode="w", filter="*.pt")
         self.save_btn = PushButton(text="Save network")
         self.load_btn = PushButton(text="Load network")
+        self.package = FileEdit(label="bioimage.io package", mode="r", filter="*.zip")
+        self.package.tooltip = "a FLIM network exported to bioimage.io ('expertloop flim export')"
+        self.package_btn = PushButton(text="Load bioimage.io package")
         self.runner = JobRunner()
         self.encoder = None
         self.network = None
@@ -181,7 +184,7 @@ class FlimEncoderWidget(_Base):
             self.image, self.stack, self.folder, self.open_btn, self.markers, self.new_btn,
             self.n_layers, self.kernel, self.filters, self.stride, self.spec_file, self.fit_btn,
             self.decoder, self.steps, self.train_labels, self.binary_mask, self.train_btn, self.background, self.segment_btn,
-            self.model_file, self.save_btn, self.load_btn, self.runner,
+            self.model_file, self.save_btn, self.load_btn, self.package, self.package_btn, self.runner,
         ])
         self.open_btn.changed.connect(self.open_folder)
         self.new_btn.changed.connect(self.new_markers)
@@ -190,6 +193,7 @@ class FlimEncoderWidget(_Base):
         self.segment_btn.changed.connect(self.segment)
         self.save_btn.changed.connect(self.save)
         self.load_btn.changed.connect(self.load)
+        self.package_btn.changed.connect(self.load_package)
 
     def _layer_combos(self):
         return [self.image, self.markers, self.train_labels]
@@ -321,6 +325,19 @@ class FlimEncoderWidget(_Base):
         path = self.model_file.value
         return self.runner.start(call_job(f"loading {path}", load_network, path),
                                  description="loading network", on_result=self._network_loaded)
+
+    def load_package(self, *_):
+        """Load a FLIM network from a bioimage.io package (in the runner's worker); without
+        the bioimageio extra, a notification says how to install it."""
+        from expertloop.engine.flim.bioimageio import import_flim_model
+        from expertloop.engine.jobs import call_job
+
+        path = str(self.package.value or "")
+        if path in ("", "."):
+            notify("FLIM", "choose a bioimage.io package (.zip) first")
+            return None
+        return self.runner.start(call_job(f"reading {path}", import_flim_model, path),
+                                 description="loading bioimage.io package", on_result=self._network_loaded)
 
     def _network_loaded(self, network) -> None:
         self.network = network
