@@ -648,9 +648,10 @@ class BloodModel:
 
 
 def new_blood_model(*, det_classes: Sequence[str] = ("cell",), type_names: Sequence[str] = PAPER_TYPES,
-                    abnormal_types: Sequence[str] | None = None, det_backbone: str = "mobilenet_v2",
-                    embedder: str = "mobilenet_v2", pretrained: bool | str = "auto", patch_size: int = 224,
-                    min_size: int = 480, max_size: int = 640, hidden: int = 512, max_regions: int = 300,
+                    abnormal_types: Sequence[str] | None = None, det_backbone: str = BloodModel.det_backbone,
+                    embedder: str = BloodModel.embedder_name, pretrained: bool | str = "auto",
+                    patch_size: int = BloodModel.patch_size, min_size: int = BloodModel.min_size,
+                    max_size: int = BloodModel.max_size, hidden: int = 512, max_regions: int = 300,
                     seed: int | None = 0) -> BloodModel:
     """A fresh (untrained) model.
 

@@ -43,14 +43,14 @@ class BloodResult:
     def __len__(self) -> int:
         return len(self.boxes)
 
-    def visible(self, score_threshold: float = 0.5) -> np.ndarray:
+    def visible(self, score_threshold: float = BloodModel.score_threshold) -> np.ndarray:
         return self.scores >= score_threshold
 
-    def predicted_types(self, type_threshold: float = 0.5) -> list[list[str]]:
+    def predicted_types(self, type_threshold: float = BloodModel.type_threshold) -> list[list[str]]:
         """Types whose probability reaches ``type_threshold``, per region (multi-label)."""
         return [[t for t, p in zip(self.type_names, row) if p >= type_threshold] for row in self.type_probs]
 
-    def table(self, score_threshold: float = 0.0, type_threshold: float = 0.5,
+    def table(self, score_threshold: float = 0.0, type_threshold: float = BloodModel.type_threshold,
               abnormal_threshold: float = 0.5) -> dict[str, np.ndarray]:
         """Columns per visible region (for a napari features table or CSV)."""
         m = self.visible(score_threshold)
@@ -67,7 +67,8 @@ class BloodResult:
         cols["abnormal"] = self.abnormal[m] >= abnormal_threshold
         return cols
 
-    def summary(self, score_threshold: float = 0.5, type_threshold: float = 0.5,
+    def summary(self, score_threshold: float = BloodModel.score_threshold,
+                type_threshold: float = BloodModel.type_threshold,
                 abnormal_threshold: float = 0.5) -> dict:
         """Image-level counts: regions, multi-type regions, regions per type, abnormal regions."""
         m = self.visible(score_threshold)
@@ -263,14 +264,14 @@ def predict_folder(model, files: Sequence, out_dir, *, thresholds: dict | None =
 class BloodTraining:
     """Training parameters of a blood model (the widget's and ``blood train``'s)."""
 
-    detector: str = param("mobilenet_v2", help="detector backbone of a new model",
+    detector: str = param(BloodModel.det_backbone, help="detector backbone of a new model",
                           label="new: detector", choices=tuple(DETECTOR_BACKBONES))
-    embedder: str = param("mobilenet_v2", help="feature network of the type heads of a new model",
+    embedder: str = param(BloodModel.embedder_name, help="feature network of the type heads of a new model",
                           label="new: features", choices=tuple(EMBEDDERS))
     det_epochs: int = param(20, help="detector fine-tuning epochs (0: train the type heads only)",
                             label="detector epochs", min=0, max=1000)
     head_epochs: int = param(60, help="type-head training epochs", label="type-head epochs", min=1, max=5000)
-    min_size: int = param(480, help="shorter image side the detector works at (longer: 4/3 of it)",
+    min_size: int = param(BloodModel.min_size, help="shorter image side the detector works at (longer: 4/3 of it)",
                           min=64, max=4096, unit="px", widget=False)
     time_limit: float | None = param(None, help="seconds of detector training at most (None: no limit)",
                                      min=1.0, max=1e6, unit="s", widget=False)

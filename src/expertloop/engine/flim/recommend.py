@@ -28,7 +28,7 @@ from expertloop.engine.flim.params import FlimRecommend
 from expertloop.engine.jobs import Job, Progress
 
 
-def superpixels(image: np.ndarray, n_segments: int = 40, *, ndim: int = 2, compactness: float = 0.1) -> np.ndarray:
+def superpixels(image: np.ndarray, n_segments: int = FlimRecommend.n_segments, *, ndim: int = 2, compactness: float = 0.1) -> np.ndarray:
     """SLIC superpixels (2D) or supervoxels (3D) of an image (channels first allowed)."""
     from expertloop.engine.superpixels import slic
 
@@ -84,7 +84,7 @@ def compute_descriptors(
     encoder,
     images: Sequence[np.ndarray],
     *,
-    n_segments: int = 40,
+    n_segments: int = FlimRecommend.n_segments,
     n_points: int | None = None,
     layers: Sequence[int] = (-1,),
     superpixel_images: Sequence[np.ndarray] | None = None,
@@ -118,7 +118,7 @@ class Recommendation:
     farthest: list[int] = field(default_factory=list)
 
 
-def recommend(descriptors: np.ndarray, marked: Sequence[int], k: int = 3) -> Recommendation:
+def recommend(descriptors: np.ndarray, marked: Sequence[int], k: int = FlimRecommend.k) -> Recommendation:
     """The ``k`` nearest and ``k`` farthest unmarked images from the marked set (L2)."""
     X = np.asarray(descriptors, np.float64)
     if X.ndim != 2:
@@ -192,8 +192,8 @@ def recommendation_loop(
     first: int = 0,
     spec=None,
     choose: str = "farthest",
-    k: int = 3,
-    n_segments: int = 40,
+    k: int = FlimRecommend.k,
+    n_segments: int = FlimRecommend.n_segments,
     seed: int | None = 0,
 ) -> Job:
     """Job: the paper's selection loop with a (simulated) user.
