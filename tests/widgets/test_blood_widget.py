@@ -50,6 +50,16 @@ def _wait(qtbot, w, timeout=60000):
     qtbot.waitUntil(lambda: not w.runner.running, timeout=timeout)
 
 
+def _smear_dock(viewer, qtbot, model_path, img):
+    """A viewer showing ``img`` as 'smear' and a dock with the model at ``model_path`` loaded."""
+    viewer.add_image(img, name="smear", rgb=True)
+    w = _widget(viewer, qtbot)
+    w.model_file.value = model_path
+    w.load()
+    _wait(qtbot, w)
+    return viewer, w
+
+
 def test_detect_overlay_matches_engine_and_slider_filters(make_napari_viewer, qtbot, model_file, tmp_path,
                                                           notifications):
     path, img = model_file
@@ -91,7 +101,9 @@ def test_detect_overlay_matches_engine_and_slider_filters(make_napari_viewer, qt
     assert str(n_vis) in w.summary.value
     # type threshold 0: every region shows every type in its text
     w.type_thr.value = 0.0
-    assert all(lab.count(",") == 5 for lab in layer.features["label"])
+    n_trained = len(ref.type_names) - len(ref.untrained_types)  # heads without examples stay hidden
+    assert n_trained > 1
+    assert all(lab.count(",") == n_trained - 1 for lab in layer.features["label"])
     # exports
     w.export_file.value = tmp_path / "out"
     csv_path = w.export_csv()
@@ -100,7 +112,7 @@ def test_detect_overlay_matches_engine_and_slider_filters(make_napari_viewer, qt
     from expertloop.io.blood_formats import read_coco
 
     (c,) = read_coco(coco_path)
-    assert len(c.boxes) == n_vis and len(c.attributes[0]["types"]) == 6
+    assert len(c.boxes) == n_vis and len(c.attributes[0]["types"]) == n_trained
     # a folder in batch (one RGB and one 16-bit grey image)
     from skimage.io import imsave
 
@@ -170,12 +182,7 @@ def test_named_thresholds_shared_by_widget_image_folder_and_cli(make_napari_view
     assert all(m.thresholds()[k] != dflt[k].default for k in m.thresholds())
     mpath = save_blood_model(tmp_path / "thr", m)
     assert load_blood_model(mpath).thresholds() == m.thresholds()
-    viewer = make_napari_viewer()
-    viewer.add_image(img, name="smear", rgb=True)
-    w = _widget(viewer, qtbot)
-    w.model_file.value = mpath
-    w.load()
-    _wait(qtbot, w)
+    viewer, w = _smear_dock(make_napari_viewer(), qtbot, mpath, img)
     assert (w.score.value, w.type_thr.value) == pytest.approx((0.02, 0.3))
     w.detect()
     _wait(qtbot, w)
@@ -292,3 +299,74 @@ def test_folder_batch_cancel_stops_promptly(make_napari_viewer, qtbot, model_fil
     assert not list((tmp_path / "out" / "per_image").glob("*.csv"))
     assert not (tmp_path / "out" / "regions.csv").exists()
     assert not list((tmp_path / "out").glob(".model-*"))
+
+
+def test_type_picker_on_selected_rectangles_feeds_training(make_napari_viewer, qtbot, notifications):
+    """Rectangles drawn without types get them from the dock's picker (set, then
+    add a second type), new rectangles start without one, and training learns
+    exactly the picked types (the others stay untrained)."""
+    viewer = make_napari_viewer()
+    img, _, _ = synthetic_smear((96, 96), 4, seed=2)
+    viewer.add_image(img, name="smear", rgb=True)
+    rects = [np.array([[5, 5], [5, 25], [25, 25], [25, 5]]), np.array([[40, 40], [40, 70], [70, 70], [70, 40]]),
+             np.array([[10, 60], [10, 85], [35, 85], [35, 60]])]
+    boxes = viewer.add_shapes(rects, shape_type="rectangle", name="boxes")
+    w = _widget(viewer, qtbot)
+    w.annotations.value = "boxes"
+    w.types.value = "Oval/Disc, Echinocyte, Stomatocyte"
+    w.abnormal_types.value = "Echinocyte, Stomatocyte"
+    assert w.shape_type.choices == ("Oval/Disc", "Echinocyte", "Stomatocyte")
+    w.set_selected_type()  # nothing selected: says so
+    assert any("select rectangles" in str(n.message) for n in notifications)
+    boxes.selected_data = {0, 2}
+    w.shape_type.value = "Oval/Disc"
+    w.set_type_btn.clicked.emit()
+    boxes.selected_data = {1}
+    w.shape_type.value = "Echinocyte"
+    w.set_type_btn.clicked.emit()
+    boxes.selected_data = {2}
+    w.add_type_btn.clicked.emit()
+    assert list(boxes.features["type"]) == ["Oval/Disc", "Echinocyte", "Echinocyte+Oval/Disc"]
+    assert boxes.text.string.format == "{type}"
+    boxes.add_rectangles(np.array([[60, 5], [60, 20], [80, 20], [80, 5]]))
+    assert boxes.features["type"].iloc[-1] == ""
+    w.det_epochs.value = 0  # type heads only: quick
+    w.head_epochs.value = 2
+    w.embedder.value = "resnet18"
+    w.pretrained.value = False
+    w.train()
+    _wait(qtbot, w, 120000)
+    assert w.runner.last_error is None, w.runner.last_error
+    assert w.model.trained_types == ["Oval/Disc", "Echinocyte"]
+    assert any("not trained, hidden): Stomatocyte" in str(n.message) for n in notifications)
+
+
+def test_untrained_heads_are_hidden_and_counts_follow_the_thresholds(make_napari_viewer, qtbot, tmp_path):
+    """A model whose type heads and abnormal classifier were never trained
+    shows no types and no abnormal flags (the summary says why), and the
+    summary's counts are those of the table rows."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = new_blood_model(det_backbone="mobilenet_v2", embedder="resnet18", pretrained=False, patch_size=32,
+                            min_size=96, max_size=96, hidden=8, max_regions=8)
+    m.set_thresholds(candidate_floor=0.0, score_threshold=0.0, type_threshold=0.0)
+    path = save_blood_model(tmp_path / "untrained", m)
+    img, _, _ = synthetic_smear((96, 96), 5, seed=4)
+    viewer, w = _smear_dock(make_napari_viewer(), qtbot, path, img)
+    w.detect()
+    _wait(qtbot, w)
+    res = w.result
+    assert len(res) > 0 and res.untrained_types == m.type_names
+    # type threshold 0: an untrained head would give every region every type
+    assert "abnormal: not trained" in w.summary.value and "not trained (hidden)" in w.summary.value
+    assert "Sickle" not in w.summary.value.split("not trained")[0]
+    assert not any(c.startswith("p_") or c.startswith("abnormal") for c in w.table.column_headers)
+    assert not any(w.table.to_dict("list")["types"])
+    layer = viewer.layers["smear cells"]
+    assert all(lab.startswith("cell ") for lab in layer.features["label"])  # class and score only
+    s = res.summary(0.0, 0.0)
+    assert s["abnormal_regions"] == 0 and sum(s["per_type"].values()) == 0 and s["per_type"] == {}
+    # the CLI writes the same: no types, no abnormal flags
+    from expertloop.io.blood_formats import results_to_rows
+    rows = results_to_rows([res], 0.0, 0.0)
+    assert len(rows) == len(res) and not any(r["types"] or r["abnormal"] for r in rows)

@@ -104,7 +104,8 @@ def blood_predict(source: Path, paths, name: str, params: dict[str, Any]) -> str
     write_coco(paths[1], results_to_annotations([res], thr, tthr), categories=model.det_classes)
     s = res.summary(thr, tthr)
     types = ", ".join(f"{t} {n}" for t, n in s["per_type"].items() if n)
-    return "; ".join([f"{s['regions']} regions, {s['abnormal_regions']} abnormal"]
+    abnormal = f"{s['abnormal_regions']} abnormal" if s["abnormal_trained"] else "abnormal not trained"
+    return "; ".join([f"{s['regions']} regions, {abnormal}"]
                      + ([types] if types else []) + notes)
 
 

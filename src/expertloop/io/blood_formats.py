@@ -235,7 +235,7 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
 
 # ------------------------------------------------------------ predictions
 def results_to_rows(results, score_threshold: float = 0.5, type_threshold: float = 0.5,
-                    abnormal_threshold: float = 0.5) -> list[dict]:
+                    abnormal_threshold: float | None = None) -> list[dict]:
     """One CSV row per visible region of each ``BloodResult`` (image, box, score,
     class, predicted types, probability per type, abnormal score)."""
     rows = []
@@ -251,17 +251,20 @@ def results_to_rows(results, score_threshold: float = 0.5, type_threshold: float
 
 
 def results_to_annotations(results, score_threshold: float = 0.5, type_threshold: float = 0.5,
-                           abnormal_threshold: float = 0.5) -> list[BoxAnnotation]:
+                           abnormal_threshold: float | None = None) -> list[BoxAnnotation]:
     """``BloodResult`` s -> :class:`BoxAnnotation` s (for :func:`write_coco`), with the
-    types, per-type probabilities and abnormal score of each box as attributes."""
+    types, per-type probabilities (trained heads only) and abnormal score of each box as attributes."""
     out = []
     for res in results:
         m = res.visible(score_threshold)
         types = res.predicted_types(type_threshold)
+        flags = res.abnormal_flags(type_threshold, abnormal_threshold)
+        skip = set(res.untrained_types)
         attrs = [{"types": types[i],
-                  "type_probabilities": {t: float(p) for t, p in zip(res.type_names, res.type_probs[i])},
+                  "type_probabilities": {t: float(p) for t, p in zip(res.type_names, res.type_probs[i])
+                                         if t not in skip},
                   "abnormal_score": float(res.abnormal[i]),
-                  "abnormal": bool(res.abnormal[i] >= abnormal_threshold)} for i in np.nonzero(m)[0]]
+                  "abnormal": bool(flags[i])} for i in np.nonzero(m)[0]]
         h, w = (res.image_shape + (0, 0))[:2]
         out.append(BoxAnnotation(res.name, w, h, res.boxes[m], [lab for lab, k in zip(res.labels, m) if k],
                                  res.scores[m], attrs))

@@ -98,6 +98,10 @@ class BloodWidget(Container):
         # training
         self.annotations = ComboBox(label="annotations", choices=lambda _: _annotation_choices(viewer))
         self.type_feature = LineEdit(label="type feature", value="type")
+        # a type for the rectangles selected in the annotation layer (the 'type feature' column)
+        self.shape_type = ComboBox(label="type of selected", choices=lambda _: self._type_choices())
+        self.set_type_btn = PushButton(text="Set type of selected")
+        self.add_type_btn = PushButton(text="Add type to selected")
         training = ConfigControls(BloodTraining, ["det_epochs", "head_epochs"])
         self.det_epochs, self.head_epochs = training["det_epochs"], training["head_epochs"]
         self.train_btn = PushButton(text="Train / fine-tune")
@@ -117,7 +121,8 @@ class BloodWidget(Container):
         super().__init__(widgets=[
             self.model_file, self.load_btn, self.detector, self.embedder, self.types, self.abnormal_types,
             self.det_classes, self.pretrained, self.image, self.detect_btn, self.score, self.type_thr,
-            self.summary, self.table, self.annotations, self.type_feature, self.det_epochs, self.head_epochs,
+            self.summary, self.table, self.annotations, self.type_feature, self.shape_type, self.set_type_btn,
+            self.add_type_btn, self.det_epochs, self.head_epochs,
             self.train_btn, self.save_file, self.save_btn, self.export_file, self.csv_btn, self.coco_btn,
             self.folder, *self.batch_place.widgets, self.batch_btn, self.runner,
         ])
@@ -129,6 +134,9 @@ class BloodWidget(Container):
         self.csv_btn.changed.connect(self.export_csv)
         self.coco_btn.changed.connect(self.export_coco)
         self.batch_btn.changed.connect(self.detect_folder)
+        self.set_type_btn.changed.connect(lambda *_: self.set_selected_type(replace=True))
+        self.add_type_btn.changed.connect(lambda *_: self.set_selected_type(replace=False))
+        self.types.changed.connect(self.shape_type.reset_choices)
         self.score.changed.connect(self.refresh)
         self.type_thr.changed.connect(self.refresh)
         for combo in (self.image, self.annotations):
@@ -142,6 +150,46 @@ class BloodWidget(Container):
                     abnormal_types=[t for t in _names(self.abnormal_types.value)],
                     det_backbone=self.detector.value, embedder=self.embedder.value,
                     pretrained="auto" if self.pretrained.value else False)
+
+    def _type_choices(self) -> list[str]:
+        return list(self.model.type_names) if self.model is not None else _names(self.types.value)
+
+    # ------------------------------------------------------------ type annotation
+    def set_selected_type(self, replace: bool = True):
+        """Give the rectangles selected in the annotation layer the type picked in
+        ``type of selected`` (``replace``) or add it to their types (``A+B``),
+        in the layer's ``type feature`` column, which training reads."""
+        from napari.layers import Shapes
+
+        from expertloop.engine.blood.pipeline import parse_types
+
+        ann = layer_by_name(self._viewer, self.annotations.value)
+        kind = self.shape_type.value
+        feat = self.type_feature.value.strip() or "type"
+        if not isinstance(ann, Shapes):
+            notify("Blood cell detector", "choose a Shapes layer of rectangles as 'annotations'")
+            return None
+        selected = sorted(ann.selected_data)
+        if not selected:
+            notify("Blood cell detector", f"select rectangles in {ann.name!r} first (select tool: click or drag)")
+            return None
+        if not kind:
+            notify("Blood cell detector", "pick a type first ('new: cell types' lists them before a model exists)")
+            return None
+        feats = ann.features.copy()
+        values = ([("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)) for v in feats[feat]]
+                  if feat in feats else [""] * len(ann.data))
+        for i in selected:
+            kinds = set() if replace else set(parse_types(values[i]))
+            values[i] = "+".join(sorted(kinds | {kind}))
+        feats[feat] = np.array(values, dtype=object)
+        ann.features = feats
+        ann.feature_defaults = {**{k: v.iloc[0] for k, v in ann.feature_defaults.items()}, feat: ""}
+        ann.text = {"string": "{" + feat + "}", "size": 9, "color": "yellow", "anchor": "upper_left"}
+        ann.refresh_text()
+        notify("Blood cell detector", f"{len(selected)} rectangle{'s' if len(selected) > 1 else ''} of "
+               f"{ann.name!r}: {kind}" + ("" if replace else " added"))
+        return [values[i] for i in selected]
 
     # ------------------------------------------------------------ model
     def load(self, *_):
@@ -158,6 +206,7 @@ class BloodWidget(Container):
 
         def done(model):
             self.model = model
+            self.shape_type.reset_choices()
             self.score.value, self.type_thr.value = model.score_threshold, model.type_threshold
             notify("Blood cell detector", f"loaded {path.name}: types {', '.join(model.type_names)}")
 
@@ -233,9 +282,10 @@ class BloodWidget(Container):
         rects = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
                  for x0, y0, x1, y1 in res.boxes[idx]]
         colours, text = [], []
+        trained = np.array([t not in res.untrained_types for t in res.type_names], bool)
         for i in idx:
             p = res.type_probs[i]
-            on = np.nonzero(p >= tthr)[0]
+            on = np.nonzero((p >= tthr) & trained)[0]  # what predicted_types gives
             colours.append(PALETTE[on[np.argmax(p[on])] % len(PALETTE)] if len(on) else NO_TYPE)
             text.append(", ".join(f"{res.type_names[j]} {p[j]:.2f}" for j in on[np.argsort(-p[on])])
                         or f"{res.labels[i]} {res.scores[i]:.2f}")
@@ -249,10 +299,17 @@ class BloodWidget(Container):
         layer.text = {"string": "{label}", "size": 8, "color": "yellow", "anchor": "upper_left"}
         s = res.summary(thr, tthr)
         per = ", ".join(f"{t}: {n}" for t, n in s["per_type"].items() if n)
-        self.summary.value = (f"{s['regions']} regions ({s['multi_type_regions']} with several types), "
-                              f"{s['abnormal_regions']} abnormal" + (f"\n{per}" if per else ""))
+        abnormal = f"{s['abnormal_regions']} abnormal" if s["abnormal_trained"] else "abnormal: not trained"
+        lines = [f"{s['regions']} regions ({s['multi_type_regions']} with several types), {abnormal}"]
+        if per:
+            lines.append(per)
+        if s["untrained_types"]:
+            lines.append(f"not trained (hidden): {', '.join(s['untrained_types'])}")
+        self.summary.value = "\n".join(lines)
+        hidden = {f"p_{t}" for t in s["untrained_types"]} | (set() if s["abnormal_trained"] else
+                                                             {"abnormal_score", "abnormal"})
         self.table.value = {k: [v.item() if isinstance(v, np.generic) else v for v in col]
-                            for k, col in tab.items()}
+                            for k, col in tab.items() if k not in hidden}
 
     # ------------------------------------------------------------ training
     def _samples(self):
@@ -300,6 +357,11 @@ class BloodWidget(Container):
         if kwargs is not None:
             known = set(kwargs["type_names"])
             kwargs["type_names"] += sorted({t for ts in sample.types for t in ts} - known)
+            bad = [t for t in kwargs["abnormal_types"] if t not in kwargs["type_names"]]
+            if bad:
+                notify("Blood cell detector", f"abnormal types {', '.join(bad)} are not among the cell types: "
+                       "edit 'new: abnormal types'")
+                return None
         det_epochs, head_epochs = int(self.det_epochs.value), int(self.head_epochs.value)
 
         def job():
@@ -313,11 +375,15 @@ class BloodWidget(Container):
 
         def done(out):
             self.model, hist = out
+            self.shape_type.reset_choices()
             self.refresh()
             det = hist["detector"]
             msg = f"trained: detector {len(det)} iteration{'' if len(det) == 1 else 's'}" + (f" (loss {det[0]:.3f} -> {det[-1]:.3f})" if det else "")
             if hist["heads"]:
                 msg += f", type heads loss {hist['heads'][-1]:.3f}"
+            untrained = [t for t in self.model.type_names if t not in self.model.trained_types]
+            if untrained:
+                msg += f"; no example yet (not trained, hidden): {', '.join(untrained)}"
             notify("Blood cell detector", msg)
 
         return self.runner.start(job(), description="training blood model", on_result=done)

@@ -494,7 +494,8 @@ def train_type_heads(model: BloodModel, features, type_sets, *, epochs: int = 60
             yield Progress(ep + 1, epochs, f"type heads: epoch {ep + 1}/{epochs}, loss {hist[-1]:.4f}")
     finally:
         heads.eval()
-    model.trained_types = [t for t in model.type_names if t not in missing]
+    before = set(model.trained_types)  # heads trained earlier keep their training (their loss was masked out)
+    model.trained_types = [t for t in model.type_names if t in before or t not in missing]
     return hist
 
 
@@ -637,13 +638,21 @@ class BloodModel:
         """At most this many regions per image (or per tile)."""
         return int(self.detector.roi_heads.detections_per_img)
 
+    @property
+    def abnormal_trained(self) -> bool:
+        """Whether the abnormal score means anything: the abnormal classifier
+        is trained, or at least one abnormal type's head is."""
+        return self.abnormal is not None or any(t in self.trained_types for t in self.abnormal_types)
+
     def abnormal_scores(self, probs) -> np.ndarray:
         """P(abnormal) per region: the gradient-boosting classifier, or (before
-        it is trained) the highest probability among the abnormal types."""
+        it is trained) the highest probability among the abnormal types whose
+        heads are trained (0 when none is)."""
         p = np.asarray(probs, np.float64)
         if self.abnormal is not None:
             return self.abnormal.predict_proba(p)
-        idx = [self.type_names.index(t) for t in self.abnormal_types if t in self.type_names]
+        idx = [self.type_names.index(t) for t in self.abnormal_types
+               if t in self.type_names and t in self.trained_types]
         return p[:, idx].max(axis=1) if idx and len(p) else np.zeros(len(p))
 
 
@@ -791,7 +800,8 @@ def load_blood_model(path, device=None) -> BloodModel:
         int(spec["patch_size"]), int(spec["min_size"]), int(spec["max_size"]), bool(ex["frozen_bn"]),
         bool(ex["backbone_pretrained"]), bool(ex["embedder_pretrained"]),
         tuple(spec["train_image_size"]) if spec.get("train_image_size") else None,
-        list(ex.get("trained_types", [])),
+        # bundles written before the field existed: every head counts as trained
+        list(ex["trained_types"]) if "trained_types" in ex else list(bundle.class_names),
     )
     m.set_thresholds(**{k: ex[k] for k in THRESHOLDS if k in ex})
     if device is not None:

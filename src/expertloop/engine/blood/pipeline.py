@@ -39,6 +39,10 @@ class BloodResult:
     type_names: list[str] = field(default_factory=list)
     image_shape: tuple = ()
     name: str = ""
+    #: the types whose heads were trained (None: all); the others are never predicted
+    trained_types: list[str] | None = None
+    #: whether ``abnormal`` means anything (see :attr:`BloodModel.abnormal_trained`)
+    abnormal_trained: bool = True
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -46,12 +50,29 @@ class BloodResult:
     def visible(self, score_threshold: float = BloodModel.score_threshold) -> np.ndarray:
         return self.scores >= score_threshold
 
+    @property
+    def untrained_types(self) -> list[str]:
+        """Types whose heads were never trained: their probabilities mean nothing."""
+        if self.trained_types is None:
+            return []
+        return [t for t in self.type_names if t not in self.trained_types]
+
     def predicted_types(self, type_threshold: float = BloodModel.type_threshold) -> list[list[str]]:
-        """Types whose probability reaches ``type_threshold``, per region (multi-label)."""
-        return [[t for t, p in zip(self.type_names, row) if p >= type_threshold] for row in self.type_probs]
+        """Trained types whose probability reaches ``type_threshold``, per region (multi-label)."""
+        skip = set(self.untrained_types)
+        return [[t for t, p in zip(self.type_names, row) if p >= type_threshold and t not in skip]
+                for row in self.type_probs]
+
+    def abnormal_flags(self, type_threshold: float = BloodModel.type_threshold, abnormal_threshold: float | None = None) -> np.ndarray:
+        """Per region: abnormal (P(abnormal) reaches ``abnormal_threshold``, by
+        default the type threshold); all False when nothing abnormal was trained."""
+        thr = type_threshold if abnormal_threshold is None else abnormal_threshold
+        if not self.abnormal_trained:
+            return np.zeros(len(self), bool)
+        return self.abnormal >= thr
 
     def table(self, score_threshold: float = 0.0, type_threshold: float = BloodModel.type_threshold,
-              abnormal_threshold: float = 0.5) -> dict[str, np.ndarray]:
+              abnormal_threshold: float | None = None) -> dict[str, np.ndarray]:
         """Columns per visible region (for a napari features table or CSV)."""
         m = self.visible(score_threshold)
         types = self.predicted_types(type_threshold)
@@ -64,22 +85,27 @@ class BloodResult:
         for j, t in enumerate(self.type_names):
             cols[f"p_{t}"] = self.type_probs[m, j]
         cols["abnormal_score"] = self.abnormal[m]
-        cols["abnormal"] = self.abnormal[m] >= abnormal_threshold
+        cols["abnormal"] = self.abnormal_flags(type_threshold, abnormal_threshold)[m]
         return cols
 
     def summary(self, score_threshold: float = BloodModel.score_threshold,
                 type_threshold: float = BloodModel.type_threshold,
-                abnormal_threshold: float = 0.5) -> dict:
-        """Image-level counts: regions, multi-type regions, regions per type, abnormal regions."""
+                abnormal_threshold: float | None = None) -> dict:
+        """Image-level counts of the visible regions: regions, multi-type
+        regions, regions per trained type, abnormal regions (the same
+        thresholds as :meth:`table`, so the counts match its rows)."""
         m = self.visible(score_threshold)
         types = [t for t, k in zip(self.predicted_types(type_threshold), m) if k]
+        skip = set(self.untrained_types)
         return {
             "regions": int(m.sum()),
             "per_class": {c: int(sum(1 for lab, k in zip(self.labels, m) if k and lab == c))
                           for c in dict.fromkeys(self.labels)},
-            "per_type": {t: int(sum(t in ts for ts in types)) for t in self.type_names},
+            "per_type": {t: int(sum(t in ts for ts in types)) for t in self.type_names if t not in skip},
             "multi_type_regions": int(sum(len(ts) > 1 for ts in types)),
-            "abnormal_regions": int((self.abnormal[m] >= abnormal_threshold).sum()),
+            "abnormal_regions": int(self.abnormal_flags(type_threshold, abnormal_threshold)[m].sum()),
+            "untrained_types": list(self.untrained_types),
+            "abnormal_trained": bool(self.abnormal_trained),
         }
 
 
@@ -113,7 +139,7 @@ def predict_image(model: BloodModel, image, *, score_threshold: float | None = N
     probs, abn = yield from rescale(classify_regions(model, img, det["boxes"]), 60, 100, 100)
     yield Progress(100, 100, f"{len(det['boxes'])} regions")
     return BloodResult(det["boxes"], det["scores"], det["labels"], probs, abn, list(model.type_names),
-                       tuple(img.shape[:2]), name)
+                       tuple(img.shape[:2]), name, list(model.trained_types), model.abnormal_trained)
 
 
 def predict_images(model: BloodModel, images: Sequence, *, names: Sequence[str] | None = None,
