@@ -56,3 +56,23 @@ def test_doc_example(doc, line, code, tmp_path, monkeypatch, request):
         # an example may set environment variables; do not leak them
         os.environ.clear()
         os.environ.update(env)
+
+
+ENGINE_LEVEL = "# engine level"
+
+
+@pytest.mark.parametrize("workflow", ["membranes", "spots", "blood", "flim", "semiauto"])
+def test_workflow_examples_use_the_public_api(workflow):
+    """Issue 13: a workflow page's examples import ``expertloop.<workflow>``,
+    not its engine; a block that shows an engine helper says so on its first
+    line (``# engine level: ...``)."""
+    text = (DOCS / f"{workflow}.md").read_text(encoding="utf-8")
+    blocks = [m.group(1) for m in FENCE.finditer(text)]
+    public = [b for b in blocks if re.search(rf"^from expertloop\.{workflow} import", b, re.MULTILINE)]
+    assert public, f"{workflow}.md has no example of expertloop.{workflow}"
+    for b in blocks:
+        engine = re.search(rf"^from expertloop\.engine\.(?:{workflow}\b|jobs\b)", b, re.MULTILINE)
+        if engine:
+            assert b.lstrip().startswith(ENGINE_LEVEL), (
+                f"{workflow}.md: an example imports {engine.group(0)!r} without '{ENGINE_LEVEL}' on its "
+                f"first line:\n{b[:300]}")

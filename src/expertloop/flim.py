@@ -12,6 +12,7 @@ Importing this module does not import torch. The rest is in :mod:`expertloop.eng
 """
 
 from expertloop.engine.flim.decoder import (
+           build_network,
            fit_pixel_head,
            load_network,
            save_network,
@@ -19,9 +20,10 @@ from expertloop.engine.flim.decoder import (
            train_decoder,
 )
 from expertloop.engine.flim.encoder import fit_encoder
+from expertloop.engine.flim.markers import simulate_markers
 from expertloop.engine.flim.params import FlimFit, FlimRecommend
 from expertloop.engine.flim.recommend import recommend_images
 from expertloop.engine.jobs import run_job
 
-__all__ = ["FlimFit", "FlimRecommend", "fit_encoder", "fit_pixel_head", "load_network", "recommend_images",
-           "run_job", "save_network", "segment", "train_decoder"]
+__all__ = ["FlimFit", "FlimRecommend", "build_network", "fit_encoder", "fit_pixel_head", "load_network",
+           "recommend_images", "run_job", "save_network", "segment", "simulate_markers", "train_decoder"]

@@ -16,12 +16,14 @@ Importing this module does not import torch. The rest is in :mod:`expertloop.eng
 from expertloop.engine.jobs import run_job
 from expertloop.engine.semiauto.classifiers import make_classifier
 from expertloop.engine.semiauto.data import ImageSet
+from expertloop.engine.semiauto.datasets import digits_dataset, simulation_split
 from expertloop.engine.semiauto.loop import (
            SemiAutoConfig,
            SemiAutoLoop,
            random_baseline,
            simulate,
 )
+from expertloop.engine.semiauto.queue import ReviewQueue
 
-__all__ = ["ImageSet", "SemiAutoConfig", "SemiAutoLoop", "make_classifier", "random_baseline", "run_job",
-           "simulate"]
+__all__ = ["ImageSet", "ReviewQueue", "SemiAutoConfig", "SemiAutoLoop", "digits_dataset", "make_classifier",
+           "random_baseline", "run_job", "simulate", "simulation_split"]

@@ -21,6 +21,7 @@ from expertloop.engine.spots.lcnn import (
     prepare_scan,
     train_spot_detector,
 )
+from expertloop.engine.spots.phantom import make_phantom, simulate_expert
 
-__all__ = ["SpotConfig", "SpotDetector", "SpotSelection", "detect_spots", "prepare_scan", "run_job",
-           "train_spot_detector"]
+__all__ = ["SpotConfig", "SpotDetector", "SpotSelection", "detect_spots", "make_phantom", "prepare_scan",
+           "run_job", "simulate_expert", "train_spot_detector"]

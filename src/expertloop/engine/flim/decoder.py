@@ -91,7 +91,25 @@ def _classes():
 
 
 def build_network(encoder, classes: Sequence[int], kind: str = "unet", width: int = 16):
-    """An untrained decoder of ``kind`` (``"pixel"`` or ``"unet"``) on ``encoder``."""
+    """An untrained decoder of ``kind`` (``"pixel"`` or ``"unet"``) on ``encoder``.
+
+    Parameters
+    ----------
+    encoder : FlimEncoder
+        From :func:`fit_encoder` (kept fixed).
+    classes : sequence of int
+        The class values it predicts (e.g. ``[1, 2]``: background, object).
+    kind : str
+        ``"pixel"`` (per-pixel logistic head) or ``"unet"`` (symmetric decoder).
+    width : int
+        Channels of the U-Net decoder.
+
+    Returns
+    -------
+    FlimNet
+        Encoder + decoder, for :func:`train_decoder`, :func:`segment` and
+        :func:`save_network`.
+    """
     PixelHead, SymmetricDecoder, FlimNet = _classes()
     nd = encoder.spec.ndim
     if kind == "pixel":

@@ -67,8 +67,25 @@ def simulate_markers(
     (eroded by one pixel, so the strokes stay inside). Class 1 (background): a
     thin ring at ``background_ring`` pixels from those objects, thinned to at
     most ``max_background`` pixels in short runs. Not whole masks: a few
-    percent of the pixels, like the strokes a person draws. ``truth`` is an
-    instance or binary mask (0 = background), 2D or 3D.
+    percent of the pixels, like the strokes a person draws.
+
+    Parameters
+    ----------
+    truth : array
+        Instance or binary mask (0 = background), 2D or 3D.
+    n_objects : int
+        How many objects get a scribble.
+    background_ring : (float, float)
+        Distance range (px) of the background ring from those objects.
+    max_background : int, optional
+        At most this many background pixels (None: the whole ring).
+    seed : int, optional
+        Random seed.
+
+    Returns
+    -------
+    array
+        Markers of ``truth``'s shape: 0 unmarked, 1 background, 2 object.
     """
     from scipy import ndimage as ndi
     from skimage.morphology import skeletonize

@@ -17,7 +17,14 @@ from expertloop.engine.semiauto.data import (
 
 
 def digits_dataset() -> tuple[ImageSet, np.ndarray, list[str]]:
-    """scikit-learn's bundled handwritten digits (1797 real 8×8 scans, 10 classes)."""
+    """scikit-learn's bundled handwritten digits (1797 real 8×8 scans, 10 classes).
+
+    Returns
+    -------
+    (ImageSet, array, list of str)
+        The images (uint8), their true classes ``(N,)`` and the class names
+        ``"0"`` ... ``"9"``.
+    """
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -64,7 +71,20 @@ def class_folders_dataset(root, size=None):
 def simulation_split(truth, n_initial: int = 10, n_val: int = 30, seed: int = 0):
     """Per class: ``n_val`` images for V, ``n_initial`` for D0 (fewer if the class is small).
 
-    Returns ``(initial_labels, val_indices)``; everything else is unlabelled.
+    Parameters
+    ----------
+    truth : array of int
+        The true class of every image.
+    n_initial, n_val : int
+        Initial labelled images (D0) and validation images (V) per class.
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    (array, array)
+        ``initial_labels`` (``-1`` where unlabelled, V included) and
+        ``val_indices``; everything else is unlabelled.
     """
     truth = np.asarray(truth, np.int64)
     rng = np.random.default_rng(seed)

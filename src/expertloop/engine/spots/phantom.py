@@ -75,7 +75,28 @@ def make_phantom(
     min_distance: float = 6.0,
     snr0: float = 3.0,
 ) -> Phantom:
-    """Plant ``n_spots`` dark spots into a copy of a real 3D ``volume`` (a SIMULATION)."""
+    """Plant ``n_spots`` dark spots into a copy of a real 3D ``volume`` (a SIMULATION).
+
+    Parameters
+    ----------
+    volume : array (Z, Y, X)
+        A real scan (e.g. the Colin27 MRI sample); spots go inside its tissue.
+    n_spots : int
+        How many spots, at least ``min_distance`` voxels apart.
+    seed : int, optional
+        Random seed (None: not reproducible).
+    radius, aniso, contrast, noise, bias, min_distance, snr0
+        Spot radii (px), anisotropy, contrast range, added noise and bias
+        field, spacing, and the signal-to-noise at which a spot's
+        difficulty is 0.5 (``difficulty = 1 / (1 + snr / snr0)``).
+
+    Returns
+    -------
+    Phantom
+        ``volume`` (float32, tissue ~[0, 1]), tissue ``mask``, spot
+        ``centers`` (z, y, x), ``radii``, ``contrast`` and ``difficulty``
+        (0 easy .. 1 hard).
+    """
     from scipy import ndimage
 
     v = np.asarray(volume)
@@ -161,7 +182,31 @@ def simulate_expert(
     jitter: float = 0.35,
     start_time: float = 1.7e9,
 ) -> dict[str, np.ndarray]:
-    """Click table (``expertloop.io.spots_clicks.CLICK_COLUMNS``) of a SIMULATED expert."""
+    """Click table (``expertloop.io.spots_clicks.CLICK_COLUMNS``) of a SIMULATED expert.
+
+    The expert clicks the spots of ``ph`` from easy to hard, slower on hard
+    ones, misses some (``miss``), takes breaks and clicks a little off centre.
+
+    Parameters
+    ----------
+    ph : Phantom
+        From :func:`make_phantom`.
+    seed : int, optional
+        Random seed.
+    annotator : str
+        Name written in the table.
+    base, span, sigma, miss, break_prob, jitter, start_time
+        Latency per click (``(base + span * difficulty ** 1.5)`` seconds
+        times a log-normal factor of ``sigma``), the miss rate of the
+        hardest spots (``miss * difficulty ** 2``), the probability of a
+        1-5 minute break, click jitter (px) and the first time stamp. One
+        click per slice a spot spans.
+
+    Returns
+    -------
+    dict of str to array
+        The click table's columns (``z, y, x, latency_s, ...``), one row per click.
+    """
     rng = np.random.default_rng(seed)
     order = np.argsort(ph.difficulty + rng.normal(0, 0.08, ph.n_spots))
     session = f"sim{seed}"
