@@ -104,7 +104,10 @@ def test_detector_trains_and_adds_points_with_probability(make_napari_viewer, qt
     clicks = simulate_expert(phantom, seed=0)
     for z, y, x in zip(clicks["z"], clicks["y"], clicks["x"]):
         ann.click((z, y, x))
-    assert len(viewer.layers["scan spots"].data) == len(clicks["z"])
+    for zyx in ((2, 3, 3), (5, 40.5, 7.5), (9, 20.5, 30.5)):  # off-spot clicks, some match no candidate
+        ann.click(zyx)
+    n_clicks = len(clicks["z"]) + 3
+    assert len(viewer.layers["scan spots"].data) == n_clicks
     det = SpotDetectorWidget(viewer)
     # nothing trained yet: predicting says so
     det.image.value = "scan"
@@ -118,17 +121,35 @@ def test_detector_trains_and_adds_points_with_probability(make_napari_viewer, qt
     qtbot.waitUntil(lambda: not det.runner.running, timeout=120_000)
     assert det.runner.last_error is None, det.runner.last_error
     assert det.detector is not None and "latency clusters" in det.info.value
+    # the summary says how many clicks taught nothing (no candidate within tau), as the engine counts them
+    from expertloop.engine.jobs import run_job
+    from expertloop.engine.spots import prepare_scan
+    from expertloop.widgets.spots import table_from_layer
+
+    ref = run_job(prepare_scan(phantom.volume, table_from_layer(viewer.layers["scan spots"]), det.config()))
+    assert ref.n_clicks == n_clicks and ref.unmatched_clicks > 0
+    assert f"on {ref.n_positive} spot patches" in det.info.value
+    assert f"from {n_clicks} clicks" in det.info.value
+    assert f"{ref.unmatched_clicks} click{'s' if ref.unmatched_clicks > 1 else ''} matched no candidate" \
+        in det.info.value
+    assert any("matched no candidate" in m for m in _messages(notifications))
     det.predict()
     qtbot.waitUntil(lambda: not det.runner.running, timeout=120_000)
     assert det.runner.last_error is None, det.runner.last_error
+    # the threshold slider spans the probabilities of this detection
+    p = det.detection.probability
+    assert det.threshold.min == pytest.approx(np.floor(p.min() * 100) / 100)
+    assert det.threshold.max == pytest.approx(max(np.ceil(p.max() * 100) / 100, det.threshold.min + 0.01))
+    assert det.threshold.min <= det.threshold.value <= det.threshold.max
+    assert f"candidate probabilities {p.min():.2f}–{p.max():.2f}" in det.info.value
     layer = viewer.layers["scan detected spots"]
     assert "probability" in layer.features and "n_slices" in layer.features
-    det.threshold.value = 0.0
+    det.threshold.value = det.threshold.min  # the bottom of the range: every candidate
     n_all = len(layer.data)
     assert n_all > 0 and (layer.features["probability"] >= 0).all()
-    det.threshold.value = 1.0
-    assert len(layer.data) == 0
-    det.threshold.value = 0.5
+    det.threshold.value = det.threshold.max  # the top: nothing, or only the most probable spot
+    assert len(layer.data) <= 1
+    det.threshold.value = (det.threshold.min + det.threshold.max) / 2
     assert 0 <= len(layer.data) <= n_all
     # save / load through the widget; a corrupt file is reported
     assert det.save(tmp_path / "m").exists()

@@ -284,6 +284,22 @@ class SpotAnnotatorWidget(Container):
         return table
 
 
+def training_summary(info: dict, config) -> str:
+    """What a training learnt from: spot patches, clicks, and the clicks that
+    matched no candidate (they teach nothing), with what to do about them."""
+    text = (f"trained {info['method']} on {info['n_positive']} spot patches (of {info['n_candidates']} "
+            f"candidates)" + (f" from {info['n_clicks']} clicks" if info.get("n_clicks") else ""))
+    extra = ([f"{info['n_clusters']} latency clusters"] if "n_clusters" in info else []) + \
+        ([f"transferred {len(info['transferred'])} conv layers"] if info.get("transferred") is not None else [])
+    if extra:
+        text += ", " + ", ".join(extra)
+    k = info.get("unmatched_clicks", 0)
+    if k:
+        text += (f"\n{k} click{'s' if k > 1 else ''} matched no candidate (no candidate centre within "
+                 f"tau = {config.tau:g} px): click spot centres, or raise tau")
+    return text
+
+
 class SpotDetectorWidget(Container):
     """Train the L-CNN (or a control) from annotated images; detect 3D spots."""
 
@@ -367,12 +383,11 @@ class SpotDetectorWidget(Container):
 
         def done(det):
             self.detector = det
-            i = det.info
-            self.info.value = (f"trained {i['method']} on {i['n_positive']} spot / {i['n_candidates']} patches"
-                               + (f", {i['n_clusters']} latency clusters" if "n_clusters" in i else "")
-                               + f", transferred {len(i['transferred'])} conv layers")
-            if i.get("cluster_note"):
-                notify("Spot detector", f"{i['cluster_note']}")
+            self.info.value = training_summary(det.info, det.config)
+            if det.info.get("unmatched_clicks"):
+                notify("Spot detector", self.info.value.replace("\n", "; "), "warning")
+            if det.info.get("cluster_note"):
+                notify("Spot detector", f"{det.info['cluster_note']}")
 
         return self.runner.start(job(), description="train spot detector", on_result=done)
 
@@ -398,7 +413,9 @@ class SpotDetectorWidget(Container):
             return None
         # the controls show what the model was trained with (a new training starts from them)
         self.params.fill(self.detector.config, lock_fixed=False)
-        self.info.value = f"loaded {self.detector.info.get('method', '?')} model from {Path(path).name}"
+        self.info.value = f"loaded from {Path(path).name}: " + training_summary(self.detector.info, self.detector.config) \
+            if "n_positive" in self.detector.info else \
+            f"loaded {self.detector.info.get('method', '?')} model from {Path(path).name}"
         return self.detector
 
     # ---------------------------------------------------------- prediction
@@ -419,6 +436,8 @@ class SpotDetectorWidget(Container):
 
         def done(detection):
             self.detection = detection
+            with self.threshold.changed.blocked():
+                self._fit_threshold_range()
             self._show_spots()
 
         return self.runner.start(detect_spots(self.detector, layer_array(layer)[0]), description="detect spots",
@@ -446,4 +465,20 @@ class SpotDetectorWidget(Container):
                 self.result_layer.border_colormap = "plasma"
             else:
                 self.result_layer.border_color = "cyan"
-        self.info.value = f"{len(pts)} spots at threshold {self.threshold.value:.2f}"
+        p = self.detection.probability
+        rng = f" (candidate probabilities {p.min():.2f}–{p.max():.2f})" if len(p) else " (no candidates)"
+        self.info.value = f"{len(pts)} spots at threshold {self.threshold.value:.2f}{rng}"
+
+    def _fit_threshold_range(self) -> None:
+        """Let the threshold slider span this detection's probabilities (rounded
+        out to 0.01), so every position means something; a threshold outside
+        that range moves to its nearest end."""
+        import math
+
+        p = self.detection.probability
+        lo, hi = (0.0, 1.0) if not len(p) else (math.floor(p.min() * 100) / 100, math.ceil(p.max() * 100) / 100)
+        hi = min(1.0, max(hi, lo + 0.01))
+        value = min(max(float(self.threshold.value), lo), hi)
+        self.threshold.min, self.threshold.max = 0.0, 1.0  # never min > max while moving both
+        self.threshold.min, self.threshold.max = lo, hi
+        self.threshold.value = value

@@ -122,6 +122,8 @@ class TrainingSet:
     y: np.ndarray          # (N,) 0/1
     latency: np.ndarray    # (N,) cleaned latency of positives, NaN for negatives
     name: str = "scan"
+    n_clicks: int = 0      # clicks of the scan
+    unmatched_clicks: int = 0  # clicks with no candidate centre within tau (they teach nothing)
 
     @property
     def n_positive(self) -> int:
@@ -170,8 +172,9 @@ def prepare_scan(image, clicks: dict, config: SpotConfig | None = None, *, name:
     lat = None
     if lat_raw is not None:
         lat = clean_latencies(lat_raw, clicks.get("first_in_session"), threshold=cfg.latency_threshold)
-    y, latency, _ = label_candidates(candidates.centers, pts, tau=cfg.tau, latency=lat)
-    return TrainingSet(candidates, y, latency, name)
+    y, latency, nearest = label_candidates(candidates.centers, pts, tau=cfg.tau, latency=lat)
+    matched = len(np.unique(nearest[nearest >= 0]))
+    return TrainingSet(candidates, y, latency, name, len(pts), len(pts) - matched)
 
 
 @dataclass
@@ -311,7 +314,9 @@ def train_spot_detector(sets, config: SpotConfig | None = None, *, device=None) 
     if n_pos == len(y):
         raise ValueError("every candidate is a spot: there are no negatives to learn from")
     rng = seed_everything(cfg.seed) if cfg.seed is not None else np.random.default_rng()
-    info: dict[str, Any] = {"method": cfg.method, "n_positive": n_pos, "n_candidates": int(len(y))}
+    info: dict[str, Any] = {"method": cfg.method, "n_positive": n_pos, "n_candidates": int(len(y)),
+                            "n_clicks": sum(s.n_clicks for s in sets),
+                            "unmatched_clicks": sum(s.unmatched_clicks for s in sets)}
     target = build_spotnet(2, cfg.patch_size, cfg.channels)
     xs = x[:, None]
     use_source = cfg.method != "cnn" and cfg.transfer_layers > 0
