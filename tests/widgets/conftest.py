@@ -40,3 +40,33 @@ def record_threads(monkeypatch):
         return seen
 
     return wrap
+
+
+@pytest.fixture
+def digits_semiauto(make_napari_viewer, tmp_path):
+    """``digits_semiauto(n_images, n_labelled)``: a viewer with a stack layer "digits" of
+    sklearn's digits and a semi-automatic labelling dock set up on it (classes 0-9, the
+    first ``n_labelled`` labelled by an initial CSV, project in ``tmp_path/proj``).
+    Returns ``(viewer, widget, images, labels)``."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from expertloop.widgets.semiauto import SemiAutoWidget
+
+    def make(n_images: int, n_labelled: int):
+        d = load_digits()
+        images, y = (d.images[:n_images] / 16 * 255).astype(np.uint8), d.target[:n_images]
+        viewer = make_napari_viewer()
+        viewer.add_image(images, name="digits")
+        w = SemiAutoWidget(viewer)
+        viewer.window.add_dock_widget(w)
+        w.stack.reset_choices()
+        w.stack.value = "digits"
+        w.class_names.value = ",".join(str(i) for i in range(10))
+        init = tmp_path / "init.csv"
+        init.write_text("name,label\n" + "".join(f"{i:05d},{y[i]}\n" for i in range(n_labelled)))
+        w.initial.value = str(init)
+        w.project.value = str(tmp_path / "proj")
+        return viewer, w, images, y
+
+    return make

@@ -173,14 +173,16 @@ def test_marker_encoder_on_a_3d_volume(make_napari_viewer, qtbot, data_dir):
     assert seg.shape == vol.shape and dice(seg == 2, lab > 0) > 0.5
 
 
-def test_reading_a_folder_can_be_cancelled(make_napari_viewer, qtbot, tmp_path, record_threads):
+def test_reading_a_folder_can_be_cancelled_and_planes_get_their_own_contrast(make_napari_viewer, qtbot, tmp_path,
+                                                                               record_threads):
     import threading
 
     import expertloop.io.flim_images as flim_images
     from expertloop.widgets.flim import FlimEncoderWidget
 
-    for i in range(4):
-        tifffile.imwrite(tmp_path / f"img{i}.tif", np.full((16, 16), i, np.uint8))
+    ramp = np.linspace(0, 1, 16 * 16).reshape(16, 16)
+    for i in range(4):  # images of very different ranges: 0..50, 0..100, ...
+        tifffile.imwrite(tmp_path / f"img{i}.tif", (ramp * 50 * (i + 1)).astype(np.uint8))
     gate = threading.Event()
     reads = record_threads(flim_images, "read_image", gate)
     viewer = make_napari_viewer()
@@ -192,6 +194,17 @@ def test_reading_a_folder_can_be_cancelled(make_napari_viewer, qtbot, tmp_path, 
     gate.set()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=10000)
     assert reads == [False] and len(viewer.layers) == 0 and "cancelled" in w.runner.status
+    # read to the end: each plane is shown with its own contrast (issue 19 item 6)
+    w.open_folder()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=10000)
+    layer = viewer.layers[w.image.value]
+    assert layer.data.shape == (4, 16, 16)
+    shown = viewer.dims.current_step[0]
+    np.testing.assert_allclose(layer.contrast_limits, (0, 50 * (shown + 1)))
+    viewer.dims.set_current_step(0, 0)
+    np.testing.assert_allclose(layer.contrast_limits, (0, 50))
+    viewer.dims.set_current_step(0, 3)
+    np.testing.assert_allclose(layer.contrast_limits, (0, 200))
 
 
 def test_load_a_bioimageio_package_as_flim_network(make_napari_viewer, qtbot, data_dir, tmp_path, notifications,

@@ -6,27 +6,13 @@ import numpy as np
 import tifffile
 
 from expertloop.store import Store
-from expertloop.widgets.semiauto import SemiAutoWidget
 
 
-def test_send_hard_cases_and_fetch_reviewed(make_napari_viewer, qtbot, tmp_path, notifications, record_threads):
-    from sklearn.datasets import load_digits
+def test_send_hard_cases_and_fetch_reviewed(digits_semiauto, qtbot, tmp_path, notifications, record_threads):
 
     import expertloop.engine.semiauto.store_bridge as bridge
 
-    d = load_digits()
-    images, y = (d.images[:160] / 16 * 255).astype(np.uint8), d.target[:160]
-    viewer = make_napari_viewer()
-    viewer.add_image(images, name="digits")
-    w = SemiAutoWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.stack.reset_choices()
-    w.stack.value = "digits"
-    w.class_names.value = ",".join(str(i) for i in range(10))
-    init = tmp_path / "init.csv"
-    init.write_text("name,label\n" + "".join(f"{i:05d},{y[i]}\n" for i in range(70)))
-    w.initial.value = str(init)
-    w.project.value = str(tmp_path / "proj")
+    viewer, w, images, y = digits_semiauto(160, 70)
     for name, value in {"strategy": "margin", "rate": 0.1, "batch_size": 60, "val_fraction": 0.3}.items():
         w.params[name].value = value  # 6 hard cases
     panel = w.store_review

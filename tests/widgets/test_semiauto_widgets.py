@@ -146,9 +146,16 @@ def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_pr
     rv.project.value = str(root / "semiauto_project")
     q3 = rv.open_project()
     assert q3 is not None and q3.current is not None, "the second batch has hard cases to review"
+    # the project is open in w2: the standalone dock reviews w2's queue (not a copy), and each refreshes the other
+    assert q3 is loop2.queue
     shown = viewer.layers[REVIEW_LAYER].data
     assert shown.shape == (32, 32, 3)
     assert np.array_equal(shown, loop.collection.images[q3.current.index])
+    rv.annotator.value = "standalone"
+    _press(qtbot, viewer, Qt.Key_Return)    # rv opened last: the keys go to it
+    assert q3.n_decided == 1 and w2.review.progress.value == q3.progress_text()
+    assert f"review: {q3.progress_text()}" == w2.status.value
+    assert FolderQueueStorage(root / "semiauto_project").load_decisions(q3.queue_id)[-1]["annotator"] == "standalone"
     qtbot.wait(100)   # let the plots' pending redraws run before the viewer closes
 
 
@@ -191,3 +198,41 @@ def test_loading_a_folder_runs_in_the_worker_and_cancel_stops_it(make_napari_vie
     w.load()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=30000)
     assert w.loop is not None and len(reads) == 1 + 43 and not any(reads)
+
+
+def test_two_review_docks_keys_go_to_the_one_clicked(make_napari_viewer, qtbot, tmp_path):
+    """Issue 19 item 6: with two queues open, a key press is recorded by the dock the user works in."""
+    viewer = make_napari_viewer()
+    docks, queues = [], []
+    for k, who in enumerate(("ann one", "ann two")):
+        w = ReviewQueueWidget(viewer)
+        viewer.window.add_dock_widget(w, name=who)
+        w.annotator.value = who
+        st = FolderQueueStorage(tmp_path / f"p{k}")
+        q = ReviewQueue([QueueItem(i, f"c{i}", 0, 0.5) for i in range(3)], CLASSES, storage=st, queue_id=1)
+        w.set_queue(q, image_for=lambda i, k=k: np.full((4, 4), 10 * k + i, np.uint8))
+        docks.append(w)
+        queues.append(q)
+    one, two = docks
+    qtbot.mouseClick(one.info.native, Qt.LeftButton)   # the user clicks into the first dock
+    assert viewer.layers[REVIEW_LAYER].data[0, 0] == 0    # its current item is shown
+    _press(qtbot, viewer, Qt.Key_Return)
+    assert queues[0].n_decided == 1 and queues[1].n_decided == 0
+    qtbot.mouseClick(two.progress.native, Qt.LeftButton)
+    _press(qtbot, viewer, Qt.Key_2)
+    assert queues[1].decisions() == {0: 1} and queues[0].n_decided == 1
+    assert [r["annotator"] for r in FolderQueueStorage(tmp_path / "p0").load_decisions(1)] == ["ann one"]
+    assert [r["annotator"] for r in FolderQueueStorage(tmp_path / "p1").load_decisions(1)] == ["ann two"]
+
+
+def test_an_empty_review_queue_says_why(digits_semiauto, qtbot, notifications):
+    """Issue 19 item 4: a batch with no hard case says that all predictions were above t."""
+    _, w, _, _ = digits_semiauto(90, 60)
+    w.params["t"].value = 0.1                 # with 10 classes every top probability is >= 0.1
+    w.params["batch_size"].value = 20
+    w.run_iteration()                         # loads the stack first, then the iteration
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    assert w.loop is not None and w.loop.queue is not None and len(w.loop.queue) == 0
+    why = "all 20 predictions have confidence >= t = 0.10"
+    assert why in w.review.info.value and "Apply review" in w.review.info.value
+    assert any(why in str(n.message) for n in notifications)

@@ -75,6 +75,17 @@ class _Base(Container):
         for combo in self._layer_combos():
             viewer.layers.events.inserted.connect(combo.reset_choices)
             viewer.layers.events.removed.connect(combo.reset_choices)
+        viewer.dims.events.current_step.connect(self._plane_contrast)
+
+    def _plane_contrast(self, *_) -> None:
+        """Folder stacks get the contrast of the plane shown (images of a folder differ in
+        range: limits from the whole stack would show some planes black)."""
+        step = self._viewer.dims.current_step
+        for layer in self._viewer.layers:
+            if FILES_KEY in layer.metadata and getattr(layer, "ndim", 0) == 3 and not layer.rgb:
+                plane = np.asarray(layer.data[min(int(step[-3]), len(layer.data) - 1)])
+                lo, hi = float(plane.min()), float(plane.max())
+                layer.contrast_limits = (lo, hi if hi > lo else lo + 1)
 
     def _layer_combos(self):
         return []
@@ -123,6 +134,7 @@ class _Base(Container):
             self.image.value = layer.name
             if hasattr(self, "stack"):
                 self.stack.value = True
+            self._plane_contrast()
 
         return self.runner.start(read_image_folder_job(folder), description=f"reading {folder}",
                                  on_result=show)
@@ -489,6 +501,7 @@ class FlimRecommendWidget(_Base):
                                                     "opacity": 0.5})):
             if name in self._viewer.layers:
                 self._viewer.layers[name].data = data
+                self._viewer.layers[name].reset_contrast_limits()  # this image's range, not the last one's
                 self._viewer.layers[name].visible = True
             else:
                 self._viewer.add_image(data, name=name, **kw)

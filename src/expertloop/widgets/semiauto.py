@@ -20,6 +20,7 @@ Thin: all computing is in :mod:`expertloop.engine.semiauto`.
 from __future__ import annotations
 
 import getpass
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,6 +84,115 @@ def _read_path_image(path: str | None):
     return np.asarray(read_image(path)[0].data)
 
 
+class _ReviewHub:
+    """What the semi-automatic labelling docks of one viewer share.
+
+    * The review shortcuts are bound once on the viewer (and the review layer)
+      and go to the *active* review widget: the one last clicked, focused or
+      given a queue, so with the embedded and the standalone queue both open a
+      key press is recorded by the queue (and annotator) the user works in.
+    * Widgets showing the same queue refresh each other after every decision;
+      the loop docks update their status line.
+    * A standalone queue opening the folder of a loaded project takes that
+      project's queue object (not a second copy that the loop would not see).
+    """
+
+    def __init__(self, viewer) -> None:
+        self.viewer = viewer
+        self._reviews: list = []  # weak references
+        self._loops: list = []
+        self._active = None
+        self.bind_keys(viewer)
+
+    @classmethod
+    def of(cls, viewer) -> _ReviewHub:
+        hub = _HUBS.get(viewer)
+        if hub is None:
+            hub = _HUBS[viewer] = cls(viewer)
+        return hub
+
+    @staticmethod
+    def _alive(refs) -> list:
+        return [w for w in (r() for r in refs) if w is not None]
+
+    def add_review(self, widget) -> None:
+        self._reviews.append(weakref.ref(widget))
+        if self._active is None:
+            self._active = weakref.ref(widget)
+
+    def add_loop(self, widget) -> None:
+        self._loops.append(weakref.ref(widget))
+
+    def activate(self, widget) -> None:
+        self._active = weakref.ref(widget)
+
+    @property
+    def active(self):
+        return self._active() if self._active is not None else None
+
+    def bind_keys(self, target) -> None:
+        """Review shortcuts on ``target`` (the viewer, or the review layer: a layer's own
+        keys, e.g. an image layer's "1"/"2" mode keys, take precedence over the viewer's)."""
+        def bind(key, action, *args):
+            def handler(_owner):
+                widget = self.active
+                if widget is not None:
+                    getattr(widget, action)(*args)
+            target.bind_key(key, handler, overwrite=True)
+
+        bind("Enter", "accept")
+        bind("Space", "accept")
+        bind("Backspace", "undo")
+        bind("u", "undo")
+        bind("s", "skip")
+        for k, key in enumerate(DIGIT_KEYS):
+            bind(key, "set_label", k)
+
+    def queue_changed(self, queue, source) -> None:
+        """After a decision in ``source``: refresh the other widgets showing ``queue``."""
+        for w in self._alive(self._reviews):
+            if w is not source and w.queue is queue:
+                w._refresh(show=False)
+        for w in self._alive(self._loops):
+            if w.loop is not None and w.loop.queue is queue:
+                w._review_changed()
+
+    def project_queue(self, folder: Path):
+        """The open queue of a loaded loop whose project folder is ``folder`` (else None;
+        the newest loop dock first)."""
+        for w in reversed(self._alive(self._loops)):
+            storage = getattr(w.loop, "storage", None)
+            if w.loop is not None and w.loop.queue is not None and getattr(storage, "folder", None) is not None \
+                    and Path(storage.folder).resolve() == folder.resolve():
+                return w.loop.queue, w
+        return None
+
+
+_HUBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _Activator:
+    """Qt event filter: a mouse press or focus inside a review widget makes it the active one."""
+
+    def __init__(self, widget) -> None:
+        from qtpy.QtCore import QEvent, QObject
+        from qtpy.QtWidgets import QWidget
+
+        kinds = (QEvent.Type.MouseButtonPress, QEvent.Type.FocusIn)
+        ref = weakref.ref(widget)
+
+        class Filter(QObject):
+            def eventFilter(self, _obj, event):  # noqa: N802 (Qt's name)
+                w = ref()
+                if w is not None and event.type() in kinds:
+                    w.activate()
+                return False
+
+        self.filter = Filter(widget.native)
+        for child in [widget.native, *widget.native.findChildren(QWidget)]:
+            child.installEventFilter(self.filter)
+
+
 class ReviewQueueWidget(Container):
     """One hard case at a time; decisions are saved immediately."""
 
@@ -117,7 +227,10 @@ class ReviewQueueWidget(Container):
         self.skip_btn.changed.connect(self.skip)
         self.undo_btn.changed.connect(self.undo)
         self.annotator.changed.connect(self._annotator_changed)
-        self._bind_keys()
+        self.empty_reason = ""  # why the queue has no item (shown instead of the item)
+        self._hub = _ReviewHub.of(viewer)
+        self._hub.add_review(self)
+        self._activator = _Activator(self)
         self._refresh()
 
     # ------------------------------------------------------------ setup
@@ -131,31 +244,24 @@ class ReviewQueueWidget(Container):
     def _class_choices(self, _=None):
         return list(self.queue.class_names) if self.queue is not None else []
 
-    def _bind_keys(self, target=None) -> None:
-        """Shortcuts on the viewer and on the review layer (a layer's own keys,
-        e.g. an image layer's "1"/"2" mode keys, take precedence over the viewer's)."""
-        target = self._viewer if target is None else target
+    def activate(self) -> None:
+        """Make this the widget the review keys go to (a click or focus in it does this);
+        the review layer then shows this widget's current item."""
+        if self._hub.active is not self:
+            self._hub.activate(self)
+            if self.queue is not None and self.queue.current is not None:
+                self._refresh()
 
-        def bind(key, fn):
-            def handler(_owner):
-                fn()
-            target.bind_key(key, handler, overwrite=True)
-
-        bind("Enter", self.accept)
-        bind("Space", self.accept)
-        bind("Backspace", self.undo)
-        bind("u", self.undo)
-        bind("s", self.skip)
-        for k, key in enumerate(DIGIT_KEYS):
-            bind(key, lambda k=k: self.set_label(k))
-
-    def set_queue(self, queue: ReviewQueue | None, image_for=None) -> None:
-        """Show ``queue``; ``image_for(index)`` gives an item's pixels (default: its file)."""
+    def set_queue(self, queue: ReviewQueue | None, image_for=None, *, empty_reason: str = "") -> None:
+        """Show ``queue`` (and take the review keys); ``image_for(index)`` gives an item's
+        pixels (default: its file); ``empty_reason`` says why a queue has no item."""
         self.queue = queue
         if queue is not None:
             queue.annotator = self.annotator.value
         self.image_for = image_for
+        self.empty_reason = empty_reason
         self.label_choice.reset_choices()
+        self.activate()
         self._refresh()
 
     def open_project(self, *_) -> ReviewQueue | None:
@@ -164,6 +270,12 @@ class ReviewQueueWidget(Container):
         if not (folder / "queue.json").is_file():
             notify("Review queue", f"no open queue in {folder}")
             return None
+        shared = self._hub.project_queue(folder)
+        if shared is not None:  # the loop dock has this project open: review its queue, not a copy
+            q, loop_widget = shared
+            images = loop_widget.loop.collection.images
+            self.set_queue(q, image_for=lambda i: images[i], empty_reason=loop_widget.review.empty_reason)
+            return q
         q = ReviewQueue.restore(FolderQueueStorage(folder), annotator=self.annotator.value)
         if q is None:
             notify("Review queue", f"the queue in {folder} is empty")
@@ -181,8 +293,13 @@ class ReviewQueueWidget(Container):
         if not self.annotator.value.strip():
             notify("Review queue", "enter the annotator's name first")
             return
+        self.queue.annotator = self.annotator.value  # a queue shared by two docks: who acts records
         fn()
+        self._changed()
+
+    def _changed(self) -> None:
         self._refresh()
+        self._hub.queue_changed(self.queue, self)
         if self.on_change is not None:
             self.on_change()
 
@@ -204,12 +321,11 @@ class ReviewQueueWidget(Container):
             return
         if not self.queue.undo():
             notify("Review queue", "nothing to undo")
-        self._refresh()
-        if self.on_change is not None:
-            self.on_change()
+        self._changed()
 
     # ----------------------------------------------------------- display
-    def _refresh(self) -> None:
+    def _refresh(self, show: bool = True) -> None:
+        """Show the queue's state; ``show``: also put the current item in the review layer."""
         q = self.queue
         enabled = q is not None and q.current is not None
         for b in (self.accept_btn, self.set_btn, self.skip_btn, self.label_choice):
@@ -224,14 +340,18 @@ class ReviewQueueWidget(Container):
         self.keys.value = self.key_legend()
         it = q.current
         if it is None:
-            self.info.value = "queue finished: apply the review"
+            if not q.items:
+                self.info.value = self.empty_reason or "no hard case in this batch: apply the review"
+            else:
+                self.info.value = "queue finished: apply the review"
             self._overlay().visible = False
             return
         cls = q.class_names[it.predicted]
         same = sum(1 for p, x in enumerate(q.items) if x.predicted == it.predicted and p not in q.labels)
         self.info.value = f"{it.name}: predicted {cls} ({it.confidence:.2f}); {same} left in this class"
         self.label_choice.value = cls
-        self._show_image(it)
+        if show:
+            self._show_image(it)
 
     def _overlay(self):
         overlays = getattr(self._viewer.canvas, "overlays", None)  # napari >= 0.6
@@ -253,7 +373,7 @@ class ReviewQueueWidget(Container):
             if layer is not None:
                 self._viewer.layers.remove(layer)
             layer = self._viewer.add_image(data, name=REVIEW_LAYER, rgb=rgb)
-            self._bind_keys(layer)
+            self._hub.bind_keys(layer)
             self._viewer.reset_view()
         ov = self._overlay()
         ov.visible = True
@@ -291,6 +411,7 @@ class SemiAutoWidget(Container):
         self.runner = JobRunner()
         self.review = ReviewQueueWidget(viewer, standalone=False)
         self.review.on_change = self._review_changed
+        self.review._hub.add_loop(self)
         self.store_review = StoreReviewPanel(lambda: self.loop, self.runner, stack_name=self._stack_name,
                                              image_dir=self._review_image_dir,
                                              on_fetched=self._store_fetched,
@@ -472,11 +593,30 @@ class SemiAutoWidget(Container):
 
     def _show_queue(self):
         images = self.loop.collection.images
-        self.review.set_queue(self.loop.queue, image_for=lambda i: images[i])
+        reason = self._why_no_hard_case() if self.loop.queue is not None and not self.loop.queue.items else ""
+        self.review.set_queue(self.loop.queue, image_for=lambda i: images[i], empty_reason=reason)
+        if reason:
+            notify("Semi-automatic labelling", reason)
+
+    def _why_no_hard_case(self) -> str:
+        """Why the open batch sent nothing to review, and what to do about it."""
+        p, cfg = self.loop.proposal, self.loop.config
+        n = 0 if p is None else len(p.batch)
+        after = "; press 'Apply review + next batch'"
+        if p is None or not n:
+            return "no hard case: the batch is empty" + after
+        if cfg.strategy == "threshold":
+            return (f"no hard case in batch {p.iteration}: all {n} predictions have confidence >= t = {cfg.t:.2f} "
+                    f"(lowest {float(np.min(p.confidence)):.2f}), so all were accepted" + after
+                    + " (raise t to review more)")
+        budget = cfg.budget if cfg.strategy != "random" and cfg.budget is not None else round(cfg.rate * n)
+        return (f"no hard case in batch {p.iteration}: the review budget is {budget} ({cfg.strategy}, "
+                f"rate {cfg.rate:g} of {n} images)" + after + " (raise the rate to review more)")
 
     def _store_fetched(self, _report) -> None:
         self._show_queue()
         self._review_changed()
+        self.review._hub.queue_changed(self.loop.queue, self.review)  # e.g. the standalone queue dock
 
     def _review_image_dir(self):
         """Where stack images are written for the annotation project: ``<project folder>/review_images``."""
