@@ -45,7 +45,7 @@ from typing import Any
 
 __all__ = [
     "FixedParameterError", "Param", "ParamInfo", "add_arguments", "apply_values", "build",
-    "control_specs", "current_values", "given_values", "param", "parameters", "validate",
+    "control_specs", "current_values", "given_values", "markdown_table", "param", "parameters", "validate",
 ]
 
 
@@ -181,6 +181,36 @@ def _get(config: Any, path: tuple[str, ...]) -> Any:
 def current_values(config: Any, names: Iterable[str] | None = None) -> dict[str, Any]:
     """The values in force, as controls and flags show them."""
     return {i.name: i.show(_get(config, i.path)) for i in _select(config, names)}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ", ".join(_cell(v) for v in value)
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1e4:
+        return str(int(value))
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(cls: Any, names: Iterable[str] | None = None) -> str:
+    """The docs' parameter table of config class ``cls``: one row per
+    parameter with its command-line flag, default (and unit), range or
+    choices and help, generated from the fields so the docs cannot drift
+    (``tests/test_docs_parameters.py`` checks every page's tables)."""
+    rows = ["| parameter | flag | default | range | meaning |", "|---|---|---|---|---|"]
+    for i in _select(cls, names):
+        p = i.param
+        unit = f" {p.unit}" if p.unit and i.default is not None else ""
+        default = "none" if i.default is None else f"{_cell(i.default)}{unit}"
+        if p.choices:
+            rng = " / ".join(_cell(c) for c in p.choices)
+        elif p.min is not None or p.max is not None:
+            rng = f"{_cell(p.min) if p.min is not None else ''} to {_cell(p.max) if p.max is not None else ''}".strip()
+        else:
+            rng = ""
+        flag = ", ".join(f"`{f}`" for f in i.flags) if p.cli else "(widget only)" if p.widget else ""
+        meaning = p.help + (" (fixed once created)" if p.fixed else "")
+        rows.append(f"| `{i.name}` | {flag} | {default} | {rng} | {_cell(meaning)} |")
+    return "\n".join(rows) + "\n"
 
 
 def validate(config: Any) -> None:
