@@ -1062,6 +1062,27 @@ class Store:
         """The collection's annotations (optionally one annotator's)."""
         return self.search(actor, collection=collection, annotator=annotator)
 
+    def annotation_state(self, actor: User | str, collection: str | int, *,
+                         annotator: str | None = None) -> tuple:
+        """A cheap fingerprint of the collection's annotations (optionally one annotator's).
+
+        ``(count, highest id, latest update time)``: it changes whenever an
+        annotation is added, replaced or deleted, by anyone, through any front
+        end. Live views poll it (one indexed aggregate query) and read the
+        annotations again only when it changed.
+        """
+        with self._read() as s:
+            me = self._actor(s, actor)
+            coll = self._collection(s, collection)
+            self._require_access(s, me, coll, "read its annotations")
+            conds = [Annotation.collection_id == coll.id]
+            if annotator is not None:
+                conds.append(Annotation.annotator_id == self._user(s, annotator).id)
+            n, top, latest = s.execute(select(
+                func.count(Annotation.id), func.max(Annotation.id),
+                func.max(Annotation.updated_at)).where(*conds)).one()
+            return (int(n), top, latest.isoformat() if hasattr(latest, "isoformat") else latest)
+
     # ------------------------------------------------------------ predictions
     def push_predictions(self, actor: User | str, collection: str | int,
                          items: Iterable[Mapping[str, Any]], model: str = "") -> list[int]:

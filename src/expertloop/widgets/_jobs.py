@@ -88,8 +88,13 @@ class JobRunner(Container):
         on_error: Callable[[BaseException], None] | None = None,
         on_cancel: Callable[[], None] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        on_finished: Callable[[], None] | None = None,
     ):
-        """Run ``job`` in a worker thread and return the worker."""
+        """Run ``job`` in a worker thread and return the worker.
+
+        ``on_finished`` runs after the job ended in any way, once the runner is
+        idle again (so it may start the next job).
+        """
         if self.running:
             show_info(f"'{description}' not started: another job is still running")
             job.close()
@@ -131,6 +136,8 @@ class JobRunner(Container):
         # warnings raised inside the job (e.g. "using random weights")
         worker.warned.connect(lambda w: self._warn(description, w))
         worker.finished.connect(self._finished)
+        if on_finished is not None:  # connected before the thread starts: never missed
+            worker.finished.connect(on_finished)
         self._cancel_btn.enabled = True
         self._status.value = f"{description}: starting"
         worker.start()
