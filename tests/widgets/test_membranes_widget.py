@@ -140,9 +140,17 @@ def test_bad_inputs_become_notifications(make_napari_viewer, em, tmp_path, notif
     assert any("propose a region first" in str(n.message) for n in notifications)
 
 
-def test_saved_source_model_is_loaded(make_napari_viewer, em, tmp_path, notifications):
-    from expertloop.engine.membranes import NetConfig, build_net, save_net
+def test_saved_source_model_is_loaded(make_napari_viewer, qtbot, em, tmp_path, notifications, record_threads,
+                                      monkeypatch):
+    """A source model (.pt, or a bioimage.io package from export_membrane_model)
+    is read and copied into the project in the runner's worker, with progress;
+    without the bioimageio extra a notification says what to install."""
+    import sys
 
+    from expertloop.engine.membranes import NetConfig, build_net, save_net
+    from expertloop.widgets import membranes
+
+    reads = record_threads(membranes, "read_source_model")
     viewer = make_napari_viewer()
     viewer.add_image(em["tgt"], name="vnc")
     w = MembraneWidget(viewer)
@@ -152,13 +160,39 @@ def test_saved_source_model_is_loaded(make_napari_viewer, em, tmp_path, notifica
     assert w.open_project() is not None
     save_net(tmp_path / "wide", build_net(NetConfig(window=16, channels=(8, 8, 8), hidden=(16, 16))), kind="source")
     w.source_model.value = tmp_path / "wide.pt"
-    w.train_source()
+    assert w.train_source() is not None and w.runner.running  # a job, not a GUI-thread read
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
     assert any("differs from the project" in str(n.message) for n in notifications)
     assert not w.project.has_source
-    save_net(tmp_path / "ok", build_net(NetConfig(window=16, channels=(4, 8, 8), hidden=(16, 16))), kind="source")
+    ok = build_net(NetConfig(window=16, channels=(4, 8, 8), hidden=(16, 16)), seed=2)
+    save_net(tmp_path / "ok", ok, kind="source")
     w.source_model.value = tmp_path / "ok.pt"
     w.train_source()
-    assert w.project.has_source
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.project.has_source and reads == [False, False]
+    assert any("source model ok.pt loaded" in str(n.message) for n in notifications)
+    # a bioimage.io package as the source model
+    w.source_model.value = tmp_path / "pkg.zip"
+    with monkeypatch.context() as m:  # no bioimageio extra installed
+        m.setitem(sys.modules, "bioimageio.spec", None)
+        w.train_source()
+        qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert any("needs the bioimageio extra" in str(n.message) and "pip install" in str(n.message)
+               for n in notifications)
+    pytest.importorskip("bioimageio.spec")
+    from expertloop.engine.jobs import run_job
+    from expertloop.engine.membranes import load_net, predict_dense
+    from expertloop.engine.membranes.bioimageio import export_membrane_model
+
+    other = build_net(NetConfig(window=16, channels=(4, 8, 8), hidden=(16, 16)), seed=5)
+    export_membrane_model(other, tmp_path / "pkg.zip", em["tgt"][:32, :32].astype(np.float32))
+    w.train_source()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.runner.last_error is None, w.runner.last_error
+    assert any("source model pkg.zip loaded" in str(n.message) for n in notifications)
+    src, _ = load_net(tmp_path / "p" / "models" / "source")  # the project's source is the package's network
+    crop = em["tgt"][:40, :40].astype(np.float32)
+    np.testing.assert_allclose(run_job(predict_dense(src, crop)), run_job(predict_dense(other, crop)), atol=1e-5)
 
 
 def test_reopened_project_fills_controls_and_edits_write_back(make_napari_viewer, em, tmp_path, notifications):

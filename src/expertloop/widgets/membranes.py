@@ -59,6 +59,20 @@ def _planes(data: Any) -> list[np.ndarray]:
     raise ValueError(f"expected a 2D image or a stack of 2D images, got shape {arr.shape}")
 
 
+def read_source_model(path) -> Any:
+    """A membrane network from a saved model (``.pt`` + ``.json``) or a
+    bioimage.io package (``.zip``, written by ``expertloop membranes export``;
+    needs the bioimageio extra, else a BioimageioError that says how to install it)."""
+    path = Path(str(path))
+    if path.suffix.lower() == ".zip":
+        from expertloop.engine.membranes.bioimageio import import_membrane_model
+
+        return import_membrane_model(path)
+    from expertloop.engine.membranes.net import load_net
+
+    return load_net(path.with_suffix(""))[0]
+
+
 class MembraneWidget(Container):
     """Membrane active learning (see docs/membranes.md)."""
 
@@ -71,7 +85,9 @@ class MembraneWidget(Container):
         self.source_image = ComboBox(label="source images", choices=lambda _: [NONE] + image_layer_choices(viewer))
         self.source_labels = ComboBox(label="source truth", choices=lambda _: _data_layer_choices(viewer))
         self.source_value = SpinBox(label="source membrane value", min=0, max=65535, value=1)
-        self.source_model = FileEdit(label="or source model", mode="r", filter="*.pt")
+        self.source_model = FileEdit(label="or source model", mode="r", filter="*.pt *.zip")
+        self.source_model.tooltip = ("a saved source network (.pt), or a bioimage.io package (.zip) exported "
+                                     "with 'expertloop membranes export' (needs the bioimageio extra)")
         # target domain
         self.target_image = ComboBox(label="target images", choices=lambda _: [NONE] + image_layer_choices(viewer))
         self.target_labels = ComboBox(label="target labels (1/2)", choices=lambda _: _labels_layer_choices(viewer))
@@ -234,8 +250,27 @@ class MembraneWidget(Container):
         self._refresh()
         return self.project
 
+    def load_source_model(self, path) -> Any:
+        """Read a source network (.pt, or a bioimage.io .zip package) and make it
+        the project's, in the runner's worker (file reads, the project's copy)."""
+        from expertloop.engine.jobs import call_job
+
+        path = Path(str(path))
+        project = self.project
+
+        def job():
+            model = yield from call_job(f"reading {path.name}", read_source_model, path)
+            yield from call_job("saving it in the project", project.set_source_model, model)
+            return model
+
+        def done(_):
+            notify("Membranes", f"source model {path.name} loaded")
+            self._refresh()
+
+        return self.runner.start(job(), description="loading source model", on_result=done)
+
     def train_source(self, *_) -> Any:
-        from expertloop.engine.membranes.net import load_net, membrane_labels
+        from expertloop.engine.membranes.net import membrane_labels
 
         if not self._need_project("train source"):
             return None
@@ -243,11 +278,7 @@ class MembraneWidget(Container):
         img, truth = self._layer_data(self.source_image), self._layer_data(self.source_labels)
         try:
             if img is None and model_path not in ("", "."):
-                model, _ = load_net(Path(model_path).with_suffix(""))
-                self.project.set_source_model(model)
-                notify("Membranes", f"source model {Path(model_path).name} loaded")
-                self._refresh()
-                return None
+                return self.load_source_model(model_path)
             if img is None or truth is None:
                 notify("Membranes", "choose source images and their truth (or a saved source model)")
                 return None
