@@ -206,8 +206,9 @@ def test_named_thresholds_shared_by_widget_image_folder_and_cli(make_napari_view
     assert len((tmp_path / "cli_hi" / "regions.csv").read_text().strip().splitlines()) == 1
     w.type_thr.value = 0.7
     w.save_file.value = tmp_path / "saved"
-    saved = w.save()
-    assert load_blood_model(saved).type_threshold == pytest.approx(0.7)
+    assert w.save() is not None  # written in the runner's worker
+    _wait(qtbot, w)
+    assert load_blood_model(tmp_path / "saved.pt").type_threshold == pytest.approx(0.7)
 
 
 def test_failed_detection_clears_the_previous_result(make_napari_viewer, qtbot, model_file, notifications):

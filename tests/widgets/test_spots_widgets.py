@@ -99,7 +99,7 @@ def test_annotator_refuses_rgb_and_missing_image(make_napari_viewer, notificatio
 
 
 def test_detector_trains_and_adds_points_with_probability(make_napari_viewer, qtbot, tmp_path, phantom,
-                                                          notifications):
+                                                          notifications, record_threads):
     viewer, ann, _ = _annotated_viewer(make_napari_viewer, phantom.volume, tmp_path)
     clicks = simulate_expert(phantom, seed=0)
     for z, y, x in zip(clicks["z"], clicks["y"], clicks["x"]):
@@ -151,16 +151,25 @@ def test_detector_trains_and_adds_points_with_probability(make_napari_viewer, qt
     assert len(layer.data) <= 1
     det.threshold.value = (det.threshold.min + det.threshold.max) / 2
     assert 0 <= len(layer.data) <= n_all
-    # save / load through the widget; a corrupt file is reported
-    assert det.save(tmp_path / "m").exists()
+    # save / load through the widget, in the runner's worker; a corrupt file is reported
+    from expertloop.engine.spots.lcnn import SpotDetector
+
+    saves, loads = record_threads(SpotDetector, "save"), record_threads(SpotDetector, "load")
+    assert det.save(tmp_path / "m") is not None
+    qtbot.waitUntil(lambda: not det.runner.running, timeout=60_000)
+    assert (tmp_path / "m.pt").exists()
     fresh = SpotDetectorWidget(viewer)  # a loaded model's training values fill the controls
     assert fresh.params["target_epochs"].value != 2
     assert fresh.load(tmp_path / "m") is not None
+    qtbot.waitUntil(lambda: not fresh.runner.running, timeout=60_000)
+    assert fresh.detector is not None
     assert fresh.params["target_epochs"].value == 2 and fresh.params["max_negatives"].value == 800
-    assert det.load(tmp_path / "m") is not None
+    assert f"from {n_clicks} clicks" in fresh.info.value
     (tmp_path / "m.pt").write_bytes(b"garbage")
-    assert det.load(tmp_path / "m") is None
+    det.load(tmp_path / "m")
+    qtbot.waitUntil(lambda: not det.runner.running, timeout=60_000)
     assert any("corrupt" in m or "checksum" in m for m in _messages(notifications))
+    assert saves == [False] and loads == [False, False]  # model files read and written off the GUI thread
 
 
 def test_detector_nan_image_is_reported(make_napari_viewer, qtbot, tmp_path, phantom, notifications):

@@ -199,10 +199,7 @@ class BloodWidget(Container):
         if not path.name or not path.exists():
             notify("Blood cell detector", f"model file {path} not found")
             return None
-
-        def job():
-            yield from ()
-            return load_blood_model(path)
+        from expertloop.engine.jobs import call_job
 
         def done(model):
             self.model = model
@@ -210,7 +207,8 @@ class BloodWidget(Container):
             self.score.value, self.type_thr.value = model.score_threshold, model.type_threshold
             notify("Blood cell detector", f"loaded {path.name}: types {', '.join(model.type_names)}")
 
-        return self.runner.start(job(), description="loading blood model", on_result=done)
+        return self.runner.start(call_job(f"reading {path.name}", load_blood_model, path),
+                                 description="loading blood model", on_result=done)
 
     def save(self, *_):
         from expertloop.engine.blood.model import save_blood_model
@@ -222,9 +220,11 @@ class BloodWidget(Container):
         if not path.name:
             notify("Blood cell detector", "choose a file to save the model to")
             return None
-        out = save_blood_model(path, self.model)
-        notify("Blood cell detector", f"model saved to {out}")
-        return out
+        from expertloop.engine.jobs import call_job
+
+        return self.runner.start(call_job(f"saving {path.name}", save_blood_model, path, self.model),
+                                 description="saving blood model",
+                                 on_result=lambda out: notify("Blood cell detector", f"model saved to {out}"))
 
     # ------------------------------------------------------------ detection
     def detect(self, *_):

@@ -398,25 +398,32 @@ class SpotDetectorWidget(Container):
         if not str(path or "").strip() or str(path) == ".":
             notify("Spot detector", "choose a model file")
             return None
-        out = self.detector.save(path)
-        notify("Spot detector", f"model saved to {out}")
-        return out
+        from expertloop.engine.jobs import call_job
+
+        return self.runner.start(call_job(f"saving {Path(path).name}", self.detector.save, path),
+                                 description="saving spot model",
+                                 on_result=lambda out: notify("Spot detector", f"model saved to {out}"))
 
     def load(self, path):
-        from expertloop.engine.persistence import ModelFileError
+        """Read a saved model in the runner's worker; its training values fill the controls."""
+        from expertloop.engine.jobs import call_job
         from expertloop.engine.spots.lcnn import SpotDetector
 
-        try:
-            self.detector = SpotDetector.load(path)
-        except (ModelFileError, OSError, ValueError) as exc:
-            notify("Spot detector", str(exc), "error")
+        if not str(path or "").strip() or str(path) == ".":
+            notify("Spot detector", "choose a model file")
             return None
-        # the controls show what the model was trained with (a new training starts from them)
-        self.params.fill(self.detector.config, lock_fixed=False)
-        self.info.value = f"loaded from {Path(path).name}: " + training_summary(self.detector.info, self.detector.config) \
-            if "n_positive" in self.detector.info else \
-            f"loaded {self.detector.info.get('method', '?')} model from {Path(path).name}"
-        return self.detector
+        name = Path(path).name
+
+        def done(det):
+            self.detector = det
+            # the controls show what the model was trained with (a new training starts from them)
+            self.params.fill(det.config, lock_fixed=False)
+            self.info.value = (f"loaded from {name}: " + training_summary(det.info, det.config)
+                               if "n_positive" in det.info else
+                               f"loaded {det.info.get('method', '?')} model from {name}")
+
+        return self.runner.start(call_job(f"reading {name}", SpotDetector.load, path),
+                                 description="loading spot model", on_result=done)
 
     # ---------------------------------------------------------- prediction
     def predict(self, *_: Any):
