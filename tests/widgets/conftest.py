@@ -61,7 +61,7 @@ def digits_semiauto(make_napari_viewer, tmp_path):
         w = SemiAutoWidget(viewer)
         viewer.window.add_dock_widget(w)
         w.stack.reset_choices()
-        w.stack.value = "digits"
+        w.stack.value = viewer.layers["digits"]
         w.class_names.value = ",".join(str(i) for i in range(10))
         init = tmp_path / "init.csv"
         init.write_text("name,label\n" + "".join(f"{i:05d},{y[i]}\n" for i in range(n_labelled)))

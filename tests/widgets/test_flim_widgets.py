@@ -31,9 +31,9 @@ def test_marker_encoder_fit_features_decoder_segment_save(make_napari_viewer, qt
     viewer.add_image(img, name="nuclei")
     w = FlimEncoderWidget(viewer)
     viewer.window.add_dock_widget(w)
-    w.image.value = "nuclei"
+    w.image.value = viewer.layers["nuclei"]  # a layer picker: its value is the layer
     lab = w.new_markers()
-    assert lab.data.shape == img.shape and w.markers.value == "nuclei markers"
+    assert lab.data.shape == img.shape and w.markers.value is lab and lab.name == "nuclei markers"
     lab.data = mk.astype(np.uint8)
     w.filters.value = 4
     w.fit()
@@ -66,7 +66,7 @@ def test_marker_encoder_fit_features_decoder_segment_save(make_napari_viewer, qt
     assert fresh.filters.value == 4 and fresh.n_layers.value == w.n_layers.value
     # the U-Net decoder trained on a dense mask layer (e.g. ground truth) instead of the markers
     viewer.add_labels(mask, name="truth")
-    w.decoder.value, w.steps.value, w.train_labels.value = "unet", 3, "truth"
+    w.decoder.value, w.steps.value, w.train_labels.value = "unet", 3, viewer.layers["truth"]
     w.train()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
     assert w.network.kind == "unet" and w.network.classes == [1, 2]
@@ -80,7 +80,10 @@ def test_marker_encoder_bad_inputs_notify(make_napari_viewer, qtbot, data_dir, n
     viewer.add_image(img, name="nuclei")
     viewer.add_labels(np.zeros_like(mk), name="empty")
     w = FlimEncoderWidget(viewer)
-    w.image.value, w.markers.value = "nuclei", "empty"
+    w.image.value, w.markers.value = viewer.layers["nuclei"], viewer.layers["empty"]
+    # layer pickers (magicgui layer annotations): the layers of one type, not names
+    assert w.image.choices == (viewer.layers["nuclei"],) and w.markers.choices == (viewer.layers["empty"],)
+    assert w.train_labels.choices == (None, viewer.layers["empty"]) and w.train_labels.value is None
     w.fit()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
     assert w.encoder is None
@@ -88,7 +91,7 @@ def test_marker_encoder_bad_inputs_notify(make_napari_viewer, qtbot, data_dir, n
     w.train()
     assert any("fit the encoder first" in str(n.message) for n in notifications)
     viewer.add_labels(np.zeros((5, 5), np.uint8), name="small")
-    w.markers.value = "small"
+    w.markers.value = viewer.layers["small"]
     w.fit()
     assert any("do not match the image" in str(n.message) for n in notifications)
 
@@ -113,7 +116,7 @@ def test_folder_stack_and_recommendation_dock_click_loads_image(make_napari_view
     reads, heats = record_threads(flim_images, "read_image"), record_threads(flim, "heatmap")
     w.open_folder()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
-    layer = viewer.layers[w.image.value]
+    layer = w.image.value
     assert layer.data.shape == (5, 64, 64) and layer.metadata["flim_files"][4] == "img4.tif"
     lab = w.new_markers()
     from expertloop.engine.flim import simulate_markers
@@ -159,7 +162,7 @@ def test_marker_encoder_on_a_3d_volume(make_napari_viewer, qtbot, data_dir):
     viewer.add_image(vol, name="vol")
     viewer.add_labels(simulate_markers(lab, n_objects=3), name="vol markers")
     w = FlimEncoderWidget(viewer)
-    w.image.value, w.markers.value = "vol", "vol markers"
+    w.image.value, w.markers.value = viewer.layers["vol"], viewer.layers["vol markers"]
     w.n_layers.value, w.filters.value = 1, 3
     w.fit()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
@@ -197,7 +200,7 @@ def test_reading_a_folder_can_be_cancelled_and_planes_get_their_own_contrast(mak
     # read to the end: each plane is shown with its own contrast (issue 19 item 6)
     w.open_folder()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=10000)
-    layer = viewer.layers[w.image.value]
+    layer = w.image.value
     assert layer.data.shape == (4, 16, 16)
     shown = viewer.dims.current_step[0]
     np.testing.assert_allclose(layer.contrast_limits, (0, 50 * (shown + 1)))
@@ -244,7 +247,7 @@ def test_load_a_bioimageio_package_as_flim_network(make_napari_viewer, qtbot, da
     assert w.n_layers.value == 1 and w.filters.value == 2  # the controls show the package's architecture
     np.testing.assert_allclose(predict(w.network, img)[1], predict(net, img)[1], atol=1e-5)
     viewer.add_image(img, name="crop")
-    w.image.value = "crop"
+    w.image.value = viewer.layers["crop"]
     w.segment()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
     assert viewer.layers["crop FLIM segmentation"].data.shape == img.shape

@@ -52,7 +52,7 @@ def test_flim_segment_on_multiscale_aligns_with_level_zero(make_napari_viewer, q
     viewer.add_image([level0, level0[::2, ::2]], multiscale=True, name="pyr", scale=SCALE, translate=TRANSLATE)
     w = FlimEncoderWidget(viewer)
     viewer.window.add_dock_widget(w)
-    w.image.value = "pyr"
+    w.image.value = viewer.layers["pyr"]
     lab = w.new_markers()
     assert lab.data.shape == img.shape
     np.testing.assert_allclose(lab.scale, SCALE)

@@ -91,11 +91,13 @@ def test_semiauto_sample_runs_an_iteration_in_the_widget(make_napari_viewer, qtb
     w = SemiAutoWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.stack.reset_choices()
-    w.stack.value = layer.name
+    w.stack.value = layer
     w.class_names.value = ", ".join(meta["class_names"])
     w.initial.value = meta["initial_labels"]
     w.project.value = str(tmp_path / "proj")
-    loop = w.load()
+    assert w.load() is not None  # reads the stack in the runner's worker
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    loop = w.loop
     assert loop is not None and len(loop.collection) == 42 and loop.class_names == ["RBC", "WBC", "Platelets"]
     assert int((loop.labels >= 0).sum()) == 12  # 4 per class, from the shipped CSV
     assert np.bincount(loop.labels[loop.labels >= 0], minlength=3).tolist() == [4, 4, 4]

@@ -130,11 +130,13 @@ def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_pr
     # the project is saved: a new widget resumes it with the open queue
     w2 = SemiAutoWidget(viewer)
     w2.folder.value = str(root)
+    w2.classifier.value = "logreg-resnet18"   # not the project's: the project's own is used and shown
     w2.load()
     qtbot.waitUntil(lambda: not w2.runner.running, timeout=60000)
     loop2 = w2.loop
     assert loop2.iteration == loop.iteration and loop2.proposal is not None
     assert w2.review.queue is not None
+    assert loop2.classifier.key == "logreg-hand" == w2.classifier.value and not w2.classifier.enabled
     # its controls show the project's parameters, not the defaults; an edit is saved with it
     assert w2.params["batch_size"].value == 15 and w2.params["val_fraction"].value == 0.25
     assert not w2.params["val_fraction"].enabled and w2.params["t"].enabled
@@ -164,9 +166,17 @@ def test_loop_widget_bad_inputs(make_napari_viewer, tmp_path, notifications):
     w = SemiAutoWidget(viewer)
     assert w.load() is None
     assert any("choose an image folder or a stack layer" in str(n.message) for n in notifications)
+    viewer.add_image(np.zeros((8, 8), np.uint8), name="flat")
     viewer.add_image(np.zeros((6, 8, 8), np.uint8), name="stack")
-    w.stack.reset_choices()
-    w.stack.value = "stack"
+    viewer.add_labels(np.zeros((6, 8, 8), np.uint8), name="labels")
+    # a layer picker (magicgui layer annotation): image layers themselves, or none
+    assert w.stack.choices == (None, viewer.layers["flat"], viewer.layers["stack"])
+    w.stack.value = viewer.layers["flat"]
+    w.class_names.value = "a, b"
+    w.project.value = str(tmp_path / "p")
+    assert w.load() is None
+    assert any("must hold one 2D image per plane" in str(n.message) for n in notifications)
+    w.stack.value = viewer.layers["stack"]
     w.class_names.value = "only-one"
     w.project.value = str(tmp_path / "p")
     assert w.load() is None

@@ -11,6 +11,21 @@ def image_layer_choices(viewer) -> list[str]:
     return [layer.name for layer in viewer.layers if isinstance(layer, Image)]
 
 
+def layer_picker(viewer, layer_type: str, label: str, *, optional: bool = False) -> Any:
+    """A drop-down of ``viewer``'s layers of one type (magicgui's napari layer annotation):
+    its value is the layer itself (None when ``optional`` and nothing is chosen, or when
+    the viewer has no such layer). ``layer_type``: a class name of :mod:`napari.layers`.
+    The choices come from ``viewer`` (magicgui would look for the dock's viewer, and
+    fall back to the current viewer while the widget is not docked)."""
+    from magicgui.widgets import create_widget
+    from napari import layers
+
+    cls = getattr(layers, layer_type)
+    annotation = cls | None if optional else cls
+    options = {"nullable": optional, "choices": lambda _w: [ly for ly in viewer.layers if isinstance(ly, cls)]}
+    return create_widget(annotation=annotation, label=label, options=options)
+
+
 def layer_by_name(viewer, name: str | None) -> Any:
     if not name or name not in viewer.layers:
         return None

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
-    ComboBox,
     Container,
     FileEdit,
     Label,
@@ -27,9 +26,8 @@ from expertloop.engine.jobs import Progress
 from expertloop.widgets._common import (
     ConfigControls,
     fit_dock,
-    image_layer_choices,
     layer_array,
-    layer_by_name,
+    layer_picker,
     notify,
 )
 from expertloop.widgets._jobs import JobRunner
@@ -38,13 +36,6 @@ if TYPE_CHECKING:
     import napari
 
 FILES_KEY = "flim_files"
-MARKERS_CHOICE = "(markers)"
-
-
-def _labels_choices(viewer) -> list[str]:
-    from napari.layers import Labels
-
-    return [layer.name for layer in viewer.layers if isinstance(layer, Labels)]
 
 
 def _spec_from(config, ndim: int, path):
@@ -91,13 +82,13 @@ class _Base(Container):
         return []
 
     def _image_layer(self):
-        layer = layer_by_name(self._viewer, self.image.value)
+        layer = self.image.value
         if layer is None:
             notify("FLIM", "open an image first")
         return layer
 
     def _markers_layer(self):
-        layer = layer_by_name(self._viewer, self.markers.value)
+        layer = self.markers.value
         if layer is None:
             notify("FLIM", "add a markers (Labels) layer and draw scribbles: 1 = background, 2 = object")
         return layer
@@ -131,7 +122,7 @@ class _Base(Container):
             layer = self._viewer.add_image(stack, name=f"{folder.name or 'images'} stack",
                                            metadata={FILES_KEY: names})
             self.image.reset_choices()
-            self.image.value = layer.name
+            self.image.value = layer
             if hasattr(self, "stack"):
                 self.stack.value = True
             self._plane_contrast()
@@ -151,7 +142,7 @@ class _Base(Container):
         lab.selected_label = 2
         lab.mode = "paint"
         self.markers.reset_choices()
-        self.markers.value = lab.name
+        self.markers.value = lab
         return lab
 
 
@@ -159,11 +150,11 @@ class FlimEncoderWidget(_Base):
     """Marker encoder: scribble, fit the FLIM encoder, view features, train a decoder, segment."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        self.image = ComboBox(label="images", choices=lambda _: image_layer_choices(viewer))
+        self.image = layer_picker(viewer, "Image", "images")
         self.stack = CheckBox(text="planes are separate 2D images", value=False)
         self.folder = FileEdit(label="folder", mode="d")
         self.open_btn = PushButton(text="Open folder as stack")
-        self.markers = ComboBox(label="markers", choices=lambda _: _labels_choices(viewer))
+        self.markers = layer_picker(viewer, "Labels", "markers")
         self.new_btn = PushButton(text="New markers layer")
         from expertloop.engine.flim.params import FlimFit
 
@@ -176,8 +167,8 @@ class FlimEncoderWidget(_Base):
                                   value="")
         self.fit_btn = PushButton(text="Fit encoder")
         self.decoder, self.steps = p["decoder"], p["steps"]
-        self.train_labels = ComboBox(label="decoder labels",
-                                     choices=lambda _: [MARKERS_CHOICE] + _labels_choices(viewer))
+        self.train_labels = layer_picker(viewer, "Labels", "decoder labels", optional=True)
+        self.train_labels.tooltip = "dense labels to train the decoder on (e.g. ground truth); empty: the markers"
         self.binary_mask = CheckBox(text="decoder labels are a mask (0 = background)", value=True)
         self.train_btn = PushButton(text="Train decoder")
         self.background = CheckBox(text="class 1 is background (shown as 0)", value=True)
@@ -267,9 +258,9 @@ class FlimEncoderWidget(_Base):
             return None
         _, imgs, mks = got
         enc, kind, steps = self.encoder, self.decoder.value, self.steps.value
-        if self.train_labels.value not in (None, MARKERS_CHOICE):
+        if self.train_labels.value is not None:
             # dense labels (e.g. ground truth of more images) instead of the markers
-            lab = layer_array(self._viewer.layers[self.train_labels.value])[0]
+            lab = layer_array(self.train_labels.value)[0]
             planes = list(lab) if self.stack.value else [lab]
             if len(planes) != len(imgs) or any(p.shape != i.shape for p, i in zip(planes, imgs)):
                 notify("FLIM", f"decoder labels of shape {lab.shape} do not match the images")
@@ -371,10 +362,10 @@ class FlimRecommendWidget(_Base):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         from expertloop.widgets._plot import PlotWidget
 
-        self.image = ComboBox(label="image stack", choices=lambda _: image_layer_choices(viewer))
+        self.image = layer_picker(viewer, "Image", "image stack")
         self.folder = FileEdit(label="folder", mode="d")
         self.open_btn = PushButton(text="Open folder as stack")
-        self.markers = ComboBox(label="markers", choices=lambda _: _labels_choices(viewer))
+        self.markers = layer_picker(viewer, "Labels", "markers")
         self.new_btn = PushButton(text="New markers layer")
         from expertloop.engine.flim.params import FlimRecommend
 
@@ -491,7 +482,7 @@ class FlimRecommendWidget(_Base):
 
     def _show_inspected(self, i: int, img, h) -> None:
         self.inspected = i
-        layer = layer_by_name(self._viewer, self.image.value)
+        layer = self.image.value
         if layer is not None:
             step = list(self._viewer.dims.current_step)
             step[0] = int(i)
@@ -519,7 +510,7 @@ class FlimRecommendWidget(_Base):
         for name in ("FLIM inspected image", "FLIM heatmap"):
             if name in self._viewer.layers:
                 self._viewer.layers[name].visible = False
-        mlayer = layer_by_name(self._viewer, self.markers.value)
+        mlayer = self.markers.value
         if mlayer is not None:
             self._viewer.layers.selection.active = mlayer
             mlayer.mode = "paint"

@@ -56,6 +56,7 @@ from expertloop.widgets._common import (
     fit_dock,
     layer_array,
     layer_by_name,
+    layer_picker,
     notify,
 )
 from expertloop.widgets._jobs import JobRunner
@@ -385,15 +386,11 @@ class SemiAutoWidget(Container):
     """Run the semi-automatic labelling loop on a folder of images or a stack."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from napari.layers import Image
-
         self._viewer = viewer
         self.loop: SemiAutoLoop | None = None
         self.folder = FileEdit(label="image folder", mode="d")
-        self.stack = ComboBox(
-            label="or stack layer",
-            choices=lambda _: [""] + [ly.name for ly in viewer.layers if isinstance(ly, Image) and ly.ndim >= 3],
-        )
+        self.stack = layer_picker(viewer, "Image", "or stack layer", optional=True)
+        self.stack.tooltip = "an (N, H, W) or (N, H, W, 3) image layer: one image to label per plane"
         self.class_names = LineEdit(label="classes", value="")
         self.initial = FileEdit(label="initial labels CSV", mode="r", filter="*.csv")
         self.project = FileEdit(label="project folder", mode="d")
@@ -479,9 +476,13 @@ class SemiAutoWidget(Container):
                     names = parse_class_names(names_text)  # no class folders: names must be typed
                 return col, labels, names
         else:
-            layer = layer_by_name(self._viewer, self.stack.value)
+            layer = self.stack.value
             if layer is None:
                 raise ValueError("choose an image folder or a stack layer")
+            shape = layer_array(layer)[0].shape
+            if len(shape) - (1 if layer.rgb else 0) != 3:
+                raise ValueError(f"the stack layer {layer.name!r} must hold one 2D image per plane "
+                                 f"(N, H, W) or (N, H, W, 3), not shape {shape}")
             names = parse_class_names(names_text)
             if str(self.project.value) in ("", "."):
                 raise ValueError("choose a project folder: decisions are saved there")
@@ -506,16 +507,18 @@ class SemiAutoWidget(Container):
         """Job (checked at the call, on the GUI thread): read the images, then resume
         or create the project; returns ``(loop, resumed)``."""
         read, project = self._source()
-        clf = make_classifier(self.classifier.value)
+        chosen = self.classifier.value
         config, annotator = self._config(), self.review.annotator.value
 
         def job():
             col, labels, names = yield from read
             yield Progress(0, 1, f"opening the project in {project}")
             storage = FolderQueueStorage(project)
-            if storage.load_state():
+            state = storage.load_state()
+            if state:  # a saved project keeps its classifier (older projects: the one chosen)
+                clf = make_classifier(state.get("classifier") or chosen)
                 return SemiAutoLoop.restore(storage, col, clf, annotator=annotator), True
-            return SemiAutoLoop(col, names, labels, clf, config=config, storage=storage,
+            return SemiAutoLoop(col, names, labels, make_classifier(chosen), config=config, storage=storage,
                                 allow_missing_classes=True), False
 
         return job()
@@ -539,6 +542,10 @@ class SemiAutoWidget(Container):
         if resumed:
             notify("Semi-automatic labelling", f"resumed the project in {loop.storage.folder}")
         self.params.fill(loop.config)  # the project's values in force, fixed ones read-only
+        key = getattr(loop.classifier, "key", None)
+        if key is not None:
+            self.classifier.value = key
+        self.classifier.enabled = False  # fixed once the project exists
         if col.skipped:
             listed = "; ".join(f"{n}" for n, _ in col.skipped[:10])
             notify("Semi-automatic labelling", f"skipped {len(col.skipped)} unreadable file(s): {listed}", "warning")
@@ -628,7 +635,7 @@ class SemiAutoWidget(Container):
         folder = str(self.folder.value or "")
         if folder not in ("", ".") and Path(folder).is_dir():
             return Path(folder).name
-        return self.stack.value or "semiauto"
+        return self.stack.value.name if self.stack.value is not None else "semiauto"
 
     def apply_and_continue(self, *_):
         if self.loop is None or self.loop.proposal is None:

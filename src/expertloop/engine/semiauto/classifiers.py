@@ -286,7 +286,9 @@ def make_classifier(name: str, **kwargs) -> Classifier:
     """
     if name not in CLASSIFIERS:
         raise ValueError(f"unknown classifier {name!r}; choose one of {sorted(CLASSIFIERS)}")
-    return CLASSIFIERS[name](**kwargs)
+    clf = CLASSIFIERS[name](**kwargs)
+    clf.key = name  # saved with a project, so that reopening it shows (and uses) the same one
+    return clf
 
 
 # --------------------------------------------------------- calibration

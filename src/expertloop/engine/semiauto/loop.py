@@ -380,6 +380,7 @@ class SemiAutoLoop:
         return {
             "format": "expertloop-semiauto", "version": 1,
             "class_names": self.class_names, "names": self.collection.names,
+            "classifier": getattr(self.classifier, "key", None),  # its CLASSIFIERS name, when made by one
             "config": asdict(self.config), "labels": s.labels.tolist(),
             "source": [str(v) for v in s.source],
             "confidence": [None if np.isnan(c) else float(c) for c in s.confidence],
