@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import PASSWORDS, csrf_of, login, page_csrf
 from fastapi.testclient import TestClient
+from web_helpers import PASSWORDS, csrf_of, login, page_csrf
 
 from expertloop.store import auth
 

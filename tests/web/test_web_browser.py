@@ -8,7 +8,7 @@ import shutil
 import time
 
 import pytest
-from conftest import PASSWORDS, build_project
+from web_helpers import PASSWORDS, build_project
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import login, page_csrf
+from web_helpers import login, page_csrf
 
 
 def test_annotate_and_store_sees_it(served, client_for):
@@ -234,3 +234,22 @@ def test_big_images_are_sent_reduced_from_the_right_level(served, tmp_path):
         assert int(px.mean()) == 200
         thumb = c.get(f"/img/1/{iid}?lo=0&hi=255&size=16")
         assert int(np.asarray(Image.open(io.BytesIO(thumb.content))).mean()) == 200
+
+
+def test_annotations_etag_for_live_views(served, client_for):
+    """Live views poll with If-None-Match: 304 (no body) until something changes."""
+    store, _app, _ = served
+    c = client_for("ada")
+    r = c.get("/api/c/1/annotations")
+    etag = r.headers["etag"]
+    assert r.status_code == 200 and r.json() == []
+    again = c.get("/api/c/1/annotations", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    store.annotate("bob", 1, store.images("ada", 1)[0].id, label="normal")
+    r = c.get("/api/c/1/annotations", headers={"If-None-Match": etag})
+    assert r.status_code == 200 and r.headers["etag"] != etag
+    assert [(a["annotator"], a["label"]) for a in r.json()] == [("bob", "normal")]
+    # an annotator's ETag covers their own annotations only (and is not the admin's)
+    cy = client_for("cy")
+    r = cy.get("/api/c/1/annotations")
+    assert r.json() == [] and r.headers["etag"] != etag

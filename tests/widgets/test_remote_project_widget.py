@@ -61,6 +61,17 @@ def test_remote_dock_annotates_through_the_server(make_napari_viewer, qtbot, tmp
         w.label_box.setCurrentText("interphase")
         assert w.save()
         qtbot.waitUntil(lambda: w.current == 2 and not w.runner.running, timeout=15000)
+        # live: bob labels the shown image in a browser (the store, as the web app
+        # does): the dock sees it through a conditional GET (304 while unchanged)
+        w.poller.interval = 0.1
+        checks = w.poller.checks
+        qtbot.waitUntil(lambda: w.poller.checks >= checks + 2, timeout=15000)
+        assert w.list.item(2).foreground().color().name() == "#c62828"
+        store.annotate("bob", "cells", store.images("ada", "cells")[2].id, label="mitotic")
+        qtbot.waitUntil(lambda: w.list.item(2).foreground().color().name() == "#2e7d32",
+                        timeout=15000)
+        assert w.label_box.currentText() == "mitotic" and "saved elsewhere" in w.live_lbl.text()
+        w.poller.stop()
     recs = {r.uri.rsplit("/", 1)[-1]: r for r in store.annotations("ada", "cells")}
     assert recs["cell1.png"].label == "interphase"
     assert recs["cell1.png"].annotator == "bob" and recs["cell1.png"].updated_by == "bob"

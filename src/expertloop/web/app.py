@@ -12,6 +12,7 @@ and need none. See ``docs/web.md``.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import sys
@@ -482,14 +483,21 @@ def create_app(store: Store, config: WebConfig | None = None) -> FastAPI:
                 for im in visible(store.images, me.id, cid)]
 
     @app.get("/api/c/{cid}/annotations")
-    def api_annotations(cid: int, annotator: str | None = None,
+    def api_annotations(request: Request, cid: int, annotator: str | None = None,
                         me: Caller = Depends(reader)):
+        """The caller's annotations of the collection (everyone's for an admin), with
+        an ETag: a request with ``If-None-Match`` gets 304 while nothing changed
+        (one aggregate query; how live views poll)."""
         if annotator is None and not me.is_admin:
             annotator = me.name
         if annotator != me.name and not me.is_admin:
             raise HTTPException(404, "not found (or not assigned to you)")
+        state = visible(store.annotation_state, me.id, cid, annotator=annotator)
+        etag = '"' + hashlib.sha256(repr((cid, annotator, state)).encode()).hexdigest()[:32] + '"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
         recs = visible(store.annotations, me.id, cid, annotator=annotator)
-        return [_record_json(r) for r in recs]
+        return JSONResponse([_record_json(r) for r in recs], headers={"ETag": etag})
 
     @app.post("/api/c/{cid}/annotations")
     def api_save(cid: int, data: dict = Depends(body), me: Caller = Depends(writer)):

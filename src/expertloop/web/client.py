@@ -47,15 +47,19 @@ class RemoteProject:
     def __repr__(self) -> str:  # never shows the token
         return f"RemoteProject({self.url!r})"
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> tuple[bytes, dict]:
+    def _request(self, method: str, path: str, body: dict | None = None,
+                 headers: dict | None = None) -> tuple[bytes, dict]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method, headers={
             "Authorization": f"Bearer {self._token}", "Accept": "application/json",
-            **({"Content-Type": "application/json"} if data is not None else {})})
+            **({"Content-Type": "application/json"} if data is not None else {}),
+            **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return resp.read(), dict(resp.headers)
         except urllib.error.HTTPError as exc:
+            if exc.code == 304:  # not modified (a conditional request)
+                return b"", dict(exc.headers)
             try:
                 detail = json.loads(exc.read().decode()).get("detail", "")
             except (ValueError, AttributeError):
@@ -82,6 +86,17 @@ class RemoteProject:
     def annotations(self, collection_id: int) -> list[dict]:
         """My annotations of the collection (all of them for an admin)."""
         return self._json("GET", f"/api/c/{int(collection_id)}/annotations")
+
+    def annotations_if_changed(self, collection_id: int,
+                               etag: str | None = None) -> tuple[list[dict] | None, str | None]:
+        """``(annotations, etag)``, or ``(None, etag)`` while they are unchanged since
+        the response that gave ``etag`` (the server then sends no body)."""
+        raw, headers = self._request("GET", f"/api/c/{int(collection_id)}/annotations",
+                                     headers={"If-None-Match": etag} if etag else None)
+        new = {k.lower(): v for k, v in headers.items()}.get("etag")
+        if not raw:
+            return None, new or etag
+        return json.loads(raw.decode()), new
 
     def pixels(self, collection_id: int, image_id: int, *, z: int | None = None):
         """The rendered image (8-bit, contrast by the server) as a numpy array."""

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer
 
@@ -98,3 +99,14 @@ class Poller(QObject):
     def _drop(self, worker) -> None:
         worker._poller_dropped = True
         self.worker = None
+
+
+def marks_snapshot(layer, kind: str) -> list:
+    """A Points/Shapes layer's marks in (row, col), comparable between two moments
+    (to tell the user's unsaved edits from what was loaded)."""
+    if layer is None:
+        return []
+    if kind == "points":
+        return np.round(np.asarray(layer.data, float).reshape(-1, layer.ndim)[:, -2:], 3).tolist()
+    return [(t, np.round(np.asarray(d, float)[:, -2:], 3).tolist())
+            for d, t in zip(layer.data, layer.shape_type)]

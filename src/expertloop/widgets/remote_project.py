@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 from expertloop.engine.jobs import Progress
 from expertloop.widgets._common import fit_dock
 from expertloop.widgets._jobs import JobRunner
+from expertloop.widgets._poll import Poller, marks_snapshot
 
 if TYPE_CHECKING:
     import napari
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 IMAGE_LAYER = "remote image"
 MARKS_LAYER = "remote annotation"
 DONE, TODO = "#2e7d32", "#c62828"
+#: how often the dock asks the server whether annotations changed (seconds)
+LIVE_SECONDS = 3.0
 
 
 def _request_job(message: str, fn, *args, **kwargs):
@@ -88,7 +91,14 @@ class RemoteProjectWidget(QWidget):
         self.save_btn = QPushButton("Save and next")
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.live_lbl = QLabel("")
+        self.live_lbl.setWordWrap(True)
         self.runner = JobRunner()
+        self._etag: str | None = None
+        self._shown: tuple = (None, None)  # (label, marks) as loaded: to see unsaved edits
+        self.poller = Poller(self._poll_check, self._changed_elsewhere, interval=LIVE_SECONDS,
+                             on_error=lambda exc: self.live_lbl.setText(
+                                 f"live updates: {exc}"), parent=self)
 
         form = QFormLayout()
         form.addRow("server", self.url)
@@ -104,6 +114,7 @@ class RemoteProjectWidget(QWidget):
         row.addWidget(self.save_btn)
         lay.addLayout(row)
         lay.addWidget(self.status)
+        lay.addWidget(self.live_lbl)
         lay.addWidget(self.runner.native)
         lay.addStretch(1)
         fit_dock(self)
@@ -134,6 +145,7 @@ class RemoteProjectWidget(QWidget):
     def connect_server(self) -> None:
         from expertloop.web.client import RemoteError, RemoteProject
 
+        self.poller.stop()
         try:
             self.remote = RemoteProject(self.url.text(), self.token.text())
         except RemoteError as exc:
@@ -160,6 +172,7 @@ class RemoteProjectWidget(QWidget):
             self._collection_loaded(first)
 
     def _collection_changed(self, _index: int) -> None:
+        self.poller.stop()
         c = self.collection
         if c is None or self.remote is None:
             return
@@ -167,7 +180,8 @@ class RemoteProjectWidget(QWidget):
                   self.me.get("name"), on_result=self._collection_loaded)
 
     def _collection_loaded(self, result) -> None:
-        images, done, row, pixels = result
+        images, done, etag, row, pixels = result
+        self._etag = etag
         c = self.collection
         self.label_box.clear()
         self.label_box.addItems(c["labels"])
@@ -183,6 +197,68 @@ class RemoteProjectWidget(QWidget):
         if row is not None:
             self.current = row
             self._show_pixels(row, pixels)
+        self.live_lbl.setText(f"live: watching {c['name']} for annotations saved elsewhere")
+        self.poller.start()
+
+    # ------------------------------------------------------------ live
+    def _poll_check(self):
+        """Runs in the poller's worker thread: a conditional GET (304 while unchanged)."""
+        c, remote, etag = self.collection, self.remote, self._etag
+        if c is None or remote is None or self.runner.running:
+            return None
+        got, new_etag = remote.annotations_if_changed(c["id"], etag)
+        return None if got is None else (c["id"], new_etag, got)
+
+    def _changed_elsewhere(self, result) -> None:
+        cid, etag, records = result
+        c = self.collection
+        if c is None or c["id"] != cid or self.runner.running:
+            return  # a request of this dock is under way: the next check reads again
+        self._etag = etag
+        me = self.me.get("name")
+        done = {a["image_id"]: a for a in records if a["annotator"] == me}
+        changed = {iid for iid in set(done) | set(self.done)
+                   if (done.get(iid) or {}).get("updated_at")
+                   != (self.done.get(iid) or {}).get("updated_at")}
+        self.done = done
+        self._paint()
+        others = sorted({a["annotator"] for a in records if a["annotator"] != me})
+        news = [f"{len(done)}/{len(self.images)} yours"]
+        if others:
+            news.append("also " + ", ".join(others))
+        if 0 <= self.current < len(self.images) and self.images[self.current]["id"] in changed:
+            news.append(self._update_current(done.get(self.images[self.current]["id"])))
+        self.live_lbl.setText(f"live ({time.strftime('%H:%M:%S')}): " + "; ".join(
+            n for n in news if n))
+
+    def _update_current(self, rec: dict | None) -> str:
+        """Show the current image's annotation changed elsewhere, unless edited here."""
+        kind = self.collection["task_type"]
+        layer = self.viewer.layers[MARKS_LAYER] if MARKS_LAYER in self.viewer.layers else None
+        now = (self.label_box.currentText() or None, marks_snapshot(layer, kind))
+        label = (rec or {}).get("label")
+        if kind == "label":
+            if label is None or label == now[0]:
+                return ""
+            if now[0] != self._shown[0]:
+                return "your label of this image changed elsewhere: your choice is kept"
+            self.label_box.setCurrentText(label)
+            self._shown = (label, now[1])
+            return f"this image is now {label} (saved elsewhere)"
+        if layer is None:
+            return ""
+        value = (rec or {}).get("value") or {}
+        if now[1] != self._shown[1]:
+            return "your marks of this image changed elsewhere: your unsaved edits are kept"
+        if kind == "points":
+            layer.data = np.asarray(value.get("points", []), float).reshape(-1, 2)
+        else:
+            layer.selected_data = set(range(layer.nshapes))
+            layer.remove_selected()
+            for sh in value.get("shapes", []):
+                layer.add(np.asarray(sh["points"], float), shape_type=sh["type"])
+        self._shown = (now[0], marks_snapshot(layer, kind))
+        return "this image's marks were updated (saved elsewhere)"
 
     def _paint(self) -> None:
         for k, im in enumerate(self.images):
@@ -223,6 +299,8 @@ class RemoteProjectWidget(QWidget):
                 layer.add(np.asarray(sh["points"], float), shape_type=sh["type"])
         if prev and prev.get("label") and prev["label"] in self.collection["labels"]:
             self.label_box.setCurrentText(prev["label"])
+        marks = self.viewer.layers[MARKS_LAYER] if MARKS_LAYER in self.viewer.layers else None
+        self._shown = (self.label_box.currentText() or None, marks_snapshot(marks, kind))
         self._shown_at = time.monotonic()
         self._say(f"image {row + 1} / {len(self.images)}"
                   + (" (saved)" if prev else ""))
@@ -254,6 +332,9 @@ class RemoteProjectWidget(QWidget):
 
     def _saved(self, row: int, rec: dict, pixels) -> None:
         self.done[self.images[row]["id"]] = {**rec, "value": {}}
+        if row == self.current:
+            marks = self.viewer.layers[MARKS_LAYER] if MARKS_LAYER in self.viewer.layers else None
+            self._shown = (rec.get("label"), marks_snapshot(marks, self.collection["task_type"]))
         self._paint()
         self._say(f"saved image {row + 1} as {rec.get('label') or 'marks'}")
         if pixels is not None:
@@ -265,10 +346,11 @@ class RemoteProjectWidget(QWidget):
 
 
 def _load_collection(remote, cid: int, me: str | None):
-    """(images, my annotations by image id, first row to do, its pixels)."""
+    """(images, my annotations by image id, their ETag, first row to do, its pixels)."""
     images = remote.images(cid)
-    done = {a["image_id"]: a for a in remote.annotations(cid) if a["annotator"] == me}
+    records, etag = remote.annotations_if_changed(cid)
+    done = {a["image_id"]: a for a in records if a["annotator"] == me}
     if not images:
-        return images, done, None, None
+        return images, done, etag, None, None
     row = next((k for k, im in enumerate(images) if im["id"] not in done), 0)
-    return images, done, row, remote.pixels(cid, images[row]["id"])
+    return images, done, etag, row, remote.pixels(cid, images[row]["id"])

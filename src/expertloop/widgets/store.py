@@ -45,7 +45,7 @@ from expertloop.store import (
 from expertloop.store.core import expand_images
 from expertloop.widgets._common import fit_dock, layer_array, notify
 from expertloop.widgets._jobs import JobRunner
-from expertloop.widgets._poll import Poller
+from expertloop.widgets._poll import Poller, marks_snapshot
 
 if TYPE_CHECKING:
     import napari
@@ -199,16 +199,6 @@ def _describe(rec, kind: str) -> str:
     if kind == "contour":
         return f"{len(rec.value.get('shapes', []))} shapes"
     return "mask"
-
-
-def _geometry(layer, kind: str):
-    """A Points/Shapes layer's marks, comparable between two moments."""
-    if layer is None:
-        return []
-    if kind == "points":
-        return np.round(np.asarray(layer.data, float).reshape(-1, layer.ndim)[:, -2:], 3).tolist()
-    return [(t, np.round(np.asarray(d, float)[:, -2:], 3).tolist())
-            for d, t in zip(layer.data, layer.shape_type)]
 
 
 class AnnotationProjectWidget(QWidget):
@@ -699,7 +689,7 @@ class AnnotationProjectWidget(QWidget):
                     layer.add(np.asarray(sh["points"], float), shape_type=sh["type"])
             elif kind == "mask" and mask is not None:
                 layer.data = mask
-        self._shown_value = _geometry(layer, kind) if kind in ("points", "contour") else None
+        self._shown_value = marks_snapshot(layer, kind) if kind in ("points", "contour") else None
 
     def _reload_current(self) -> None:
         """Show the current image's annotation as saved elsewhere (in the same layer)."""
@@ -716,7 +706,7 @@ class AnnotationProjectWidget(QWidget):
             layer.remove_selected()
             for sh in value.get("shapes", []):
                 layer.add(np.asarray(sh["points"], float), shape_type=sh["type"])
-        self._shown_value = _geometry(layer, kind)
+        self._shown_value = marks_snapshot(layer, kind)
 
     def _annotation(self):
         return self.viewer.layers[ANNOTATION_LAYER] \
@@ -729,7 +719,7 @@ class AnnotationProjectWidget(QWidget):
             return (self.label_box.currentText() or None) != self._shown_value
         if kind == "mask":
             return True  # a painted mask is never replaced by a live update
-        return _geometry(self._annotation(), kind) != self._shown_value
+        return marks_snapshot(self._annotation(), kind) != self._shown_value
 
     def _value_from_layer(self) -> dict:
         kind = self.collection.task_type
@@ -806,7 +796,7 @@ class AnnotationProjectWidget(QWidget):
         if 0 <= self.current < len(self.images) and self.images[self.current].id == im.id \
                 and self.collection.task_type != "mask":
             self._shown_value = (rec.label if self.collection.task_type == "label"
-                                 else _geometry(self._annotation(), self.collection.task_type))
+                                 else marks_snapshot(self._annotation(), self.collection.task_type))
         self._say(f"saved {Path(im.uri).name} ({spent:.1f} s)")
         self._refresh()
 
