@@ -28,6 +28,13 @@ SMALL = {"window": 16, "channels": 4, "source_epochs": 1, "target_epochs": 1, "r
          "max_windows": 3}
 
 
+def _open(w, qtbot):
+    """Open / create the project (in the runner's worker) and wait: the project, or None."""
+    if w.open_project() is not None:
+        qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    return w.project
+
+
 def _small(w):
     for name, value in SMALL.items():
         w.params[name].value = value
@@ -53,7 +60,7 @@ def test_full_round_in_viewer_and_resume(make_napari_viewer, qtbot, em, tmp_path
     w.folder.value = tmp_path / "proj"
     w.target_image.value, w.target_labels.value = "vnc", "vnc few labels"
     w.val_image.value, w.val_truth.value, w.val_value.value = "vnc val", "vnc val truth", 255
-    assert w.open_project() is not None
+    assert _open(w, qtbot) is not None
     assert "membranes target 0 labels" in viewer.layers
 
     w.source_image.value, w.source_labels.value, w.source_value.value = "isbi", "isbi truth", 0  # ISBI: 0 = membrane
@@ -108,27 +115,27 @@ def test_full_round_in_viewer_and_resume(make_napari_viewer, qtbot, em, tmp_path
     viewer2 = make_napari_viewer()
     w2 = MembraneWidget(viewer2)
     w2.folder.value = tmp_path / "proj"
-    assert w2.open_project() is not None
+    assert _open(w2, qtbot) is not None
     assert w2.project.round == 1 and w2.plot.series["validation F-score"][0] == [0.0, 1.0]
     assert {name: w2.params[name].value for name in SMALL} == SMALL  # the project's, not the defaults
     assert np.array_equal(viewer2.layers["membranes target 0 labels"].data[mask], corrected[mask])
     assert REGION_LAYER in viewer2.layers and w2.project.proposal.cells == pending.cells
 
 
-def test_bad_inputs_become_notifications(make_napari_viewer, em, tmp_path, notifications):
+def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, em, tmp_path, notifications):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((10, 10), np.uint8), name="tiny")
     w = MembraneWidget(viewer)
     _small(w)
     w.folder.value = tmp_path / "p"
-    w.open_project()
+    _open(w, qtbot)
     assert any("choose the target images" in str(n.message) for n in notifications)
     w.target_image.value = "tiny"
-    assert w.open_project() is None
+    assert _open(w, qtbot) is None
     assert any("smaller than the 16x16 window" in str(n.message) for n in notifications)
     viewer.add_image(em["tgt"], name="vnc")
     w.target_image.value = "vnc"
-    assert w.open_project() is not None
+    assert _open(w, qtbot) is not None
     assert w.transfer() is None and not w.runner.running  # refused at once, nothing started
     assert any("no source model yet" in str(n.message) for n in notifications)
     viewer.add_image(em["src"][0], name="isbi")
@@ -157,7 +164,7 @@ def test_saved_source_model_is_loaded(make_napari_viewer, qtbot, em, tmp_path, n
     _small(w)
     w.folder.value = tmp_path / "p"
     w.target_image.value = "vnc"
-    assert w.open_project() is not None
+    assert _open(w, qtbot) is not None
     save_net(tmp_path / "wide", build_net(NetConfig(window=16, channels=(8, 8, 8), hidden=(16, 16))), kind="source")
     w.source_model.value = tmp_path / "wide.pt"
     assert w.train_source() is not None and w.runner.running  # a job, not a GUI-thread read
@@ -195,12 +202,14 @@ def test_saved_source_model_is_loaded(make_napari_viewer, qtbot, em, tmp_path, n
     np.testing.assert_allclose(run_job(predict_dense(src, crop)), run_job(predict_dense(other, crop)), atol=1e-5)
 
 
-def test_reopened_project_fills_controls_and_edits_write_back(make_napari_viewer, em, tmp_path, notifications):
+def test_reopened_project_fills_controls_and_edits_write_back(make_napari_viewer, qtbot, em, tmp_path,
+                                                               notifications, record_threads):
     """Create with λ 0.3 and window 16, close napari, reopen: the controls show
     the project's values; an edit changes the config in force (saved)."""
     from expertloop.engine.membranes import MembraneConfig, MembraneProject
 
     default = MembraneConfig()
+    creates, opens = record_threads(MembraneProject, "create"), record_threads(MembraneProject, "open")
     viewer = make_napari_viewer()
     viewer.add_image(em["tgt"], name="vnc")
     w = MembraneWidget(viewer)
@@ -208,16 +217,17 @@ def test_reopened_project_fills_controls_and_edits_write_back(make_napari_viewer
     w.params["lam"].value, w.params["window"].value, w.params["round_epochs"].value = 0.3, 16, 2
     w.folder.value = tmp_path / "p"
     w.target_image.value = "vnc"
-    assert w.open_project() is not None
+    assert _open(w, qtbot) is not None
     viewer.close()
 
     viewer2 = make_napari_viewer()
     w2 = MembraneWidget(viewer2)
     assert w2.params["lam"].value == default.lam  # nothing open yet: the defaults
     w2.folder.value = tmp_path / "p"
-    assert w2.open_project() is not None
+    assert _open(w2, qtbot) is not None
     assert w2.params["lam"].value == 0.3 and w2.params["window"].value == 16
     assert w2.params["round_epochs"].value == 2
+    assert creates == [False] and opens == [False]  # project files written and read off the GUI thread
     assert not w2.params["window"].enabled and not w2.params["channels"].enabled  # fixed at creation
     assert w2.params["lam"].enabled
 

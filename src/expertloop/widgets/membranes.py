@@ -210,6 +210,10 @@ class MembraneWidget(Container):
 
     # ------------------------------------------------------------- steps
     def open_project(self, *_) -> Any:
+        """Open the project in ``project folder``, or create it from the chosen
+        layers; the layers are read and the project's files read or written in
+        the runner's worker."""
+        from expertloop.engine.jobs import call_job
         from expertloop.engine.membranes.loop import PROJECT_FILE, MembraneProject
         from expertloop.engine.membranes.net import membrane_labels
 
@@ -217,38 +221,46 @@ class MembraneWidget(Container):
         if not str(self.folder.value) or str(self.folder.value) == ".":
             notify("Membranes", "choose a project folder first")
             return None
-        try:
-            if (folder / PROJECT_FILE).exists():
-                self.project = MembraneProject.open(folder)
-            else:
-                timg = self._layer_data(self.target_image)
-                if timg is None:
-                    notify("Membranes", "choose the target images to create a project")
-                    return None
-                targets = _planes(timg)
-                tl = self._layer_data(self.target_labels)
-                tlabels = None if tl is None else _planes(tl)
-                vimg, vtru = self._layer_data(self.val_image), self._layer_data(self.val_truth)
+        if self.runner.running:
+            notify("Membranes", "wait for the running step to finish (or cancel it)")
+            return None
+        if (folder / PROJECT_FILE).exists():
+            def make():
+                return MembraneProject.open(folder)
+        else:
+            timg = self._layer_data(self.target_image)  # not read yet: lazy layers are read in the worker
+            if timg is None:
+                notify("Membranes", "choose the target images to create a project")
+                return None
+            tl, vimg, vtru = (self._layer_data(c) for c in (self.target_labels, self.val_image, self.val_truth))
+            config, val_value = self._config(), self.val_value.value
+
+            def make():
                 vimgs, vtruths = [], []
                 if vimg is not None and vtru is not None:
                     vimgs = _planes(vimg)
-                    vtruths = [membrane_labels(t, self.val_value.value) for t in _planes(vtru)]
-                self.project = MembraneProject.create(folder, targets, tlabels, validation_images=vimgs,
-                                                      validation_truths=vtruths, config=self._config())
-        except (ValueError, OSError) as exc:
-            notify("Membranes", str(exc))
-            return None
+                    vtruths = [membrane_labels(t, val_value) for t in _planes(vtru)]
+                return MembraneProject.create(folder, _planes(timg), None if tl is None else _planes(tl),
+                                              validation_images=vimgs, validation_truths=vtruths, config=config)
+
+        def job():
+            project = yield from call_job(f"opening the project in {folder.name}", make)
+            prob = yield from call_job("reading the proposal", project.proposal_prob)
+            return project, prob
+
+        return self.runner.start(job(), description="opening project", on_result=self._project_opened)
+
+    def _project_opened(self, out) -> None:
+        self.project, prob = out
         self.params.fill(self.project.config)  # the values in force, fixed ones read-only
         self._show_project_layers()
         self.guidance.value = (
             "the project works on its own copies of the targets: paint corrections in "
             f"'{self._labels_layer_name(0)}' (your own layers are not changed)")
         prop = self.project.proposal
-        prob = self.project.proposal_prob()
         if prop is not None and prob is not None:
             self._show_proposal(prop, prob)
         self._refresh()
-        return self.project
 
     def load_source_model(self, path) -> Any:
         """Read a source network (.pt, or a bioimage.io .zip package) and make it
@@ -341,18 +353,25 @@ class MembraneWidget(Container):
         if layer is None:
             notify("Membranes", f"the labels layer '{self._labels_layer_name(reg.image)}' is missing")
             return None
-        try:
-            self.project.accept(np.asarray(layer_array(layer)[0]))
-        except ValueError as exc:
-            notify("Membranes", str(exc))
-            return None
-        for name in (REGION_LAYER, UNCERTAINTY_LAYER):
-            if name in self._viewer.layers:
-                self._viewer.layers.remove(name)
-        self.guidance.value = "retraining on your corrections; then Propose region for the next round"
+        from expertloop.engine.jobs import call_job
+
+        project, labels = self.project, layer_array(layer)[0]
+
+        def job():  # the corrections are read and saved in the worker, then the retraining
+            yield from call_job("saving your corrections", lambda: project.accept(np.asarray(labels)))
+            return (yield from project.retrain())
 
         def done(_):
+            for name in (REGION_LAYER, UNCERTAINTY_LAYER):
+                if name in self._viewer.layers:
+                    self._viewer.layers.remove(name)
+            self.guidance.value = "retrained on your corrections: Propose region for the next round"
             self._show_project_layers()
             self._refresh()
 
-        return self._start(self.project.retrain, description="retraining", on_result=done)
+        self.guidance.value = "retraining on your corrections; then Propose region for the next round"
+        def failed(_):
+            self.guidance.value = (f"not accepted (see the message): correct the labels inside the yellow region "
+                                   f"in '{layer.name}', then Accept & retrain")
+
+        return self.runner.start(job(), description="retraining", on_result=done, on_error=failed)
