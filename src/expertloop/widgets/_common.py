@@ -60,6 +60,48 @@ def layer_array(layer, level: int = 0) -> tuple[Any, Any, Any]:
     return data, scale * factor, translate
 
 
+def follow_layers(viewer, *controls: Any) -> None:
+    """Keep layer pickers current: their choices are refreshed whenever a layer
+    is added, removed or renamed (by any dock or by the user), and a picker
+    showing a layer that is renamed shows its new name. ``controls`` are
+    magicgui ComboBox/Select widgets whose choices are layer names."""
+    names: dict[int, str] = {}
+
+    def refresh(old: str | None = None, new: str | None = None) -> None:
+        for c in controls:
+            value = c.value
+            c.reset_choices()
+            if old is None or new is None or new not in c.choices:
+                continue
+            if isinstance(value, (list, tuple)) and old in value:
+                c.value = [new if v == old else v for v in value]
+            elif value == old:
+                c.value = new
+
+    def renamed(event) -> None:
+        layer = event.source
+        old, names[id(layer)] = names.get(id(layer)), layer.name
+        refresh(old, layer.name)
+
+    def watch(layer) -> None:
+        names[id(layer)] = layer.name
+        layer.events.name.connect(renamed)
+
+    def inserted(event) -> None:
+        watch(event.value)
+        refresh()
+
+    def removed(event) -> None:
+        names.pop(id(event.value), None)
+        event.value.events.name.disconnect(renamed)
+        refresh()
+
+    for layer in viewer.layers:
+        watch(layer)
+    viewer.layers.events.inserted.connect(inserted)
+    viewer.layers.events.removed.connect(removed)
+
+
 def notify(title: str, message: str, level: str = "info") -> None:
     """Tell the user ``"title: message"`` as a napari notification: the
     widgets' one way to do it. ``title`` names the widget; ``level`` is

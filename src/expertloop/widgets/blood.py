@@ -30,6 +30,7 @@ from expertloop.engine.blood.regions import PAPER_ABNORMAL, PAPER_TYPES
 from expertloop.widgets._common import (
     ConfigControls,
     fit_dock,
+    follow_layers,
     image_layer_choices,
     layer_array,
     layer_by_name,
@@ -139,9 +140,7 @@ class BloodWidget(Container):
         self.types.changed.connect(self.shape_type.reset_choices)
         self.score.changed.connect(self.refresh)
         self.type_thr.changed.connect(self.refresh)
-        for combo in (self.image, self.annotations):
-            viewer.layers.events.inserted.connect(combo.reset_choices)
-            viewer.layers.events.removed.connect(combo.reset_choices)
+        follow_layers(viewer, self.image, self.annotations)
 
     # ------------------------------------------------------------ helpers
     def _new_model_kwargs(self) -> dict:

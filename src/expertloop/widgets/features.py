@@ -14,6 +14,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 from expertloop.engine.features import available_backbones, feature_pca
 from expertloop.widgets._common import (
     fit_dock,
+    follow_layers,
     image_layer_choices,
     layer_array,
     layer_by_name,
@@ -39,8 +40,7 @@ class FeaturesWidget(Container):
         )
         fit_dock(self)
         self.run_btn.changed.connect(self.run)
-        viewer.layers.events.inserted.connect(self.image.reset_choices)
-        viewer.layers.events.removed.connect(self.image.reset_choices)
+        follow_layers(viewer, self.image)
 
     def run(self, *_):
         layer = layer_by_name(self._viewer, self.image.value)

@@ -18,6 +18,7 @@ from expertloop.engine.membranes.loop import MembraneConfig
 from expertloop.widgets._common import (
     ConfigControls,
     fit_dock,
+    follow_layers,
     image_layer_choices,
     layer_array,
     layer_by_name,
@@ -124,10 +125,8 @@ class MembraneWidget(Container):
         self.transfer_btn.changed.connect(self.transfer)
         self.propose_btn.changed.connect(self.propose)
         self.accept_btn.changed.connect(self.accept)
-        for combo in (self.source_image, self.source_labels, self.target_image, self.target_labels,
-                      self.val_image, self.val_truth):
-            viewer.layers.events.inserted.connect(combo.reset_choices)
-            viewer.layers.events.removed.connect(combo.reset_choices)
+        follow_layers(viewer, self.source_image, self.source_labels, self.target_image, self.target_labels,
+                      self.val_image, self.val_truth)
 
     # ------------------------------------------------------------- helpers
     def _config(self) -> MembraneConfig:

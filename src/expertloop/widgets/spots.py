@@ -37,6 +37,7 @@ from expertloop.io.spots_clicks import (
 from expertloop.widgets._common import (
     ConfigControls,
     fit_dock,
+    follow_layers,
     image_layer_choices,
     layer_array,
     layer_by_name,
@@ -114,8 +115,7 @@ class SpotAnnotatorWidget(Container):
         self.start_btn.changed.connect(self.start)
         self.export_btn.changed.connect(lambda *_: self.export(self.csv_path.value))
         self.import_btn.changed.connect(lambda *_: self.import_table(self.csv_path.value))
-        viewer.layers.events.inserted.connect(self.image.reset_choices)
-        viewer.layers.events.removed.connect(self.image.reset_choices)
+        follow_layers(viewer, self.image)
 
     # ------------------------------------------------------------- session
     def log_path(self, layer) -> Path:
@@ -337,9 +337,7 @@ class SpotDetectorWidget(Container):
         self.predict_btn.changed.connect(self.predict)
         self.threshold.changed.connect(self._show_spots)
         self.colour.changed.connect(self._show_spots)
-        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            ev.connect(self.image.reset_choices)
-            ev.connect(self.train_images.reset_choices)
+        follow_layers(viewer, self.image, self.train_images)
 
     def _annotated_images(self) -> list[str]:
         names = image_layer_choices(self._viewer)
