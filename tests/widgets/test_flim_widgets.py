@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tifffile
 
@@ -251,3 +253,53 @@ def test_load_a_bioimageio_package_as_flim_network(make_napari_viewer, qtbot, da
     w.segment()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
     assert viewer.layers["crop FLIM segmentation"].data.shape == img.shape
+
+
+def test_lazy_layers_are_read_in_the_worker_not_on_the_gui_thread(make_napari_viewer, qtbot, data_dir):
+    """Issue 14: a dask image and markers layer are read block by block in the job; the GUI
+    thread reads only what napari draws (the planes shown), never the whole layer."""
+    import threading
+
+    import dask.array as da
+
+    from expertloop.engine.flim import simulate_markers
+    from expertloop.widgets.flim import FlimEncoderWidget
+
+    img, mask, _ = _nuclei(data_dir)
+    planes = np.stack([img[:64, :64], img[64:, :64], img[:64, 64:], img[64:, 64:]])
+    marks = np.zeros(planes.shape, np.uint8)
+    marks[0] = simulate_markers(mask[:64, :64], n_objects=3)
+    on_gui: dict[str, set] = {"image": set(), "markers": set()}
+
+    def lazy(arr, key):
+        def block(b, block_info=None):
+            if threading.current_thread() is threading.main_thread():
+                on_gui[key].add(block_info[0]["chunk-location"][0])
+            return b
+        return da.from_array(arr, chunks=(1, 64, 64)).map_blocks(block, dtype=arr.dtype)
+
+    import dask
+
+    # blocks are computed in the thread that asks for them (dask's default pool would hide who asked)
+    stack = contextlib.ExitStack()
+    stack.enter_context(dask.config.set(scheduler="synchronous"))
+    viewer = make_napari_viewer()
+    viewer.add_image(lazy(planes, "image"), name="lazy", contrast_limits=(0, 255))
+    viewer.add_labels(lazy(marks, "markers"), name="lazy markers")
+    w = FlimEncoderWidget(viewer)
+    w.image.value, w.markers.value = viewer.layers["lazy"], viewer.layers["lazy markers"]
+    w.stack.value = True
+    w.n_layers.value, w.filters.value = 1, 2
+    w.fit()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert w.encoder is not None and w.report.classes == [1, 2]
+    w.decoder.value = "pixel"
+    w.train()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    w.segment()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)
+    assert viewer.layers["lazy FLIM segmentation"].data.shape == planes.shape
+    stack.close()
+    # napari reads the planes it draws (the plane axis moves when the 4D features layer comes);
+    # reading a whole layer on the GUI thread would touch all 4
+    assert len(on_gui["image"]) <= 2 and len(on_gui["markers"]) <= 2, on_gui

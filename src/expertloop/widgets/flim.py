@@ -47,10 +47,9 @@ def _spec_from(config, ndim: int, path):
 
 def _images_and_markers(data, markers, stack: bool):
     """Split a layer into (images, markers, indices); a stack gives one image per plane."""
-    img = data  # may be lazy (dask): the jobs read it in the worker thread
-    mk = np.asarray(markers)
-    if mk.shape != img.shape:
-        raise ValueError(f"markers of shape {mk.shape} do not match the image of shape {img.shape}")
+    img, mk = data, markers  # may be lazy (dask, zarr): the jobs read them in the worker thread
+    if tuple(mk.shape) != tuple(img.shape):
+        raise ValueError(f"markers of shape {tuple(mk.shape)} do not match the image of shape {tuple(img.shape)}")
     if stack:
         if img.ndim != 3:
             raise ValueError(f"a stack of 2D images must be a 3D layer, got shape {img.shape}")
@@ -202,7 +201,7 @@ class FlimEncoderWidget(_Base):
         return [self.image, self.markers, self.train_labels]
 
     def _ndim(self, layer) -> int:
-        nd = layer.data.ndim - (1 if layer.rgb else 0)
+        nd = layer_array(layer)[0].ndim - (1 if layer.rgb else 0)  # level 0 (a multiscale layer's data is a list)
         return 2 if (self.stack.value or nd == 2) else 3
 
     def _current_plane(self, layer) -> int:
