@@ -76,7 +76,11 @@ def crop_project(data_dir, tmp_path):
     return root, truth
 
 
-def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_project, tmp_path, notifications):
+def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_project, tmp_path, notifications,
+                                              record_threads):
+    from expertloop.engine.semiauto.loop import SemiAutoLoop
+
+    applies, exports = record_threads(SemiAutoLoop, "apply_review"), record_threads(SemiAutoLoop, "export_csv")
     root, truth = crop_project
     viewer = make_napari_viewer()
     w = SemiAutoWidget(viewer)
@@ -123,8 +127,10 @@ def test_loop_widget_runs_reviews_and_exports(make_napari_viewer, qtbot, crop_pr
     assert "random (simulated)" in w.manual_plot.series
 
     w.export_path.value = str(tmp_path / "out.csv")
-    out = w.export()
-    rows = out.read_text().splitlines()
+    w.export()                                   # written in the runner's worker
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=10000)
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert applies and not any(applies) and exports == [False]  # the project and the CSV written off the GUI thread
     assert len(rows) == 43 and rows[0].startswith("name,label")
 
     # the project is saved: a new widget resumes it with the open queue

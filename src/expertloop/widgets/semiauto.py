@@ -638,20 +638,36 @@ class SemiAutoWidget(Container):
         return self.stack.value.name if self.stack.value is not None else "semiauto"
 
     def apply_and_continue(self, *_):
+        """Merge the review (saved with the project), then the next batch or the final
+        training, in one job in the runner's worker."""
+        from expertloop.engine.jobs import call_job
+
         if self.loop is None or self.loop.proposal is None:
             notify("Semi-automatic labelling", "no batch to apply; run an iteration")
             return None
         if self.runner.running:
+            notify("Semi-automatic labelling", "wait for the running step to finish (or cancel it)")
             return None
-        rec = self.loop.apply_review()
-        self.review.set_queue(None)
-        self._after_step()
-        notify("Semi-automatic labelling", f"batch {rec['iteration']}: {rec['accepted']} accepted, "
-               f"{rec['reviewed']} reviewed ({rec['corrected']} corrected)")
-        if self.loop.pool:
-            return self.run_iteration()
-        return self.runner.start(self.loop.finish(), description="final training",
-                                 on_result=lambda _r: self._after_step())
+        loop = self.loop
+        self.review.set_queue(None)  # no more decisions on this batch
+
+        def job():
+            rec = yield from call_job("merging the review", loop.apply_review)
+            if loop.pool:
+                return rec, False, (yield from loop.run_iteration())
+            return rec, True, (yield from loop.finish())
+
+        def done(result):
+            rec, final, out = result
+            notify("Semi-automatic labelling", f"batch {rec['iteration']}: {rec['accepted']} accepted, "
+                   f"{rec['reviewed']} reviewed ({rec['corrected']} corrected)")
+            if final:
+                self._after_step()
+            else:
+                self._proposal_ready(out)
+
+        return self.runner.start(job(), description="apply review + next batch", on_result=done,
+                                 on_cancel=self._after_step, on_error=lambda _e: self._after_step())
 
     def simulate_random(self, *_):
         """Simulate random sampling at the chosen rate on the labels made so far (for the plots)."""
@@ -682,9 +698,11 @@ class SemiAutoWidget(Container):
         if self.loop is None or path in ("", "."):
             notify("Semi-automatic labelling", "load a project and choose a CSV file first")
             return None
-        out = self.loop.export_csv(path)
-        notify("Semi-automatic labelling", f"labels written to {out}")
-        return out
+        from expertloop.engine.jobs import call_job
+
+        return self.runner.start(call_job(f"writing {path}", self.loop.export_csv, path),
+                                 description="exporting labels",
+                                 on_result=lambda out: notify("Semi-automatic labelling", f"labels written to {out}"))
 
     # ------------------------------------------------------------ display
     def _after_step(self):
