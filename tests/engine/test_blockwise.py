@@ -44,3 +44,46 @@ def test_blockwise_prediction_equals_the_whole_array(tiny_membrane_model, tmp_pa
         got = run_job(predict_dense(net, src, tile=tile, out=dst))
         np.testing.assert_allclose(np.asarray(got), whole, atol=1e-5)
     assert isinstance(got, zarr.Array)  # the result stayed on disk
+
+
+# ------------------------------------------------------------------ FLIM
+def _flim_net(ndim=2, in_channels=1):
+    from expertloop.engine.flim import EncoderSpec, build_network, random_encoder_like
+
+    spec = EncoderSpec(ndim=ndim, layers=[
+        {"kernel_size": 3, "filters_per_class": 4, "pool": "max", "pool_size": 3, "pool_stride": 2},
+        {"kernel_size": 3, "filters_per_class": 4, "dilation": 2, "pool": "avg", "pool_size": 3, "pool_stride": 2}])
+    enc = random_encoder_like(spec, in_channels, [6, 8], seed=3)
+    return build_network(enc, [1, 2, 3], "unet", width=6)
+
+
+@pytest.mark.parametrize("tile", [32, 36, 1000])
+def test_flim_blockwise_equals_the_whole_image(tmp_path, tile):
+    from expertloop.engine.flim import predict, predict_blocks
+
+    net = _flim_net()
+    img = np.random.default_rng(2).normal(0, 1, (96, 84)).astype(np.float32)  # sides: multiples of stride 4
+    cls, probs = predict(net, img)
+    assert len(np.unique(cls)) > 1
+    on_disk = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=img.shape, chunks=(30, 30), dtype="f4")
+    on_disk[:] = img
+    out = zarr.open_array(str(tmp_path / "cls.zarr"), mode="w", shape=img.shape, chunks=(32, 32), dtype="i4")
+    p_out = np.zeros_like(probs)
+    for src, dst, pdst in [(img, None, p_out), (da.from_array(img, chunks=(25, 40)), None, None),
+                           (on_disk, out, None)]:
+        got = run_job(predict_blocks(net, src, tile=tile, out=dst, probs_out=pdst))
+        np.testing.assert_array_equal(np.asarray(got), cls)
+    np.testing.assert_allclose(p_out, probs, atol=1e-5)
+    assert isinstance(got, zarr.Array)
+
+
+def test_flim_blockwise_3d_and_channels():
+    from expertloop.engine.flim import predict, predict_blocks
+
+    net = _flim_net(ndim=3, in_channels=2)
+    img = np.random.default_rng(4).normal(0, 1, (2, 8, 40, 48)).astype(np.float32)
+    cls, _ = predict(net, img)
+    got = run_job(predict_blocks(net, da.from_array(img, chunks=(2, 4, 20, 20)), tile=20))
+    np.testing.assert_array_equal(got, cls)
+    with pytest.raises(ValueError, match="2 channel"):
+        run_job(predict_blocks(net, img[:1], tile=20))

@@ -104,7 +104,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     worker_cache(_flim_network, str(args.model), args.device)  # a bad model: one error line first
     files = expand_inputs(args.images)
-    params = {"model": str(args.model), "device": args.device, "background_zero": args.background_zero}
+    if args.tile < 1:
+        raise ValueError("--tile must be at least 1")
+    params = {"model": str(args.model), "device": args.device, "background_zero": args.background_zero,
+              "tile": args.tile}
     report = run_batch_command(args, flim_segment, files, OUTPUTS["flim"], params)
     emit(args, batch_result(report))
     return exit_code(report)
@@ -215,6 +218,8 @@ def add_commands(sub) -> None:
     s.add_argument("model", help="a FLIM network saved by 'flim fit' or the widget (.pt)")
     s.add_argument("images", nargs="+", help=INPUTS_HELP)
     s.add_argument("--background-zero", action="store_true", help="write class 1 as 0")
+    s.add_argument("--tile", type=int, default=512,
+                   help="tile size of the block-wise evaluation (the image is read tile by tile; default 512)")
     add_batch_arguments(s, output_help="output folder (TIFF labels)")
     add_json(s)
     s.set_defaults(func=cmd_segment, outputs={"output": "folder"})

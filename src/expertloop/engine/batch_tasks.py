@@ -117,14 +117,15 @@ def _flim_network(path: str, device):
 
 
 def flim_segment(source: Path, paths, name: str, params: dict[str, Any]) -> str:
-    """Segment with a saved FLIM network; write the class labels as TIFF."""
-    from expertloop.engine.flim import predict
+    """Segment with a saved FLIM network; write the class labels as TIFF. The
+    image is read lazily, tile by tile (``predict_blocks``)."""
+    from expertloop.engine.flim import predict_blocks
     from expertloop.io import write_tiff
 
     net = worker_cache(_flim_network, params["model"], params.get("device"))
-    item = _read(source, grey="RGB images are not supported by the FLIM commands; convert to grey first")
-    cls, _ = predict(net, np.asarray(item.data))
-    cls = cls.astype(np.int32)
+    item = _read(source, lazy=True, grey="RGB images are not supported by the FLIM commands; convert to grey first")
+    data = item.data[0] if isinstance(item.data, list) else item.data  # level 0 of a pyramid
+    cls = run_job(predict_blocks(net, data, tile=params.get("tile", 512)))
     if params.get("background_zero"):
         cls[cls == 1] = 0
     write_tiff(paths[0], cls, {"name": f"{name}_flim_labels", "scale": item.meta.get("scale")})

@@ -10,7 +10,9 @@ from expertloop.engine.flim.decoder import (
     fit_pixel_head,
     load_network,
     predict,
+    predict_blocks,
     random_encoder_like,
+    receptive_halo,
     save_network,
     segment,
     train_decoder,
@@ -55,6 +57,6 @@ __all__ = [
     "as_channels_first", "build_encoder", "build_network", "ce_dice_loss", "compute_descriptors",
     "descriptor", "descriptor_matrix", "encode", "extract_markers", "feature_stack", "fit_encoder",
     "fit_pixel_head", "heatmap", "load_encoder", "load_network", "marker_classes", "parse_spec",
-    "predict", "project", "random_encoder_like", "recommend", "recommend_images", "recommendation_loop", "save_encoder",
+    "predict", "predict_blocks", "project", "random_encoder_like", "receptive_halo", "recommend", "recommend_images", "recommendation_loop", "save_encoder",
     "save_network", "segment", "simulate_markers", "superpixels", "train_decoder", "upsample",
 ]

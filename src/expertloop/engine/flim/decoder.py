@@ -337,6 +337,80 @@ def predict(net, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lut[probs.argmax(0)], probs
 
 
+def receptive_halo(net) -> int:
+    """A halo (input pixels, a multiple of the encoder's total stride) that
+    covers the network's receptive field: encoder convolutions and pooling,
+    the decoder's 3x3 convolutions and its upsampling, each at its level's
+    stride."""
+    r, s = 0, 1
+    for lay in net.encoder.spec.layers:
+        r += s * lay.dilation * (lay.kernel_size // 2)
+        if lay.pool != "none":
+            r += s * (lay.pool_size // 2)
+        s *= lay.stride
+    strides = [1] + net.encoder.spec.strides
+    r += sum(2 * st for st in strides) + 2  # decoder 3x3 convolutions + interpolation, each level
+    return -(-r // s) * s
+
+
+def predict_blocks(net, image: Any, *, tile: int = 512, out=None, probs_out=None,
+                   desc: str = "FLIM segmentation") -> Job:
+    """Job: :func:`predict` block by block (the engine's one tiler,
+    :func:`expertloop.engine.tiling.iter_tiles`), for images bigger than memory.
+
+    ``image`` (``(*spatial)`` or ``(C, *spatial)``) may be a numpy, dask or
+    zarr array; the last two axes are tiled (a 3D network sees whole Z), each
+    tile read with a :func:`receptive_halo` halo (clipped at the image border,
+    where the network sees the same border as on the whole image) and its core
+    written into ``out`` (int32 class map; default a new numpy array, give a
+    zarr array to keep it on disk) and, if given, ``probs_out`` ``(K, *spatial)``.
+    Tiles and halos are multiples of the encoder's total stride so the pooling
+    grids line up: the result equals :func:`predict` on the whole image
+    (to float rounding) when each tiled side is a multiple of that stride (or
+    the stride is 1); on other sizes the whole-image upsampling uses the scale
+    ``m/n`` instead of the stride's, so values differ by sub-pixel
+    interpolation. Returns ``out``.
+    """
+    from expertloop.engine.tiling import count_tiles, iter_tiles, to_numpy
+
+    torch = get_torch()
+    nd = net.encoder.spec.ndim
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    if len(image.shape) not in (nd, nd + 1):
+        raise ValueError(f"a {nd}D network needs {nd}D images (optionally with a leading channel axis), "
+                         f"got shape {tuple(image.shape)}")
+    spatial = tuple(int(n) for n in image.shape[-nd:])
+    stride = net.encoder.spec.strides[-1]
+    if tile < 1:
+        raise ValueError("tile must be at least 1")
+    tile = max(stride, (tile // stride) * stride)
+    halo = receptive_halo(net)
+    lut = np.asarray(net.classes, np.int32)
+    if out is None:
+        out = np.empty(spatial, np.int32)
+    if tuple(out.shape) != spatial:
+        raise ValueError(f"out has shape {tuple(out.shape)}, the image {spatial}")
+    if probs_out is not None and tuple(probs_out.shape) != (len(lut),) + spatial:
+        raise ValueError(f"probs_out has shape {tuple(probs_out.shape)}, expected {(len(lut),) + spatial}")
+    dev = next(net.parameters()).device
+    net.eval()
+    total = count_tiles(spatial[-2:], tile)
+    with torch.no_grad():
+        for i, t in enumerate(iter_tiles(spatial[-2:], tile, halo)):
+            x = as_channels_first(to_numpy(image[(..., *t.read)]), nd)
+            if x.shape[0] != net.encoder.in_channels:
+                raise ValueError(f"the network expects {net.encoder.in_channels} channel(s), "
+                                 f"the image has {x.shape[0]}")
+            probs = net(torch.from_numpy(x)[None].to(dev)).softmax(1)[0].cpu().numpy()
+            core = probs[(..., *t.core)]
+            out[(..., *t.write)] = lut[core.argmax(0)]
+            if probs_out is not None:
+                probs_out[(..., *t.write)] = core
+            yield Progress(i + 1, total, f"{desc}: tile {i + 1}/{total}")
+    return out
+
+
 def segment(net, images) -> Job:
     """Job: class maps of several images.
 
