@@ -273,6 +273,17 @@ def click(button):
     getattr(button, "native", button).click()
 
 
+def pick(combo, name):
+    """Choose the layer called ``name`` in a layer picker, whether its choices
+    are layer names or layers (magicgui layer annotations)."""
+    combo.reset_choices()
+    for choice in combo.choices:
+        if getattr(choice, "name", choice) == name:
+            combo.value = [choice] if isinstance(combo.value, (list, tuple)) else choice
+            return
+    raise ValueError(f"no layer {name!r} among {[getattr(c, 'name', c) for c in combo.choices]}")
+
+
 def dock(viewer, widget, name):
     viewer.window.add_dock_widget(widget, name=name)
     return widget
@@ -304,7 +315,8 @@ def _features(viewer, run, work: Path, small: int) -> None:
     nuclei = read_image(DATA / "nuclei_crop.tif")[0].data
     viewer.add_image(nuclei, name="nuclei")
     w = dock(viewer, FeaturesWidget(viewer), "features")
-    w.image.value, w.backbone.value, w.pretrained.value, w.tile.value = "nuclei", "resnet18", False, 128
+    pick(w.image, "nuclei")
+    w.backbone.value, w.pretrained.value, w.tile.value = "resnet18", False, 128
     run("features: Compute features", lambda: click(w.run_btn), [w.runner])
 
 
@@ -326,7 +338,8 @@ def _spots(viewer, run, work: Path, small: int) -> None:
     clicks_csv = work / "scan_clicks.csv"
     export_csv(simulate_expert(ph, seed=0), clicks_csv)
     ann = dock(viewer, SpotAnnotatorWidget(viewer), "spot annotator")
-    ann.image.value, ann.folder.value, ann.annotator.value = "scan", work / "spot_logs", "bench"
+    pick(ann.image, "scan")
+    ann.folder.value, ann.annotator.value = work / "spot_logs", "bench"
     run("spots annotator: Start session", lambda: click(ann.start_btn),
         check=lambda: _need(ann.log is not None, "no session"))
     centre = np.array(ph.volume.shape) // 2
@@ -337,8 +350,7 @@ def _spots(viewer, run, work: Path, small: int) -> None:
     run("spots annotator: Export CSV", lambda: click(ann.export_btn),
         check=lambda: _need((work / "exported_clicks.csv").is_file(), "no CSV written"))
     det = dock(viewer, SpotDetectorWidget(viewer), "spot detector")
-    det.train_images.reset_choices()
-    det.train_images.value = ["scan"]
+    pick(det.train_images, "scan")
     det.params["target_epochs"].value = det.params["source_epochs"].value = small
     det.params["max_negatives"].value = 800
     run("spots detector: Train", lambda: click(det.train_btn), [det.runner],
@@ -346,7 +358,7 @@ def _spots(viewer, run, work: Path, small: int) -> None:
     det.model_path.value = work / "spots_model.pt"
     run("spots detector: Save model", lambda: click(det.save_btn), [det.runner])
     run("spots detector: Load model", lambda: click(det.load_btn), [det.runner])
-    det.image.value = "scan"
+    pick(det.image, "scan")
     run("spots detector: Detect spots", lambda: click(det.predict_btn), [det.runner],
         check=lambda: _need(det.detection is not None, "no detection"))
     mid = (det.threshold.min + det.threshold.max) / 2
@@ -374,11 +386,15 @@ def _membranes(viewer, run, work: Path, small: int) -> None:
                         "round_epochs": small, "max_windows": 3}.items():
         mem.params[name].value = value
     mem.folder.value = work / "membranes_project"
-    mem.target_image.value, mem.target_labels.value = "isbi target", "isbi target few labels"
-    mem.val_image.value, mem.val_truth.value, mem.val_value.value = "isbi val", "isbi val truth", 0
+    pick(mem.target_image, "isbi target")
+    pick(mem.target_labels, "isbi target few labels")
+    pick(mem.val_image, "isbi val")
+    pick(mem.val_truth, "isbi val truth")
+    mem.val_value.value = 0
     run("membranes: Open / create project", lambda: click(mem.open_btn), [mem.runner],
         check=lambda: _need(mem.project is not None, "no project"))
-    mem.source_image.value, mem.source_labels.value = "EM source", "EM source truth"
+    pick(mem.source_image, "EM source")
+    pick(mem.source_labels, "EM source truth")
     run("membranes: 1. Train source", lambda: click(mem.train_btn), [mem.runner])
     run("membranes: 2. Transfer", lambda: click(mem.transfer_btn), [mem.runner])
     run("membranes: 3. Propose region", lambda: click(mem.propose_btn), [mem.runner],
@@ -399,11 +415,9 @@ def _flim_encoder(viewer, run, work: Path, small: int) -> None:
     viewer.add_labels(read_lids_markers(DATA / "flim" / "dsb2018_nuclei_128_markers.txt"),
                       name="flim nuclei scribbles")
     enc = dock(viewer, FlimEncoderWidget(viewer), "flim encoder")
-    enc.image.reset_choices()
-    enc.image.value = "flim nuclei"
+    pick(enc.image, "flim nuclei")
     run("flim encoder: New markers layer", lambda: click(enc.new_btn))
-    enc.markers.reset_choices()
-    enc.markers.value = "flim nuclei scribbles"
+    pick(enc.markers, "flim nuclei scribbles")
     run("flim encoder: Fit encoder", lambda: click(enc.fit_btn), [enc.runner])
     run("flim encoder: Train decoder", lambda: click(enc.train_btn), [enc.runner])
     run("flim encoder: Segment", lambda: click(enc.segment_btn), [enc.runner])
@@ -430,7 +444,8 @@ def _flim_recommend(viewer, run, work: Path, small: int) -> None:
     run("flim recommend: New markers layer", lambda: click(rec.new_btn))
     from expertloop.engine.flim.markers import simulate_markers
 
-    mk = viewer.layers[rec.markers.value]
+    mk = rec.markers.value
+    mk = viewer.layers[getattr(mk, "name", mk)]
     data = np.asarray(mk.data).copy()
     data[0] = simulate_markers(truth[0], n_objects=2, seed=0)
     mk.data = data
@@ -482,16 +497,13 @@ def _blood(viewer, run, work: Path, small: int) -> None:
     bl.model_file.value = model_path
     run("blood: Load model", lambda: click(bl.load_btn), [bl.runner],
         check=lambda: _need(bl.model is not None, "no model"))
-    bl.image.reset_choices()
-    bl.image.value = "smear"
+    pick(bl.image, "smear")
     run("blood: Detect cells", lambda: click(bl.detect_btn), [bl.runner],
         check=lambda: _need(bl.result is not None, "no result"))
     run("blood: move score threshold", lambda: setattr(bl.score, "value", 0.2))
-    bl.annotations.reset_choices()
-    boxes_name = next((c for c in bl.annotations.choices if "BloodImage_00001" in str(c)), None)
-    if boxes_name is not None:
-        bl.annotations.value = boxes_name
-        viewer.layers[boxes_name].selected_data = {0, 1}
+    boxes = next(ly for ly in viewer.layers if ly._type_string == "shapes" and "BloodImage_00001" in ly.name)
+    pick(bl.annotations, boxes.name)
+    boxes.selected_data = {0, 1}
     bl.shape_type.reset_choices()
     run("blood: Set type of selected", lambda: click(bl.set_type_btn))
     bl.det_epochs.value, bl.head_epochs.value = 1, small
@@ -513,8 +525,7 @@ def _semiauto(viewer, run, work: Path, small: int) -> None:
     print("Semi-automatic labelling", flush=True)
     (crops,) = viewer.open_sample("napari-expertloop", "semiauto")
     sa = dock(viewer, SemiAutoWidget(viewer), "semiauto")
-    sa.stack.reset_choices()
-    sa.stack.value = crops.name
+    pick(sa.stack, crops.name)
     sa.class_names.value = ", ".join(crops.metadata["class_names"])
     sa.initial.value = crops.metadata["initial_labels"]
     sa.project.value = work / "semiauto_project"

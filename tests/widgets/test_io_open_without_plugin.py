@@ -63,13 +63,12 @@ def test_labels_and_images_round_trip_as_tiff(make_napari_viewer, tmp_path, ndim
     viewer = make_napari_viewer()
     viewer.add_labels(lab, name="lab", scale=(2.0,) * ndim)
     viewer.add_image(img, name="img")
-    # (a labels layer comes back with its values as an image layer: the file
-    # does not say that it holds labels)
-    for name, arr in (("lab", lab), ("img", img)):
+    for name, arr, kind in (("lab", lab, "labels"), ("img", img, "image")):
         out = tmp_path / f"{name}.tif"
         viewer.layers.selection = {viewer.layers[name]}
         viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
         (back,) = viewer.open(str(out), plugin=PLUGIN)  # TIFF: both napari and expertloop offer (docs/io.md)
         np.testing.assert_array_equal(np.asarray(back.data), arr)
+        assert back._type_string == kind  # labels are marked in the file and open as Labels
         if name == "lab":
             np.testing.assert_allclose(back.scale, (2.0,) * ndim)  # the voxel size travels with the file

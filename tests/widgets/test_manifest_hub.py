@@ -70,6 +70,7 @@ def test_labels_round_trip_as_nifti_2d_and_3d(make_napari_viewer, tmp_path, ndim
     out = tmp_path / "lab.nii.gz"
     viewer.layers.save(str(out), plugin=PLUGIN)
     (back,) = viewer.open(str(out), plugin=PLUGIN)
+    assert back._type_string == "labels"  # the NIfTI 'label' intent
     data = np.asarray(back.data)
     if ndim == 2:
         assert data.shape == (1, *shape)  # a 2D layer is saved as a single-slice volume

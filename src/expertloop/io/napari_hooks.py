@@ -92,6 +92,16 @@ def write_image_nifti(path: str, data: Any, meta: dict) -> list[str]:
     return [str(write_nifti(path, data, _layer_meta(meta)))]
 
 
+def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
+    """A Labels layer as TIFF, marked as labels (it opens as Labels again)."""
+    return [str(write_tiff(path, data, {**_layer_meta(meta), "layer_type": "labels"}))]
+
+
+def write_labels_nifti(path: str, data: Any, meta: dict) -> list[str]:
+    """A Labels layer as NIfTI with the ``label`` intent (it opens as Labels again)."""
+    return [str(write_nifti(path, data, {**_layer_meta(meta), "layer_type": "labels"}))]
+
+
 # ------------------------------------------------------------ sample data
 def sample_path(name: str) -> Path:
     """Path of a sample file shipped in ``expertloop/data``."""

@@ -253,7 +253,14 @@ def read_nifti(path: str | os.PathLike, lazy: bool = False,
         },
     }
     meta["scale"] = _checked_scale(scale, meta["metadata"]["axes"][-len(scale):], path, meta)
-    return [ImageData(out, meta, "image")]
+    return [ImageData(out, meta, _kind(img.header.get_intent()[0] == "label", out))]
+
+
+def _kind(labels_marked: bool, data) -> str:
+    """"labels" for an integer array its file marks as labels (expertloop's
+    labels writers do), else "image"."""
+    dtype = getattr(data[0] if isinstance(data, list) else data, "dtype", None)
+    return "labels" if labels_marked and dtype is not None and np.issubdtype(dtype, np.integer) else "image"
 
 
 # ----------------------------------------------------------------- TIFF
@@ -343,6 +350,7 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
             levels = _lazy_levels(series) if lazy else None
             data = levels[0] if lazy else series.asarray()
             scale_by_axis, ome_units = _tiff_scale(tif)
+            marked = (tif.imagej_metadata or (tif.shaped_metadata or [{}])[0] or {}).get("layer") == "labels"
     except tifffile.TiffFileError as exc:
         raise ImageReadError(f"{path.name}: not a valid TIFF file ({exc})") from exc
     except DeclaredSizeError as exc:
@@ -392,7 +400,7 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> list[ImageData]:
             data = [lv[(slice(None),) * channel_axis + (0,)] for lv in data]
         else:
             data = data[(slice(None),) * channel_axis + (0,)]
-    return [ImageData(data, meta, "image")]
+    return [ImageData(data, meta, _kind(marked and not rgb and "channel_axis" not in meta, data))]
 
 
 # ------------------------------------------------------------ OME-Zarr

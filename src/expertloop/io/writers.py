@@ -17,6 +17,9 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, meta: Mapping[str, Any
 
     ``meta['scale']`` (napari layer scale) becomes the pixel size (Y, X) and
     the Z spacing, so reading the file back gives the same ``scale``.
+    ``meta['layer_type'] == "labels"`` marks the file as labels (key
+    ``layer=labels`` of its ImageJ / JSON description), so expertloop's reader
+    opens it as a Labels layer again.
     """
     import tifffile
 
@@ -30,6 +33,8 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, meta: Mapping[str, Any
         data = data.astype(np.uint8)
     axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(nsp, "Q" * (nsp - 2) + "YX") + ("S" if rgb else "")
     metadata: dict[str, Any] = {"axes": axes}
+    if meta.get("layer_type") == "labels":
+        metadata["layer"] = "labels"
     if nsp >= 3:
         metadata["spacing"] = float(scale[-3])
     kwargs: dict[str, Any] = {
@@ -57,6 +62,8 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, meta: Mapping[str, An
     metadata holds ``canonical_affine``), the array is mapped back to that
     voxel grid, so a label volume drawn on an MRI overlays it in any NIfTI
     viewer. Otherwise the affine is diagonal with the layer's ``scale``.
+    ``meta['layer_type'] == "labels"`` sets the NIfTI intent to ``label``
+    (NIFTI_INTENT_LABEL), which expertloop's reader opens as a Labels layer.
     """
     import nibabel as nib
 
@@ -81,5 +88,7 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, meta: Mapping[str, An
         affine = np.diag([float(scale[2]), float(scale[1]), float(scale[0]), 1.0])
     img = nib.Nifti1Image(vol, affine)
     img.header.set_xyzt_units("mm")
+    if meta.get("layer_type") == "labels":
+        img.header.set_intent("label")
     nib.save(img, str(path))
     return Path(path)
