@@ -87,3 +87,34 @@ def test_flim_blockwise_3d_and_channels():
     np.testing.assert_array_equal(got, cls)
     with pytest.raises(ValueError, match="2 channel"):
         run_job(predict_blocks(net, img[:1], tile=20))
+
+
+# ------------------------------------------------------------------ features
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+def test_value_range_counted_by_rows_equals_numpy(dtype):
+    from expertloop.engine.features import _value_range
+
+    rng = np.random.default_rng(5)
+    img = rng.normal(100, 30, (203, 77, 4)).clip(0, 255).astype(dtype)
+    for plane in (img[..., 0], img):  # grey, and RGBA (alpha left out)
+        want = np.percentile((plane[..., :3] if plane.ndim == 3 else plane).astype(np.float32), (0.5, 99.5))
+        got = _value_range(da.from_array(plane, chunks=(50, 30) + plane.shape[2:]), rows=40)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tile", [40, 56])
+def test_features_blockwise_from_dask_and_zarr(tmp_path, tile):
+    from expertloop.engine.features import BACKBONES, extract_features
+
+    img = np.random.default_rng(6).integers(0, 4000, (2, 90, 70)).astype(np.uint16)
+    want = run_job(extract_features(img, "resnet18", pretrained=False, tile=1024, seed=0))
+    c = BACKBONES["resnet18"].channels
+    out = zarr.open_array(str(tmp_path / f"f{tile}.zarr"), mode="w", shape=want.shape, chunks=(1, c, 8, 8),
+                          dtype="f4")
+    got = run_job(extract_features(da.from_array(img, chunks=(1, 30, 30)), "resnet18", pretrained=False,
+                                   tile=tile, seed=0, out=out))
+    assert isinstance(got, zarr.Array)
+    np.testing.assert_allclose(got[:], want, atol=1e-4)
+    plane = zarr.array(img[1], chunks=(32, 32))  # a 2D zarr source, numpy result
+    np.testing.assert_allclose(run_job(extract_features(plane, "resnet18", pretrained=False, tile=tile, seed=0)),
+                               want[1], atol=1e-4)

@@ -33,7 +33,7 @@ from expertloop.engine.backend import get_torch, get_torchvision
 from expertloop.engine.device import device_info, select_device
 from expertloop.engine.jobs import Job, Progress
 from expertloop.engine.seed import seed_everything
-from expertloop.engine.tiling import count_tiles, iter_tiles
+from expertloop.engine.tiling import count_tiles, iter_tiles, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +206,14 @@ def build_backbone(name: str = "mobilenet_v2", pretrained: bool | str = "auto", 
     return module, spec, used
 
 
-def _as_rgb_float(plane: np.ndarray, intensity: str = "percentile") -> np.ndarray:
+def _as_rgb_float(plane: np.ndarray, intensity: str = "percentile", value_range=None) -> np.ndarray:
     """(H, W) or (H, W, C) -> (3, H, W) float32 normalised to ~ImageNet stats.
 
     ``intensity="percentile"`` stretches the 0.5-99.5 percentiles to [0, 1];
     ``"dtype"`` divides 8-bit data by 255 (and stretches other types), which
     keeps absolute colour, e.g. for stained cells compared across images.
+    ``value_range`` (from :func:`_value_range` on the whole plane) replaces
+    the percentiles of ``plane`` itself, so a tile is normalised like its plane.
     """
     raw = np.asarray(plane)
     a = raw.astype(np.float32)
@@ -221,16 +223,50 @@ def _as_rgb_float(plane: np.ndarray, intensity: str = "percentile") -> np.ndarra
         a = np.moveaxis(a[..., :3], -1, 0)
     else:
         raise ValueError(f"expected a 2D grey or RGB(A) plane, got shape {plane.shape}")
+    if intensity not in ("percentile", "dtype"):
+        raise ValueError("intensity must be 'percentile' or 'dtype'")
     if intensity == "dtype" and raw.dtype == np.uint8:
         a = a / 255.0
-    elif intensity in ("percentile", "dtype"):
-        lo, hi = np.percentile(a, (0.5, 99.5))
-        a = (a - lo) / (hi - lo if hi > lo else 1.0)
     else:
-        raise ValueError("intensity must be 'percentile' or 'dtype'")
+        lo, hi = np.percentile(a, (0.5, 99.5)) if value_range is None else value_range
+        a = (a - lo) / (hi - lo if hi > lo else 1.0)
     mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
     std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
     return ((a - mean) / std).astype(np.float32, copy=False)
+
+
+def _value_range(plane, rows: int = 256) -> tuple[float, float]:
+    """The 0.5 and 99.5 percentiles (numpy's linear method) of a grey or RGB(A)
+    plane (alpha left out, as :func:`_as_rgb_float` does). Integer data of at
+    most 16 bits are counted ``rows`` rows at a time, so a numpy, dask or zarr
+    plane bigger than memory is never read whole; other types read the plane."""
+    from expertloop.engine.tiling import to_numpy
+
+    dt = np.dtype(plane.dtype)
+    rgb = len(plane.shape) == 3
+    if not (np.issubdtype(dt, np.integer) and dt.itemsize <= 2):
+        a = to_numpy(plane)
+        lo, hi = np.percentile((a[..., :3] if rgb else a).astype(np.float32), (0.5, 99.5))
+        return float(lo), float(hi)
+    info = np.iinfo(dt)
+    counts = np.zeros(int(info.max) - int(info.min) + 1, np.int64)
+    for r in range(0, int(plane.shape[0]), rows):
+        b = to_numpy(plane[r:r + rows])
+        b = b[..., :3] if rgb else b
+        counts += np.bincount((b.astype(np.int64) - int(info.min)).ravel(), minlength=counts.size)
+    cum = np.cumsum(counts)
+    n = int(cum[-1])
+
+    def order(k: int) -> float:
+        return float(np.searchsorted(cum, k, side="right") + int(info.min))
+
+    out = []
+    for q in (0.5, 99.5):
+        idx = q / 100 * (n - 1)
+        k = int(np.floor(idx))
+        v0, v1 = order(k), order(min(k + 1, n - 1))
+        out.append(v0 + (v1 - v0) * (idx - k))
+    return out[0], out[1]
 
 
 def extract_features(
@@ -242,6 +278,7 @@ def extract_features(
     rgb: bool | None = None,
     device=None,
     seed: int | None = None,
+    out=None,
 ) -> Job[np.ndarray]:
     """Job: dense CNN features of a 2D image or of each plane of a 3D stack.
 
@@ -251,13 +288,23 @@ def extract_features(
     pre-trained ones are used. Large planes are processed in tiles with a
     halo, so the result does not depend on the tile size (up to padding
     effects at tile borders outside the halo's reach).
+
+    Block-wise: ``image`` may be a numpy, dask or zarr array; each tile (with
+    its halo) is read from it and its features written into ``out`` (default
+    a new numpy array; give a zarr array of the result's shape to keep it on
+    disk), so memory holds one tile, not the image. The 0.5-99.5 percentile
+    stretch of each plane is counted block-wise first for integer data of at
+    most 16 bits (other types read the plane once for it).
     """
     torch = get_torch()
-    image = np.asarray(image)
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    shape = tuple(int(n) for n in image.shape)
     if rgb is None:
-        rgb = image.ndim >= 3 and image.shape[-1] in (3, 4)
-    planes = image[None] if image.ndim == (3 if rgb else 2) else image
-    if planes.ndim != (4 if rgb else 3) or 0 in planes.shape:
+        rgb = len(shape) >= 3 and shape[-1] in (3, 4)
+    is_2d = len(shape) == (3 if rgb else 2)
+    pshape = (1,) + shape if is_2d else shape
+    if len(pshape) != (4 if rgb else 3) or 0 in pshape:
         raise ValueError(
             f"extract_features takes a 2D image or a 3D stack (RGB allowed), got shape {image.shape}"
         )
@@ -274,17 +321,22 @@ def extract_features(
     s = spec.stride
     tile = max(s, (tile // s) * s)
     halo = -(-spec.halo // s) * s
-    h, w = planes.shape[1:3]
+    h, w = pshape[1:3]
     hs, ws = -(-h // s), -(-w // s)
-    out = np.zeros((len(planes), spec.channels, hs, ws), np.float32)
+    want = (spec.channels, hs, ws) if is_2d else (pshape[0], spec.channels, hs, ws)
+    if out is None:
+        out = np.zeros(want, np.float32)
+    elif tuple(out.shape) != want:
+        raise ValueError(f"out has shape {tuple(out.shape)}, the features {want}")
     per_plane = count_tiles((h, w), tile)
-    total = per_plane * len(planes)
+    total = per_plane * pshape[0]
     done = 0
     with torch.inference_mode():
-        for z, plane in enumerate(planes):
-            x = _as_rgb_float(plane)
+        for z in range(pshape[0]):
+            plane = image if is_2d else image[z]
+            vr = _value_range(plane)
             for t in iter_tiles((h, w), tile, halo):
-                chunk = x[:, t.read[0], t.read[1]]
+                chunk = _as_rgb_float(to_numpy(plane[t.read[0], t.read[1]]), "percentile", vr)
                 ph = (-chunk.shape[1]) % s
                 pw = (-chunk.shape[2]) % s
                 if ph or pw:
@@ -297,12 +349,11 @@ def extract_features(
                 ox = slice(wx.start // s, -(-wx.stop // s))
                 fy = slice(cy.start // s, cy.start // s + (oy.stop - oy.start))
                 fx = slice(cx.start // s, cx.start // s + (ox.stop - ox.start))
-                out[z, :, oy, ox] = f[:, fy, fx]
+                out[(slice(None), oy, ox) if is_2d else (z, slice(None), oy, ox)] = f[:, fy, fx]
                 done += 1
-                msg = f"{backbone}: plane {z + 1}/{len(planes)}, tile {done}/{total}"
+                msg = f"{backbone}: plane {z + 1}/{pshape[0]}, tile {done}/{total}"
                 yield Progress(done, total, msg)
-    is_2d = image.ndim == (3 if rgb else 2)
-    return out[0] if is_2d else out
+    return out
 
 
 def features_to_rgb(features: np.ndarray, out_shape: tuple[int, int] | None = None, seed: int = 0) -> np.ndarray:
