@@ -40,6 +40,7 @@ same name in different folders).
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import threading
 import time
@@ -400,6 +401,10 @@ def _run(task, files, names, targets, params, skip_existing, client, scheduler, 
     futures: dict = {}
     try:
         threads = None
+        if not logging.getLogger().isEnabledFor(logging.INFO):
+            # dask sets its own loggers to INFO; their records reach the
+            # application's handler unless the application asked for INFO
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         if client is None and scheduler is not None:
             client = own_client = connect(scheduler, scheduler_timeout)
             where = f"the scheduler at {scheduler}"
