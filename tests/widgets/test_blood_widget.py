@@ -371,3 +371,42 @@ def test_untrained_heads_are_hidden_and_counts_follow_the_thresholds(make_napari
     from expertloop.io.blood_formats import results_to_rows
     rows = results_to_rows([res], 0.0, 0.0)
     assert len(rows) == len(res) and not any(r["types"] or r["abnormal"] for r in rows)
+
+
+def test_detect_on_a_lazy_multiscale_layer_reads_level_zero_in_the_worker(make_napari_viewer, qtbot, model_file):
+    """A multiscale layer of dask arrays: detection runs on level 0, read in the
+    worker thread (not on the GUI thread), and the boxes overlay level 0."""
+    import threading
+
+    import dask.array as da
+
+    path, img = model_file
+    gui_reads = []
+
+    def record(block):
+        gui_reads.append(threading.current_thread() is threading.main_thread())
+        return block
+
+    level0 = da.from_array(img, chunks=(48, 48, 3)).map_blocks(record, dtype=img.dtype)
+    level1 = da.from_array(np.ascontiguousarray(img[::2, ::2]), chunks=(48, 48, 3))
+    viewer = make_napari_viewer()
+    viewer.add_image([level0, level1], name="smear", rgb=True, multiscale=True, scale=(0.5, 0.5),
+                     visible=False)  # hidden: napari itself reads nothing of it
+    w = _widget(viewer, qtbot)
+    w.model_file.value = path
+    w.load()
+    _wait(qtbot, w)
+    w.score.value = 0.0
+    gui_reads.clear()
+    w.image.value = "smear"
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):  # blocks computed in the thread that reads
+        w.detect()
+        _wait(qtbot, w)
+    assert w.runner.last_error is None, w.runner.last_error
+    assert gui_reads and not any(gui_reads)  # level 0 read, by the worker only
+    ref = run_job(predict_image(load_blood_model(path), img, score_threshold=0.0))
+    np.testing.assert_allclose(w.result.boxes, ref.boxes, atol=1e-4)
+    layer = viewer.layers["smear cells"]
+    assert tuple(layer.scale) == (0.5, 0.5) and len(layer.data) == len(ref)

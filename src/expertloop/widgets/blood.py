@@ -59,14 +59,16 @@ def _annotation_choices(viewer) -> list[str]:
     return [ly.name for ly in viewer.layers if isinstance(ly, (Shapes, Labels))]
 
 
-def _plane(layer, viewer) -> np.ndarray:
-    """The 2D (grey or RGB) plane of ``layer`` shown now."""
+def _plane(layer, viewer):
+    """The 2D (grey or RGB) plane of ``layer`` shown now, at full resolution
+    (level 0 of a multiscale layer), not read: a lazy (dask, zarr) layer is
+    read by the job, in the worker thread."""
     data = layer_array(layer)[0]
     nd = data.ndim - (1 if getattr(layer, "rgb", False) else 0)
     if nd > 2:
         step = viewer.dims.current_step[-nd:-2] if viewer.dims.ndim >= nd else (0,) * (nd - 2)
         data = data[tuple(int(s) for s in step)]
-    return np.asarray(data)
+    return data
 
 
 class BloodWidget(Container):
@@ -323,10 +325,10 @@ class BloodWidget(Container):
         ann = layer_by_name(self._viewer, self.annotations.value)
         if img_layer is None or ann is None:
             raise ValueError("choose an image and an annotation layer (Shapes rectangles or Labels)")
-        image = _plane(img_layer, self._viewer)
+        image = np.asarray(_plane(img_layer, self._viewer))  # an annotated image: one plane, in memory
         feat = self.type_feature.value.strip()
         if isinstance(ann, Labels):
-            lab = _plane(ann, self._viewer)
+            lab = np.asarray(_plane(ann, self._viewer))
             if lab.max() == 0:
                 raise ValueError(f"the Labels layer {ann.name!r} is empty")
             types = None
