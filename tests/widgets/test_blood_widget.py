@@ -184,6 +184,15 @@ def test_named_thresholds_shared_by_widget_image_folder_and_cli(make_napari_view
     assert load_blood_model(mpath).thresholds() == m.thresholds()
     viewer, w = _smear_dock(make_napari_viewer(), qtbot, mpath, img)
     assert (w.score.value, w.type_thr.value) == pytest.approx((0.02, 0.3))
+    # the 'new:' controls show the loaded model's architecture and types, read-only
+    assert (w.detector.value, w.embedder.value) == (m.det_backbone, m.embedder_name) == ("mobilenet_v2", "resnet18")
+    assert w.types.value == ", ".join(m.type_names) and w.det_classes.value == ", ".join(m.det_classes)
+    assert w.abnormal_types.value == ", ".join(m.abnormal_types)
+    assert not w.embedder.enabled and not w.types.enabled and w.forget_btn.enabled
+    w.forget_btn.clicked.emit()  # a new model next time: the controls are editable again
+    assert w.model is None and w.embedder.enabled and w.types.enabled
+    w.load()
+    _wait(qtbot, w)
     w.detect()
     _wait(qtbot, w)
     ref = run_job(predict_image(load_blood_model(mpath), img))  # the model's candidate_floor

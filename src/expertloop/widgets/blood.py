@@ -91,6 +91,7 @@ class BloodWidget(Container):
         self.abnormal_types = LineEdit(label="new: abnormal types", value=", ".join(PAPER_ABNORMAL))
         self.det_classes = LineEdit(label="new: detector classes", value="cell")
         self.pretrained = CheckBox(text="ImageNet weights (if available)", value=True)
+        self.forget_btn = PushButton(text="New model (forget the one in use)", enabled=False)
         # detection
         self.image = ComboBox(label="image", choices=lambda _: image_layer_choices(viewer))
         self.detect_btn = PushButton(text="Detect cells")
@@ -123,7 +124,7 @@ class BloodWidget(Container):
         self.runner = JobRunner()
         super().__init__(widgets=[
             self.model_file, self.load_btn, self.detector, self.embedder, self.types, self.abnormal_types,
-            self.det_classes, self.pretrained, self.image, self.detect_btn, self.score, self.type_thr,
+            self.det_classes, self.pretrained, self.forget_btn, self.image, self.detect_btn, self.score, self.type_thr,
             self.summary, self.table, self.annotations, self.type_feature, self.shape_type, self.set_type_btn,
             self.add_type_btn, self.det_epochs, self.head_epochs,
             self.train_btn, self.save_file, self.save_btn, self.export_file, self.csv_btn, self.coco_btn,
@@ -131,6 +132,7 @@ class BloodWidget(Container):
         ])
         fit_dock(self)
         self.load_btn.changed.connect(self.load)
+        self.forget_btn.changed.connect(self.forget_model)
         self.detect_btn.changed.connect(self.detect)
         self.train_btn.changed.connect(self.train)
         self.save_btn.changed.connect(self.save)
@@ -151,6 +153,33 @@ class BloodWidget(Container):
                     abnormal_types=[t for t in _names(self.abnormal_types.value)],
                     det_backbone=self.detector.value, embedder=self.embedder.value,
                     pretrained="auto" if self.pretrained.value else False)
+
+    @property
+    def _model_controls(self) -> list:
+        return [self.detector, self.embedder, self.types, self.abnormal_types, self.det_classes, self.pretrained]
+
+    def _use_model(self, model) -> None:
+        """``model`` is the one in force: the 'new:' controls show its architecture
+        and types, read-only (they are fixed once a model exists), and the
+        threshold sliders its thresholds."""
+        self.model = model
+        self.detector.value, self.embedder.value = model.det_backbone, model.embedder_name
+        self.types.value = ", ".join(model.type_names)
+        self.abnormal_types.value = ", ".join(model.abnormal_types)
+        self.det_classes.value = ", ".join(model.det_classes)
+        for c in self._model_controls:
+            c.enabled = False
+        self.forget_btn.enabled = True
+        self.shape_type.reset_choices()
+        self.score.value, self.type_thr.value = model.score_threshold, model.type_threshold
+
+    def forget_model(self, *_) -> None:
+        """Drop the model in use: the next training starts a new one from the 'new:' controls."""
+        self.model = None
+        for c in self._model_controls:
+            c.enabled = True
+        self.forget_btn.enabled = False
+        self.shape_type.reset_choices()
 
     def _type_choices(self) -> list[str]:
         return list(self.model.type_names) if self.model is not None else _names(self.types.value)
@@ -203,9 +232,7 @@ class BloodWidget(Container):
         from expertloop.engine.jobs import call_job
 
         def done(model):
-            self.model = model
-            self.shape_type.reset_choices()
-            self.score.value, self.type_thr.value = model.score_threshold, model.type_threshold
+            self._use_model(model)
             notify("Blood cell detector", f"loaded {path.name}: types {', '.join(model.type_names)}")
 
         return self.runner.start(call_job(f"reading {path.name}", load_blood_model, path),
@@ -375,8 +402,10 @@ class BloodWidget(Container):
             return model, hist
 
         def done(out):
-            self.model, hist = out
-            self.shape_type.reset_choices()
+            model, hist = out
+            # the sliders' thresholds stay in force (a new model takes them)
+            model.set_thresholds(score_threshold=float(self.score.value), type_threshold=float(self.type_thr.value))
+            self._use_model(model)
             self.refresh()
             det = hist["detector"]
             msg = f"trained: detector {len(det)} iteration{'' if len(det) == 1 else 's'}" + (f" (loss {det[0]:.3f} -> {det[-1]:.3f})" if det else "")
