@@ -139,3 +139,50 @@ def test_unwritable_output_and_dead_scheduler_are_one_line_errors(model, tmp_pat
                     scheduler="tcp://127.0.0.1:9", scheduler_timeout=1)
     with pytest.raises(BatchInputError, match="cannot reach the dask scheduler at tcp://127.0.0.1:9"):
         run_job(job)
+
+
+def _steps_task(source, paths, name, params):
+    """A step that is a job: 4 progress steps, then its output."""
+    from expertloop.engine.jobs import Progress
+
+    for k in range(4):
+        yield Progress(k + 1, 4, f"step {k + 1}")
+    paths[0].write_text(name)
+    return "written"
+
+
+def _nested_task(source, paths, name, params):
+    """A step that runs an inner job with run_job (it follows the batch's Cancel);
+    on image i1 the user presses Cancel while that inner job runs."""
+    from expertloop.engine.jobs import current_cancel
+
+    if name == "i1":
+        current_cancel().cancel()
+    return run_job(_steps_task(source, paths, name, params))
+
+
+@pytest.mark.parametrize("task", [_steps_task, _nested_task])
+def test_serial_batch_cancel_stops_inside_an_image_and_is_not_a_failure(task, tmp_path):
+    from expertloop.engine.jobs import CancelToken, JobCancelled
+
+    files = [tmp_path / f"i{k}.tif" for k in range(3)]
+    for f in files:
+        f.write_bytes(b"x")
+    out = tmp_path / "out"
+    seen, token = [], CancelToken()
+    stop_at = "i1: step 2"  # a job step: cancel inside image i1 (the nested one cancels itself)
+
+    def on_progress(p):
+        seen.append(p.message)
+        if p.message == stop_at:
+            token.cancel()
+
+    with pytest.raises(JobCancelled):
+        run_job(run_batch(task, files, out, (".txt",), workers=0), on_progress=on_progress, cancel=token)
+    assert "i0: written" in seen and not any("FAILED" in m for m in seen), seen  # cancelled is not failed
+    if task is _steps_task:
+        assert "i0: step 3" in seen  # the image's own progress shows
+        assert seen[-1] == "i1: step 2"  # stopped at the image's next step, not after the image
+    else:
+        assert seen[-1] == "i1: cancelled"  # the inner run_job's JobCancelled ends the batch cleanly
+    assert sorted(p.name for p in out.iterdir()) == ["i0.txt"]  # nothing of i1, no temporary file

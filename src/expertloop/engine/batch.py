@@ -40,6 +40,7 @@ same name in different folders).
 from __future__ import annotations
 
 import glob
+import inspect
 import logging
 import os
 import threading
@@ -51,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from expertloop.engine.config import param
-from expertloop.engine.jobs import Job, Progress
+from expertloop.engine.jobs import Job, JobCancelled, Progress, run_job
 
 
 class BatchInputError(ValueError):
@@ -240,26 +241,37 @@ class ImageOutcome:
         return self.status != "failed"
 
 
-def run_one(task: Callable, source: Path, name: str, targets: list[Path], params: Any,
-            threads: int | None = None) -> ImageOutcome:
-    """Run ``task`` on one image; write its outputs atomically; never raise.
+def iter_one(task: Callable, source: Path, name: str, targets: list[Path], params: Any,
+             threads: int | None = None) -> Job[ImageOutcome]:
+    """Job: run ``task`` on one image; write its outputs atomically.
 
-    ``task(source, paths, name, params) -> str`` must write every one of
-    ``paths`` (temporary names of ``targets``) and return a one-line summary.
-    It computes lazy (dask) reads with :func:`expertloop.engine.tiling.to_numpy`
-    (in the worker, not through the cluster's scheduler).
+    ``task(source, paths, name, params)`` must write every one of ``paths``
+    (temporary names of ``targets``) and return a one-line summary, or be a
+    job (generator function) returning it: its progress is then re-yielded
+    here and closing this job (Cancel) closes the task's job at its next
+    yield. An error is reported in the returned :class:`ImageOutcome`
+    (status ``"failed"``), never raised; a cancellation is not a failure:
+    :class:`~expertloop.engine.jobs.JobCancelled` (a ``run_job`` inside the
+    task that followed the batch's Cancel) propagates. Temporary files are
+    removed in every case. Lazy (dask) reads are computed with
+    :func:`expertloop.engine.tiling.to_numpy` (in the worker, not through the
+    cluster's scheduler).
     """
     t0 = time.perf_counter()
     tmp = [temporary_name(t) for t in targets]
     try:
         if threads:
             limit_threads(threads)
-        message = task(source, tmp, name, params) or ""
+        message = task(source, tmp, name, params)
+        if inspect.isgenerator(message):
+            message = yield from message
         missing = [t.name for t, p in zip(targets, tmp) if not p.exists()]
         if missing:
             raise RuntimeError(f"the step wrote no {', '.join(missing)}")
         for p, t in zip(tmp, targets):
             os.replace(p, t)
+    except JobCancelled:
+        raise
     except Exception as exc:  # reported per image, the batch goes on
         text = str(exc) or type(exc).__name__
         if not isinstance(exc, (ValueError, OSError)):
@@ -270,7 +282,13 @@ def run_one(task: Callable, source: Path, name: str, targets: list[Path], params
         for p in tmp:
             if p.exists():
                 p.unlink()
-    return ImageOutcome(source, name, targets, "done", message, time.perf_counter() - t0)
+    return ImageOutcome(source, name, targets, "done", message or "", time.perf_counter() - t0)
+
+
+def run_one(task: Callable, source: Path, name: str, targets: list[Path], params: Any,
+            threads: int | None = None) -> ImageOutcome:
+    """:func:`iter_one` run to its end (what a dask worker runs per image)."""
+    return run_job(iter_one(task, source, name, targets, params, threads))
 
 
 # ---------------------------------------------------------------- the batch
@@ -388,11 +406,27 @@ def _run(task, files, names, targets, params, skip_existing, client, scheduler, 
     if not todo:
         return finish("nothing to do")
     if workers == 0 and client is None and scheduler is None:
+        # in this process: each image's own job is driven from here, so its
+        # progress shows and Cancel stops it at its next step
         for i in todo:
-            o = run_one(task, files[i], names[i], targets[i], params)
+            one = iter_one(task, files[i], names[i], targets[i], params)
+            try:
+                while True:
+                    try:
+                        record = next(one)
+                    except StopIteration as stop:
+                        o = stop.value
+                        break
+                    frac = record.fraction or 0.0
+                    yield Progress(round(100 * (done + frac)), 100 * total, f"{names[i]}: {record.message}")
+            except JobCancelled:  # a run_job inside the task followed Cancel
+                yield Progress(100 * done, 100 * total, f"{names[i]}: cancelled")
+                raise  # not reached when driven with the cancel token: the job is closed at the yield
+            finally:
+                one.close()
             outcomes[i] = o
             done += 1
-            yield Progress(done, total, f"{o.name}: {o.message if o.ok else 'FAILED: ' + o.message}")
+            yield Progress(100 * done, 100 * total, f"{o.name}: {o.message if o.ok else 'FAILED: ' + o.message}")
         return finish("this process (serial)")
 
     from distributed import LocalCluster, wait

@@ -3,7 +3,12 @@
 Each step is a module-level function ``step(source, paths, name, params) ->
 str`` (so dask can send it to worker processes by reference): it reads the
 image ``source``, computes, writes each of ``paths`` (temporary names that the
-batch renames into place) and returns a one-line summary. Models are loaded
+batch renames into place) and returns a one-line summary. Steps whose work is
+an engine job are jobs themselves (``yield from`` it, no nested ``run_job``):
+the batch re-yields their progress and Cancel stops them at their next step
+(:func:`~expertloop.engine.batch.iter_one`); a ``run_job`` left inside a step
+follows the batch's Cancel and its :class:`~expertloop.engine.jobs.JobCancelled`
+is a cancellation, not a failed image. Models are loaded
 through :func:`~expertloop.engine.batch.worker_cache`, once per worker.
 ``params`` is a plain dict. ``OUTPUTS`` names what each step writes (the
 suffixes after the image's output name).
@@ -18,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from expertloop.engine.batch import worker_cache
-from expertloop.engine.jobs import run_job
+from expertloop.engine.jobs import Job, run_job
 
 #: output suffixes of each step
 OUTPUTS = {
@@ -45,17 +50,17 @@ def _on_device(model, device):
 
 
 # ---------------------------------------------------------------- features
-def feature_pca_image(source: Path, paths, name: str, params: dict[str, Any]) -> str:
+def feature_pca_image(source: Path, paths, name: str, params: dict[str, Any]) -> Job[str]:
     """CNN feature PCA image (RGB uint8 TIFF, pixel size times the stride).
     Output suffix: ``_<backbone>_features.tif``."""
     from expertloop.engine.features import feature_pca
     from expertloop.io import write_tiff
 
     item = _read(source)
-    rgb, stride = run_job(feature_pca(
+    rgb, stride = yield from feature_pca(
         np.asarray(item.data), params["backbone"], pretrained=params.get("pretrained", "auto"),
         tile=params.get("tile", 512), rgb=bool(item.meta.get("rgb")), device=params.get("device"),
-        seed=params.get("seed", 0)))
+        seed=params.get("seed", 0))
     scale = [float(s) for s in item.meta.get("scale", [1.0] * (rgb.ndim - 1))]
     scale[-2:] = [s * stride for s in scale[-2:]]
     write_tiff(paths[0], (rgb * 255).astype(np.uint8), {"rgb": True, "scale": scale})
@@ -116,7 +121,7 @@ def _flim_network(path: str, device):
     return _on_device(load_network(path), device)
 
 
-def flim_segment(source: Path, paths, name: str, params: dict[str, Any]) -> str:
+def flim_segment(source: Path, paths, name: str, params: dict[str, Any]) -> Job[str]:
     """Segment with a saved FLIM network; write the class labels as TIFF. The
     image is read lazily, tile by tile (``predict_blocks``)."""
     from expertloop.engine.flim import predict_blocks
@@ -125,7 +130,7 @@ def flim_segment(source: Path, paths, name: str, params: dict[str, Any]) -> str:
     net = worker_cache(_flim_network, params["model"], params.get("device"))
     item = _read(source, lazy=True, grey="RGB images are not supported by the FLIM commands; convert to grey first")
     data = item.data[0] if isinstance(item.data, list) else item.data  # level 0 of a pyramid
-    cls = run_job(predict_blocks(net, data, tile=params.get("tile", 512)))
+    cls = yield from predict_blocks(net, data, tile=params.get("tile", 512))
     if params.get("background_zero"):
         cls[cls == 1] = 0
     write_tiff(paths[0], cls, {"name": f"{name}_flim_labels", "scale": item.meta.get("scale")})
@@ -141,7 +146,7 @@ def _spot_detector(path: str, device):
     return det
 
 
-def spots_detect(source: Path, paths, name: str, params: dict[str, Any]) -> str:
+def spots_detect(source: Path, paths, name: str, params: dict[str, Any]) -> Job[str]:
     """Detect 3D spots; write ``z, y, x, probability, n_slices, n_patches`` as CSV."""
     from expertloop.engine.spots.lcnn import detect_spots
 
@@ -151,7 +156,7 @@ def spots_detect(source: Path, paths, name: str, params: dict[str, Any]) -> str:
         raise ValueError(f"a {'colour' if item.meta.get('rgb') else f'{item.data.ndim}D'} image "
                          f"(shape {tuple(item.data.shape)}); the spot detector works on 3D "
                          "grey-level volumes")
-    found = run_job(detect_spots(det, item.data))
+    found = yield from detect_spots(det, item.data)
     s = found.spots(params.get("threshold"), params.get("join_radius"))  # None: SpotSelection's defaults
     table = np.column_stack([s["points"], s["probability"], s["n_slices"], s["n_patches"]])
     np.savetxt(paths[0], table, delimiter=",", header="z,y,x,probability,n_slices,n_patches",
