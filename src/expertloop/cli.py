@@ -182,11 +182,14 @@ def cmd_features(args: argparse.Namespace) -> int:
     from expertloop.commands._cli import batch_result, emit
     from expertloop.engine.batch import expand_inputs
     from expertloop.engine.batch_tasks import feature_pca_image
+    from expertloop.engine.config import build, given_values
+    from expertloop.engine.features import FeatureConfig
 
     files = expand_inputs(args.images)
-    params = {"backbone": args.backbone, "pretrained": args.pretrained, "tile": args.tile,
-              "device": args.device, "seed": args.seed}
-    report = run_batch_command(args, feature_pca_image, files, (f"_{args.backbone}_features.tif",), params)
+    cfg = build(FeatureConfig, given_values(args, FeatureConfig))
+    params = {"backbone": cfg.backbone, "pretrained": args.pretrained, "tile": cfg.tile,
+              "device": args.device, "seed": cfg.seed}
+    report = run_batch_command(args, feature_pca_image, files, (f"_{cfg.backbone}_features.tif",), params)
     emit(args, batch_result(report))
     return exit_code(report)
 
@@ -235,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_gui)
 
     from expertloop.commands._batch import INPUTS_HELP, add_batch_arguments
-    from expertloop.engine.features import BACKBONES
+    from expertloop.engine.config import add_arguments
+    from expertloop.engine.features import FeatureConfig
 
     s = action(sub, "features", "CNN feature PCA images for a batch of files", [
         "expertloop features *.tif -o features/",
@@ -244,12 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     ], description="Write OUT/<image>_<backbone>_features.tif (RGB: the first 3 principal components "
                    "of the backbone's features, pixel size times its stride) per image.")
     s.add_argument("images", nargs="+", help=INPUTS_HELP + "; NIfTI, TIFF, PNG or JPEG")
-    s.add_argument("--backbone", default="mobilenet_v2", choices=sorted(BACKBONES),
-                   help="torchvision backbone (default mobilenet_v2)")
     s.add_argument("--pretrained", default="auto", type=_pretrained,
                    help="ImageNet weights: auto (if available, default), yes or no")
-    s.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the PCA and random weights (default 0)")
+    add_arguments(s, FeatureConfig)  # --backbone, --tile, --seed from the engine
     add_batch_arguments(s)
     add_json(s)
     s.set_defaults(func=cmd_features, outputs={"output": "folder"})

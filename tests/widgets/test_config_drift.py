@@ -14,6 +14,7 @@ from expertloop.cli import build_parser
 from expertloop.engine.blood.model import THRESHOLDS, BloodModel
 from expertloop.engine.blood.pipeline import BloodTraining
 from expertloop.engine.config import control_specs, parameters
+from expertloop.engine.features import FeatureConfig
 from expertloop.engine.flim.params import FlimFit, FlimRecommend
 from expertloop.engine.membranes import MembraneConfig
 from expertloop.engine.semiauto.loop import SemiAutoConfig
@@ -71,6 +72,12 @@ def _flim_recommend(v):
     return FlimRecommendWidget(v).params.controls
 
 
+def _features(v):
+    from expertloop.widgets.features import FeaturesWidget
+
+    return FeaturesWidget(v).params.controls
+
+
 # config class, the names it gives (None: all), its CLI subcommand, the widget's controls
 CASES = {
     "membranes": (MembraneConfig, None, ("membranes", "loop"), _membranes),
@@ -81,6 +88,7 @@ CASES = {
     "blood thresholds": (BloodModel, THRESHOLDS, ("blood", "predict"), _blood_thresholds),
     "flim fit": (FlimFit, None, ("flim", "fit"), _flim_fit),
     "flim recommend": (FlimRecommend, None, ("flim", "recommend"), _flim_recommend),
+    "features": (FeatureConfig, None, ("features",), _features),
 }
 
 

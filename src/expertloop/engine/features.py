@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from expertloop.engine.backend import get_torch, get_torchvision
+from expertloop.engine.config import param
 from expertloop.engine.device import device_info, select_device
 from expertloop.engine.jobs import Job, Progress
 from expertloop.engine.seed import seed_everything
@@ -84,6 +85,16 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 def available_backbones() -> list[str]:
     return sorted(BACKBONES)
+
+
+@dataclass
+class FeatureConfig:
+    """Parameters of the feature PCA images (the 'Deep features' dock and ``expertloop features``)."""
+
+    backbone: str = param("mobilenet_v2", help="torchvision backbone", choices=tuple(sorted(BACKBONES)))
+    tile: int = param(512, help="tile size (the image is processed tile by tile, with a halo)",
+                      label="tile size", min=32, max=4096, step=32, unit="px")
+    seed: int = param(0, help="seed of the PCA and of random weights", min=0, max=2**31 - 1, widget=False)
 
 
 def _spec(name: str) -> BackboneSpec:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton
 
-from expertloop.engine.features import available_backbones, feature_pca
+from expertloop.engine.features import FeatureConfig, feature_pca
 from expertloop.widgets._common import (
+    ConfigControls,
     fit_dock,
     follow_layers,
     image_layer_choices,
@@ -30,9 +31,10 @@ class FeaturesWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self.image = ComboBox(label="image", choices=lambda _: image_layer_choices(viewer))
-        self.backbone = ComboBox(label="backbone", choices=available_backbones(), value="mobilenet_v2")
+        # parameters from the engine's FeatureConfig (defaults, ranges, help live there)
+        self.params = ConfigControls(FeatureConfig)
+        self.backbone, self.tile = self.params["backbone"], self.params["tile"]
         self.pretrained = CheckBox(text="ImageNet weights (if available)", value=True)
-        self.tile = SpinBox(label="tile size", min=32, max=4096, step=32, value=512)
         self.run_btn = PushButton(text="Compute features")
         self.runner = JobRunner()
         super().__init__(
