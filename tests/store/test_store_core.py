@@ -317,3 +317,33 @@ def test_backend_params_require_postgres(monkeypatch, tmp_path):
         testing.fresh_location("postgresql", tmp_path)   # ... so it fails loudly
     monkeypatch.delenv(testing.REQUIRE_ENV)
     assert testing.backend_params()[1].marks[0].args[0]  # optional: skipped
+
+
+def test_save_review_one_transaction_source_from_the_prediction(project):
+    """The web service's save: the source follows the model's prediction, read in
+    the same transaction; permissions as annotate; one audit row per save."""
+    project.push_predictions("ada", "scans", [{"uri": "/data/s1.png", "label": "normal"},
+                                              {"uri": "/data/s2.png", "label": "normal"}],
+                             model="m")
+    ids = {im.uri: im.id for im in project.images("ada", "scans")}
+    before = len(project.audit_log("ada", limit=1000))
+    assert project.save_review("bob", "scans", ids["/data/s1.png"], label="normal",
+                               time_spent=2.0) == "accepted-model"
+    assert project.save_review("bob", "scans", ids["/data/s2.png"], label="abnormal") == "manual"
+    assert project.save_review("bob", "scans", ids["/data/s3.png"], label="unsure") == "manual"
+    got = {r.uri: (r.label, r.source, r.annotator, r.updated_by)
+           for r in project.annotations("ada", "scans")}
+    assert got == {"/data/s1.png": ("normal", "accepted-model", "bob", "bob"),
+                   "/data/s2.png": ("abnormal", "manual", "bob", "bob"),
+                   "/data/s3.png": ("unsure", "manual", "bob", "bob")}
+    assert len(project.audit_log("ada", limit=1000)) == before + 3
+    with pytest.raises(PermissionDenied):
+        project.save_review("dan", "scans", ids["/data/s1.png"], label="normal")
+    with pytest.raises(StoreValidationError):
+        project.save_review("bob", "scans", ids["/data/s1.png"], label="<script>")
+    # a state fingerprint for live views: changes with every save, not with reads
+    state = project.annotation_state("ada", "scans")
+    assert state[0] == 3 and project.annotation_state("ada", "scans") == state
+    project.save_review("bob", "scans", ids["/data/s1.png"], label="abnormal")
+    assert project.annotation_state("ada", "scans") != state
+    assert project.annotation_state("cy", "scans", annotator="cy")[0] == 0

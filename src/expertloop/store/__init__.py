@@ -33,6 +33,7 @@ from expertloop.store.core import (
     format_report,
     local_path,
     migrate,
+    review_source,
 )
 from expertloop.store.models import ROLES, SCHEMA_VERSION, SOURCES, TASK_TYPES
 
@@ -101,12 +102,6 @@ def push_review_tasks(store: Store, collection: str, items: Iterable[Any], *,
     for user in assign_to:
         store.assign(actor, collection, user)
     return store.collection(actor, collection)
-
-
-def review_source(predicted: str | None, label: str) -> str:
-    """``"accepted-model"`` when the expert kept the predicted label, else ``"manual"``."""
-    return "accepted-model" if predicted is not None and str(predicted) == str(label) \
-        else "manual"
 
 
 def accepted_annotations(store: Store, collection: str, *, actor: str,

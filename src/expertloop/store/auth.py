@@ -149,12 +149,6 @@ def login(store: Store, name: str, password: str) -> Identity:
     return Identity(user.id, user.name, user.role, bool(cred.must_change))
 
 
-def _identity(s, user_id: int) -> Identity:
-    user = s.get(User, user_id)
-    cred = s.get(Credential, user_id)
-    return Identity(user.id, user.name, user.role, bool(cred.must_change) if cred else False)
-
-
 # ------------------------------------------------------------------ API tokens
 def create_token(store: Store, actor: str | int, user: str | int | None = None, *,
                  name: str = "", expires_in: timedelta | None = None) -> str:
@@ -202,17 +196,30 @@ def revoke_token(store: Store, actor: str | int, token_id: int) -> None:
     store._run_write(write, "revoke token")
 
 
+def _with_identity(*cols, via):
+    """``cols`` plus the identity of the user ``via`` points at: ONE query per
+    request (token and session checks run on every request of the web service)."""
+    return select(*cols, User.id, User.name, User.role, Credential.must_change).join(
+        User, User.id == via).outerjoin(Credential, Credential.user_id == User.id)
+
+
+def _identity_of(row) -> Identity:
+    return Identity(row.id, row.name, row.role, bool(row.must_change))
+
+
 def check_token(store: Store, token: str) -> Identity:
     """The identity of a valid (not revoked, not expired) API token."""
     with store._read() as s:
-        row = s.scalar(select(ApiToken).where(ApiToken.token_hash == _sha(str(token))))
-        if row is None:
-            raise AuthError("unknown API token")
-        if row.revoked_at is not None:
-            raise AuthError("this API token was revoked")
-        if row.expires_at is not None and row.expires_at <= utcnow():
-            raise AuthError("this API token has expired")
-        return _identity(s, row.user_id)
+        row = s.execute(_with_identity(ApiToken.revoked_at, ApiToken.expires_at,
+                                       via=ApiToken.user_id).where(
+            ApiToken.token_hash == _sha(str(token)))).first()
+    if row is None:
+        raise AuthError("unknown API token")
+    if row.revoked_at is not None:
+        raise AuthError("this API token was revoked")
+    if row.expires_at is not None and row.expires_at <= utcnow():
+        raise AuthError("this API token has expired")
+    return _identity_of(row)
 
 
 # ------------------------------------------------------------------ sessions
@@ -234,10 +241,12 @@ def start_session(store: Store, identity: Identity, *,
 def session(store: Store, secret: str) -> tuple[Identity, str]:
     """(identity, CSRF token) of a live session; :class:`AuthError` otherwise."""
     with store._read() as s:
-        row = s.get(WebSession, _sha(str(secret)))
-        if row is None or row.expires_at <= utcnow():
-            raise AuthError("not logged in (no session or it expired)")
-        return _identity(s, row.user_id), row.csrf
+        row = s.execute(_with_identity(WebSession.expires_at, WebSession.csrf,
+                                       via=WebSession.user_id).where(
+            WebSession.id_hash == _sha(str(secret)))).first()
+    if row is None or row.expires_at <= utcnow():
+        raise AuthError("not logged in (no session or it expired)")
+    return _identity_of(row), row.csrf
 
 
 def end_session(store: Store, secret: str) -> None:

@@ -278,6 +278,12 @@ def _image_spec(item: Any) -> tuple[str, dict, list]:
     return str(item), {}, []
 
 
+def review_source(predicted: str | None, label: str) -> str:
+    """``"accepted-model"`` when the expert kept the predicted label, else ``"manual"``."""
+    return "accepted-model" if predicted is not None and str(predicted) == str(label) \
+        else "manual"
+
+
 def _sqlite_setup(engine: Engine, busy_timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_con, _record):  # pragma: no cover - driver level
@@ -331,6 +337,7 @@ class Store:
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = self.engine.execution_options(expertloop_write=True)
         self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._upsert_stmt = None
 
     # ------------------------------------------------------------ lifecycle
     @classmethod
@@ -462,8 +469,10 @@ class Store:
     @staticmethod
     def _audit(s: Session, actor: User, action: str, entity: str,
                entity_id: int | None, **detail: Any) -> None:
-        s.add(Audit(actor_id=actor.id, action=action, entity=entity,
-                    entity_id=entity_id, detail=detail))
+        # Core, not an ORM object: no unit-of-work flush on every save
+        s.execute(insert(Audit.__table__), dict(
+            at=utcnow(), actor_id=actor.id, action=action, entity=entity,
+            entity_id=entity_id, detail=detail))
 
     @staticmethod
     def _user(s: Session, who: User | str | int) -> User:
@@ -823,14 +832,16 @@ class Store:
         changing = ["label", "value", "mask_ref", "source", "time_spent", "updated_at",
                     "updated_by"]
         if self.dialect in ("sqlite", "postgresql"):
-            if self.dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert as upsert
-            else:
-                from sqlalchemy.dialects.postgresql import insert as upsert
-            stmt = upsert(Annotation.__table__)  # Core, not the ORM bulk path
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(keys),
-                set_={c: getattr(stmt.excluded, c) for c in changing})
+            stmt = self._upsert_stmt
+            if stmt is None:  # built once: `excluded` makes a new alias of every column
+                if self.dialect == "sqlite":
+                    from sqlalchemy.dialects.sqlite import insert as upsert
+                else:
+                    from sqlalchemy.dialects.postgresql import insert as upsert
+                stmt = upsert(Annotation.__table__)  # Core, not the ORM bulk path
+                stmt = self._upsert_stmt = stmt.on_conflict_do_update(
+                    index_elements=list(keys),
+                    set_={c: getattr(stmt.excluded, c) for c in changing})
             for start in range(0, len(rows), 1000):  # executemany: one cached statement
                 s.execute(stmt, rows[start:start + 1000])
             return
@@ -874,19 +885,36 @@ class Store:
             return self._records(s, [ann])[0]
 
     def annotate_many(self, actor: User | str, collection: str | int,
-                      items: Iterable[Mapping[str, Any]]) -> int:
+                      items: Iterable[Mapping[str, Any]], *,
+                      source_from_predictions: bool = False) -> int:
         """Save many annotations in ONE transaction (all or nothing).
 
         Each item: ``image`` (id or URI) and ``label`` and/or ``value``;
         optional ``source``, ``time_spent``, ``annotator`` (``mask_ref`` is
-        refused: the store sets it in :meth:`save_mask`).
+        refused: the store sets it in :meth:`save_mask`). With
+        ``source_from_predictions``, an item without a ``source`` is
+        ``accepted-model`` when its label is the collection's prediction for
+        that image and ``manual`` otherwise (read in the same transaction).
         """
         items = list(items)
         _refuse_mask_ref(items)
-        return self._annotate_many(actor, collection, items)
+        return len(self._annotate_many(actor, collection, items,
+                                       source_from_predictions=source_from_predictions))
+
+    def save_review(self, actor: User | str, collection: str | int, image: int | str, *,
+                    label: str | None = None, value: dict | None = None,
+                    time_spent: float | None = None) -> str:
+        """Save the actor's annotation of one image in one transaction, not read back
+        (the web service's save); returns the source recorded (``accepted-model``
+        when ``label`` is the model's prediction for the image, else ``manual``)."""
+        (row,) = self._annotate_many(actor, collection, [dict(
+            image=image, label=label, value=value, time_spent=time_spent)],
+            source_from_predictions=True)
+        return row["source"]
 
     def _annotate_many(self, actor: User | str, collection: str | int,
-                       items: list[Mapping[str, Any]]) -> int:
+                       items: list[Mapping[str, Any]], *,
+                       source_from_predictions: bool = False) -> list[dict]:
 
         def write(s: Session) -> int:
             me = self._actor(s, actor)
@@ -909,6 +937,14 @@ class Store:
                     known_ids.update(i for _, i in s.execute(
                         base.where(Image.id.in_(ids[start:start + 500]))))
             known_ids |= set(uri_ids.values())
+            predicted: dict[int, str | None] = {}
+            if source_from_predictions:
+                wanted_ids = sorted(known_ids)
+                for start in range(0, len(wanted_ids), 500):
+                    predicted.update(_pairs(s.execute(select(
+                        Prediction.image_id, Prediction.label).where(
+                        Prediction.collection_id == coll.id,
+                        Prediction.image_id.in_(wanted_ids[start:start + 500])))))
             users: dict[str, User] = {me.name: me}
             now = utcnow()
             rows = []
@@ -918,6 +954,10 @@ class Store:
                 if iid is None or iid not in known_ids:
                     raise NotFound(f"image {image!r} is not in collection {coll.name!r}")
                 source = item.get("source") or "manual"
+                if source_from_predictions and not item.get("source"):
+                    source = review_source(predicted.get(iid), item.get("label")
+                                           if item.get("label") is not None
+                                           else (item.get("value") or {}).get("label"))
                 if source not in SOURCES:
                     raise StoreValidationError(f"source must be one of {SOURCES}, not {source!r}")
                 who_name = item.get("annotator") or me.name
@@ -938,7 +978,7 @@ class Store:
             self._upsert(s, rows)
             self._audit(s, me, "annotate", "collection", coll.id, n=len(rows),
                         images=[r["image_id"] for r in rows[:20]])
-            return len(rows)
+            return rows
 
         return self._run_write(write, "save annotations")
 

@@ -28,6 +28,8 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 
 from expertloop.store import (
     NotFound,
@@ -117,6 +119,33 @@ class Caller:
         return self.identity.role == "admin"
 
 
+class _SecurityHeaders:
+    """Security headers on every response: a plain ASGI middleware (Starlette's
+    ``BaseHTTPMiddleware`` costs an extra task and body streaming per request)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope["path"].startswith("/static")
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("Content-Security-Policy", CSP)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Referrer-Policy", "same-origin")
+                headers.setdefault("X-Frame-Options", "DENY")
+                if not static:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(store: Store, config: WebConfig | None = None) -> FastAPI:
     """The web app over ``store`` (kept open for the app's lifetime)."""
     import jinja2
@@ -135,16 +164,7 @@ def create_app(store: Store, config: WebConfig | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     # ------------------------------------------------------------ plumbing
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        if not request.url.path.startswith("/static"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+    app.add_middleware(_SecurityHeaders)
 
     def is_api(request: Request) -> bool:
         return request.url.path.startswith(("/api/", "/img/"))
@@ -499,10 +519,7 @@ def create_app(store: Store, config: WebConfig | None = None) -> FastAPI:
         recs = visible(store.annotations, me.id, cid, annotator=annotator)
         return JSONResponse([_record_json(r) for r in recs], headers={"ETag": etag})
 
-    @app.post("/api/c/{cid}/annotations")
-    def api_save(cid: int, data: dict = Depends(body), me: Caller = Depends(writer)):
-        """Save the caller's annotation of one image: ``image_id`` and ``label``
-        and/or ``value``, optional ``time_spent`` (seconds)."""
+    def save_one(me: Caller, cid: int, data: dict) -> dict:
         try:
             iid = int(data["image_id"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -516,17 +533,35 @@ def create_app(store: Store, config: WebConfig | None = None) -> FastAPI:
         if ts is not None and (not isinstance(ts, int | float) or isinstance(ts, bool)):
             raise HTTPException(400, "time_spent must be a number of seconds")
         ts = None if ts is None else max(0.0, float(ts))
-        source = "manual"
-        if label is not None:  # keeping the model's label is "accepted-model"
-            pred = visible(store.prediction, me.id, cid, iid)
-            source = review_source(pred.label if pred else None, label)
+        # one transaction: access check, prediction (keeping the model's label is
+        # "accepted-model"), upsert and audit row
+        kw = dict(label=label, value=value, time_spent=ts)
         try:  # refused like a read: an unassigned collection is 404, not 403
-            visible(save_many, me, cid, [dict(
-                image=iid, label=label, value=value, source=source, time_spent=ts)])
+            if write_lock is None:
+                source = visible(store.save_review, me.id, cid, iid, **kw)
+            else:
+                with write_lock:
+                    source = visible(store.save_review, me.id, cid, iid, **kw)
         except StoreValidationError as exc:
             raise HTTPException(400, str(exc)) from exc
         return {"image_id": iid, "annotator": me.name, "label": label, "source": source,
                 "time_spent": ts}
+
+    @app.post("/api/c/{cid}/annotations")
+    async def api_save(request: Request, cid: int):
+        """Save the caller's annotation of one image: ``image_id`` and ``label``
+        and/or ``value``, optional ``time_spent`` (seconds).
+
+        The hot path of the service: the body is read on the event loop, then the
+        login check (token or session + CSRF) and the save run in ONE worker-thread
+        hop (sync dependencies would take one hop each)."""
+        data = await body(request)
+
+        def work() -> dict:
+            me = writer(request, data, reader(request, caller(request)))
+            return save_one(me, cid, data)
+
+        return await run_in_threadpool(work)
 
     # ------------------------------------------------------------ admin
     def admin_page(request: Request, me: Caller, **extra):
