@@ -113,6 +113,53 @@ def test_balanced_sampling_takes_all_membrane_pixels():
         balanced_samples([np.full((5, 5), 2, np.uint8)], np.random.default_rng(0))
 
 
+def test_label_proportion_sampling_keeps_every_labelled_pixel():
+    lab = np.full((20, 20), 2, np.uint8)
+    lab[5, :] = 1
+    lab[10:, 10:] = 0
+    rows = balanced_samples([lab], np.random.default_rng(0), "labels")
+    assert len(rows) == int((lab > 0).sum())
+    assert (rows[:, 3] == 1).sum() == 20
+    assert set(map(tuple, rows[:, 1:3])) == set(map(tuple, np.argwhere(lab > 0)))
+    with pytest.raises(ValueError, match="sampling must be"):
+        balanced_samples([lab], np.random.default_rng(0), "natural")
+
+
+def test_weight_averaging_ends_between_the_start_and_the_last_step(crops):
+    src, src_lab, *_ = crops
+    kw = dict(epochs=1, samples_per_epoch=256, batch_size=32, seed=0)
+    start = build_net(NetConfig(window=16, **SMALL), seed=0)
+    last, avg = build_net(NetConfig(window=16, **SMALL), seed=0), build_net(NetConfig(window=16, **SMALL), seed=0)
+    run_job(train_net(last, src[:1], src_lab[:1], **kw))
+    run_job(train_net(avg, src[:1], src_lab[:1], ema=0.9, **kw))
+    w0, w1, wa = (n.fc1.weight.detach().numpy() for n in (start, last, avg))
+    assert not np.allclose(wa, w1) and not np.allclose(wa, w0)
+    # the same steps (same seed): the average lies closer to the last steps than to the start
+    assert np.linalg.norm(wa - w1) < np.linalg.norm(w0 - w1)
+    with pytest.raises(ValueError, match="ema must be"):
+        run_job(train_net(avg, src[:1], src_lab[:1], ema=1.0, **kw))
+
+
+def test_mc_dropout_prediction_is_a_mean_of_dropout_passes(crops):
+    src, src_lab, *_ = crops
+    net = build_net(NetConfig(window=16, **SMALL), seed=0)
+    run_job(train_net(net, src[:1], src_lab[:1], epochs=1, samples_per_epoch=256, batch_size=32))
+    img = src[0][:40, :40]
+    det = run_job(predict_dense(net, img))
+    import torch
+
+    torch.manual_seed(0)
+    mc = run_job(predict_dense(net, img, mc_samples=4))
+    torch.manual_seed(0)
+    again = run_job(predict_dense(net, img, mc_samples=4))
+    np.testing.assert_array_equal(mc, again)  # reproducible under a seed
+    assert not np.allclose(mc, det) and 0 <= mc.min() and mc.max() <= 1
+    assert not net.training  # back in eval mode
+    np.testing.assert_array_equal(run_job(predict_dense(net, img)), det)
+    with pytest.raises(ValueError, match="mc_samples"):
+        run_job(predict_dense(net, img, mc_samples=-1))
+
+
 def test_label_polarity_is_explicit(crops, data_dir):
     raw_isbi = iio.imread(data_dir / "membranes" / "isbi_00_label.png")
     raw_vnc = iio.imread(data_dir / "membranes" / "vnc_00_membranes.png")

@@ -73,6 +73,13 @@ class MembraneConfig:
     source_epochs: int = param(10, help="epochs of source-domain training", min=1, max=500)
     target_epochs: int = param(10, help="epochs of target training after the transfer (round 0)",
                                min=1, max=500)
+    sampling: str = param("labels", help="target training pixels: class-balanced (the paper) or "
+                          "in the proportions the expert labelled them", choices=("balanced", "labels"),
+                          widget=False)
+    ema: float = param(0.98, help="target training ends with the moving average of the weights "
+                       "(decay per step; 0: the last step's weights)", min=0.0, max=0.999, widget=False)
+    mc_samples: int = param(0, help="Monte Carlo dropout passes for the uncertainty of a proposal "
+                            "(0: one deterministic pass)", min=0, max=64, widget=False)
     round_epochs: int = param(5, help="epochs of fine-tuning after each accepted region", min=1, max=500)
     samples_per_epoch: int = param(4096, help="windows drawn per epoch", min=64, max=1_000_000,
                                    step=64, widget=False)
@@ -476,7 +483,7 @@ class MembraneProject:
         hist = yield from rescale(_net.train_net(
             model, imgs, labs, epochs=epochs, samples_per_epoch=c.samples_per_epoch,
             batch_size=c.batch_size, optimizer=c.optimizer, lr=c.lr, seed=c.seed + round_,
-            device=c.device, desc=desc), 0, 80, 100)
+            device=c.device, desc=desc, sampling=c.sampling, ema=c.ema), 0, 80, 100)
         score = yield from rescale(self.evaluate(model), 80, 100, 100)
         _net.save_net(self.folder / "models" / f"round_{round_:03d}", model, kind="target",
                       extra={"round": round_})
@@ -562,13 +569,18 @@ class MembraneProject:
             raise ValueError(f"strategy must be 'objective' or 'random', got {strategy!r}")
         yield CHECKED
         model = self.model
+        if c.mc_samples:
+            from expertloop.engine.seed import seed_everything
+
+            seed_everything(c.seed + 2000 + max(self.round, 0))  # the same dropout masks on a rerun
         free = self.free_windows()
         probs = []
         n = len(self.target_images)
         for i, im in enumerate(self.target_images):
             if free[i].any():
                 probs.append((yield from rescale(
-                    _net.predict_dense(model, im, tile=c.tile, desc=f"target image {i + 1}/{n}"),
+                    _net.predict_dense(model, im, tile=c.tile, desc=f"target image {i + 1}/{n}",
+                                       mc_samples=c.mc_samples),
                     90 * i / n, 90 * (i + 1) / n, 100)))
             else:
                 probs.append(None)
