@@ -674,6 +674,7 @@ def serve(location: str, *, host: str = "127.0.0.1", port: int = 8000,
     kw = {"files_dir": files_dir} if files_dir else {}
     with Store.open(location, **kw) as store:
         app = create_app(store, config)
+        app.state.renderer.warm_up()
         roots = app.state.renderer.roots
         print(f"expertloop serve: {store.url_safe} on http://{host}:{port}/ "
               f"(images from: {', '.join(map(str, roots)) or 'nowhere'})", flush=True)

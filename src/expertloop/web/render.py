@@ -92,6 +92,18 @@ class Renderer:
         self._cache_items = int(cache_items)
         self._lock = threading.Lock()
 
+    @staticmethod
+    def warm_up() -> None:
+        """Import the image stack (dask, zarr, tifffile, imageio, Pillow: about 2 s)
+        now, so that the first image view does not pay for it."""
+        import dask.array  # noqa: F401
+        import imageio.v3  # noqa: F401
+        import tifffile  # noqa: F401
+        import zarr  # noqa: F401
+        from PIL import Image  # noqa: F401
+
+        import expertloop.io  # noqa: F401
+
     def _read(self, path: Path):
         from expertloop.io import ImageReadError, read_image
 
