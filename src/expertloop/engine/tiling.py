@@ -88,17 +88,18 @@ def read_window(src, starts, stops):
 
 
 def iter_mean_std(src, rows: int = 256):
-    """Job: mean and standard deviation of a 2D array, read ``rows`` rows at a
-    time (float64 accumulation, Chan et al.'s pairwise merge), the same for
-    numpy, dask and zarr sources."""
+    """Job: mean and standard deviation of a 2D array, read in ``rows`` x
+    ``rows`` blocks (so memory does not grow with the image's width either;
+    float64 accumulation, Chan et al.'s pairwise merge), the same for numpy,
+    dask and zarr sources."""
     import numpy as np
 
     from expertloop.engine.jobs import Progress
 
     h = int(src.shape[0])
     n, mean, m2 = 0, 0.0, 0.0
-    for r in range(0, h, rows):
-        b = to_numpy(src[r:r + rows]).astype(np.float64)
+    for t in iter_tiles(tuple(src.shape), rows):
+        b = to_numpy(src[t.read]).astype(np.float64)
         nb = b.size
         if nb:
             mb = float(b.mean())
@@ -108,7 +109,8 @@ def iter_mean_std(src, rows: int = 256):
             mean += delta * nb / tot
             m2 += m2b + delta * delta * n * nb / tot
             n = tot
-        yield Progress(min(r + rows, h), h, "image statistics")
+        if t.read[1].stop == int(src.shape[1]):  # a row of blocks done
+            yield Progress(t.read[0].stop, h, "image statistics")
     return mean, (m2 / n) ** 0.5 if n else 0.0
 
 
