@@ -121,12 +121,12 @@ def test_features_blockwise_from_dask_and_zarr(tmp_path, tile):
 
 
 # ------------------------------------------------------------------ memory
-def _peak_numpy_bytes(fn) -> int:
+def _peak_numpy_bytes(job) -> int:
     import tracemalloc
 
     tracemalloc.start()
     try:
-        fn()
+        run_job(job)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -150,9 +150,8 @@ def test_blockwise_memory_is_bounded_by_the_tile_not_the_image(tmp_path, tiny_me
                               dtype="i4")
         prob = zarr.open_array(str(tmp_path / f"p{side}.zarr"), mode="w", shape=(side, side), chunks=(128, 128),
                                dtype="f4")
-        peaks["flim", side] = _peak_numpy_bytes(lambda: run_job(predict_blocks(flim, src, tile=128, out=cls)))
-        peaks["membranes", side] = _peak_numpy_bytes(lambda: run_job(predict_dense(membranes, src, tile=128,
-                                                                                   out=prob)))
+        peaks["flim", side] = _peak_numpy_bytes(predict_blocks(flim, src, tile=128, out=cls))
+        peaks["membranes", side] = _peak_numpy_bytes(predict_dense(membranes, src, tile=128, out=prob))
     for step in ("flim", "membranes"):
         # what grows is zarr's and asyncio's bookkeeping (small objects), not pixels:
         # below a quarter of one float32 copy of the big image (1 MiB)
