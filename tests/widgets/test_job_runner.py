@@ -101,3 +101,43 @@ def test_only_one_job_at_a_time(qtbot, runner, notifications):
     r.cancel()
     qtbot.waitUntil(lambda: not r.running, timeout=10_000)
     qtbot.waitUntil(lambda: not r.running, timeout=10_000)
+
+
+def test_napari_activity_bar_only_for_jobs_that_run_a_while(qtbot, runner, monkeypatch):
+    """The activity-dock bar (30-300 ms of GUI time to make) is not made by the click:
+    a short job never gets one, a job still running after NAPARI_BAR_DELAY_S does,
+    and it is closed when the job ends."""
+    import expertloop.widgets._jobs as jobs
+
+    made = []
+    real = jobs.napari_progress
+
+    def recording(*args, **kwargs):
+        bar = real(*args, **kwargs)
+        made.append(bar)
+        return bar
+
+    monkeypatch.setattr(jobs, "napari_progress", recording)
+    monkeypatch.setattr(JobRunner, "NAPARI_BAR_DELAY_S", 0.2)
+    viewer, r = runner
+    log = []
+    r.start(adding_job(2, log), description="short")
+    assert made == [] and r._pbr is None  # not made inside the click
+    qtbot.waitUntil(lambda: not r.running, timeout=10_000)
+    qtbot.wait(400)
+    assert made == []  # finished before the delay: no bar ever
+    gate = threading.Event()
+
+    def slow():
+        yield Progress(0, 3, "waiting")
+        gate.wait(10)
+        yield Progress(3, 3, "done")
+        return 1
+
+    r.start(slow(), description="slow")
+    assert made == []
+    qtbot.waitUntil(lambda: len(made) == 1, timeout=5_000)
+    assert made[0].total == 3 and r._pbr is made[0]
+    gate.set()
+    qtbot.waitUntil(lambda: not r.running, timeout=10_000)
+    assert r._pbr is None

@@ -53,6 +53,9 @@ def _guarded(job: Job, token: CancelToken):
 class JobRunner(Container):
     """Progress bar + status + Cancel, running one engine job at a time."""
 
+    #: seconds a job runs before it also gets a progress bar in napari's activity dock
+    NAPARI_BAR_DELAY_S = 0.5
+
     def __init__(self, **kwargs: Any) -> None:
         self._bar = ProgressBar(value=0, min=0, max=1, label="")
         self._status = Label(value="idle")
@@ -102,7 +105,11 @@ class JobRunner(Container):
         self._token = token = CancelToken()
         self._description = description
         self.last_error = None
-        self._pbr = napari_progress(total=0, desc=description)
+        # napari's activity-dock bar is opened only once the job has run NAPARI_BAR_DELAY_S:
+        # making it costs the click 30-300 ms of GUI time (it adds a Qt widget and calls
+        # processEvents), so short jobs (save, export, load) do without it
+        self._pbr = None
+        self._last_total = 0
         # errors are reported by _report below, not re-raised into the event loop
         worker = create_worker(_guarded, job, token, _start_thread=False, _ignore_errors=True)
         self.worker = worker
@@ -141,7 +148,19 @@ class JobRunner(Container):
         self._cancel_btn.enabled = True
         self._status.value = f"{description}: starting"
         worker.start()
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(int(self.NAPARI_BAR_DELAY_S * 1000), lambda: self._open_napari_bar(worker))
         return worker
+
+    def _open_napari_bar(self, worker) -> None:
+        """The napari progress bar of a job still running after NAPARI_BAR_DELAY_S."""
+        if self.worker is worker and self._pbr is None and not self._in_napari_update:
+            self._in_napari_update = True
+            try:
+                self._pbr = napari_progress(total=self._last_total, desc=self._status.value or self._description)
+            finally:
+                self._in_napari_update = False
 
     def cancel(self, *_: Any) -> None:
         """Ask the running job to stop at its next yield."""
@@ -153,6 +172,7 @@ class JobRunner(Container):
     # ------------------------------------------------------------ private
     def _show_progress(self, record: Progress) -> None:
         total = record.total or 0
+        self._last_total = total
         self._bar.max = max(total, 1)
         self._bar.value = min(record.step, self._bar.max) if total else 0
         self._status.value = record.message or f"{self._description}: step {record.step}"
