@@ -191,7 +191,7 @@ def membranes_predict(source: Path, paths, name: str, params: dict[str, Any]) ->
         meta["spacing"] = float(scale[0])
     def probabilities():
         for z in range(len(planes)):
-            yield run_job(predict_dense(model, planes[z], tile=params.get("tile", 256),
+            yield run_job(predict_dense(model, planes[z], tile=params.get("tile", 1024),
                                         device=params.get("device")))
 
     tifffile.imwrite(str(paths[0]), probabilities(), shape=tuple(data.shape), dtype=np.float32,
