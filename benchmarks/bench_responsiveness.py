@@ -576,14 +576,17 @@ def _store(viewer, run, work: Path, small: int) -> None:
     run("store admin: Report", lambda: click(adm.report_btn))
     pw = dock(viewer, AnnotationProjectWidget(viewer), "annotation project")
     pw.location.setText(str(loc))
-    run("annotation project: Open", lambda: click(pw.open_btn))
-    run("annotation project: choose user + collection",
-        lambda: (pw.set_user("bob"), pw.select_collection("cells")))
+    # the dock reads, checks files, shows images and saves in its job runner
+    run("annotation project: Open", lambda: click(pw.open_btn), [pw.runner])
+    run("annotation project: choose user", lambda: pw.set_user("bob"), [pw.runner])
+    run("annotation project: choose collection", lambda: pw.select_collection("cells"),
+        [pw.runner])
     pw.label_box.setCurrentIndex(1)
-    run("annotation project: Save", lambda: click(pw.save_btn))
-    run("annotation project: Next", lambda: click(pw.next_btn))
-    run("annotation project: Prev", lambda: click(pw.prev_btn))
-    run("annotation project: Next to do", lambda: click(pw.todo_btn))
+    run("annotation project: Save", lambda: click(pw.save_btn), [pw.runner])
+    run("annotation project: Next", lambda: click(pw.next_btn), [pw.runner])
+    run("annotation project: Prev", lambda: click(pw.prev_btn), [pw.runner])
+    run("annotation project: Next to do", lambda: click(pw.todo_btn), [pw.runner])
+    pw.poller.stop()
 
 
 if __name__ == "__main__":

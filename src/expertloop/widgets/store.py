@@ -233,6 +233,7 @@ class AnnotationProjectWidget(QWidget):
         self._state: tuple | None = None
         self._writes = 0  # this dock's saves started and ended (live reads older are dropped)
         self._shown_shape = None
+        self._layer_gen = -1  # the collection whose image layer is shown
         self._queue: list[tuple] = []
         self._running_kind: str | None = None
 
@@ -598,20 +599,34 @@ class AnnotationProjectWidget(QWidget):
     def _show(self, row: int, gen: int, out: dict) -> None:
         if row != self.current or gen != self._gen:
             return  # the user moved on meanwhile
-        im = self.images[row]
-        if IMAGE_LAYER in self.viewer.layers:
-            self.viewer.layers.remove(IMAGE_LAYER)
+        im, data, meta = self.images[row], out["data"], out["meta"]
+        old = self.viewer.layers[IMAGE_LAYER] if IMAGE_LAYER in self.viewer.layers else None
+        # the next image of the same collection goes into the same layer (a new
+        # layer each time costs the GUI thread far more than new pixels)
+        reuse = (old is not None and data is not None and self._layer_gen == gen
+                 and not isinstance(data, list) and not old.multiscale
+                 and old.rgb == bool(meta.get("rgb")) and old.data.ndim == data.ndim)
+        if old is not None and not reuse:
+            self.viewer.layers.remove(old)
         shape = None
         if out["problem"]:
-            if out["data"] is None and (im.id in self.missing or local_path(im.uri) is None):
+            if data is None and (im.id in self.missing or local_path(im.uri) is None):
                 self._say(out["problem"])
             else:
                 notify("Annotation project", out["problem"], "warning")
-        if out["data"] is not None:
-            layer = self.viewer.add_image(out["data"], name=IMAGE_LAYER, **out["meta"])
+        if reuse:
+            old.data = data
+            old.scale = meta.get("scale", np.ones(data.ndim - (1 if old.rgb else 0)))
+            old.translate = meta.get("translate", np.zeros(len(old.scale)))
+            if not old.rgb:
+                old.reset_contrast_limits()
+            shape = data.shape[:-1] if old.rgb else data.shape
+        elif data is not None:
+            layer = self.viewer.add_image(data, name=IMAGE_LAYER, **meta)
             shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
             self.viewer.layers.move(self.viewer.layers.index(layer), 0)
             self._bind_keys(layer)
+            self._layer_gen = gen
         self._shown_shape = shape
         if self.collection.task_type != "label":  # (a label is shown by go at once)
             self._load_annotation(im, shape, out["mask"])
