@@ -252,3 +252,32 @@ def test_an_empty_review_queue_says_why(digits_semiauto, qtbot, notifications):
     why = "all 20 predictions have confidence >= t = 0.10"
     assert why in w.review.info.value and "Apply review" in w.review.info.value
     assert any(why in str(n.message) for n in notifications)
+
+
+def test_review_files_are_read_and_prefetched_off_the_gui_thread(make_napari_viewer, qtbot, tmp_path,
+                                                                record_threads):
+    """A queue of files (standalone dock, no loop): each item's file is read in the prefetch
+    thread, the next items' files are read ahead, and a key press shows the next image."""
+    import tifffile
+
+    import expertloop.widgets.semiauto as sa
+
+    seen = record_threads(sa, "_read_path_image")
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"c{i}.tif"))
+        tifffile.imwrite(paths[-1], np.full((8, 8), i * 10, np.uint8))
+    viewer = make_napari_viewer()
+    w = ReviewQueueWidget(viewer)
+    w.annotator.value = "dr who"
+    items = [QueueItem(i, f"c{i}", 0, 0.6, path=paths[i]) for i in range(6)]
+    q = ReviewQueue(items, CLASSES, storage=FolderQueueStorage(tmp_path / "q"), queue_id=1)
+    w.set_queue(q)
+    qtbot.waitUntil(lambda: REVIEW_LAYER in viewer.layers, timeout=10_000)
+    assert viewer.layers[REVIEW_LAYER].data[0, 0] == q.current.index * 10
+    qtbot.waitUntil(lambda: len(seen) >= 1 + sa._ImagePrefetch.AHEAD, timeout=10_000)  # read ahead
+    shown = q.current.index
+    _press(qtbot, viewer, Qt.Key_Return)
+    assert q.n_decided == 1 and q.current.index != shown
+    qtbot.waitUntil(lambda: viewer.layers[REVIEW_LAYER].data[0, 0] == q.current.index * 10, timeout=10_000)
+    assert seen and not any(seen), "review files are read on the GUI thread"

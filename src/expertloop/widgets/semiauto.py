@@ -33,6 +33,7 @@ from magicgui.widgets import (
     LineEdit,
     PushButton,
 )
+from superqt.utils import ensure_main_thread
 
 from expertloop.engine.jobs import Progress
 from expertloop.engine.semiauto.classifiers import (
@@ -83,6 +84,38 @@ def _read_path_image(path: str | None):
     if not path:
         return None
     return np.asarray(read_image(path)[0].data)
+
+
+class _ImagePrefetch:
+    """Reads the review items' files in one background thread: the shown item's and the
+    next ``AHEAD`` ones, so a key press shows the next image without file I/O on the
+    GUI thread. Keeps the last ``KEEP`` reads (undo goes back to one of them)."""
+
+    AHEAD = 3
+    KEEP = 8
+
+    def __init__(self) -> None:
+        self._pool = None
+        self._futures: dict[str, object] = {}  # path -> Future, oldest first
+
+    def get(self, path: str):
+        """The read of ``path`` (a Future; started now if not already)."""
+        fut = self._futures.pop(path, None)
+        if fut is None or (fut.done() and fut.exception() is not None):  # not read, or failed: read again
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="review-prefetch")
+            fut = self._pool.submit(_read_path_image, path)
+        self._futures[path] = fut
+        while len(self._futures) > self.KEEP:
+            self._futures.pop(next(iter(self._futures))).cancel()
+        return fut
+
+    def warm(self, paths) -> None:
+        for path in paths:
+            if path and path not in self._futures:
+                self.get(path)
 
 
 class _ReviewHub:
@@ -229,6 +262,7 @@ class ReviewQueueWidget(Container):
         self.undo_btn.changed.connect(self.undo)
         self.annotator.changed.connect(self._annotator_changed)
         self.empty_reason = ""  # why the queue has no item (shown instead of the item)
+        self._prefetch = _ImagePrefetch()
         self._hub = _ReviewHub.of(viewer)
         self._hub.add_review(self)
         self._activator = _Activator(self)
@@ -358,9 +392,28 @@ class ReviewQueueWidget(Container):
         overlays = getattr(self._viewer.canvas, "overlays", None)  # napari >= 0.6
         return overlays["text"] if overlays is not None else self._viewer.text_overlay
 
+    def _upcoming_paths(self) -> list:
+        """Files of the next undecided items after the current one (what the keys show next)."""
+        q = self.queue
+        if q is None or q.cursor is None:
+            return []
+        n = len(q.items)
+        nxt = (q.items[(q.cursor + d) % n] for d in range(1, n) if (q.cursor + d) % n not in q.labels)
+        return [it.path for _, it in zip(range(_ImagePrefetch.AHEAD), nxt)]
+
     def _show_image(self, it) -> None:
         try:
-            data = self.image_for(it.index) if self.image_for is not None else _read_path_image(it.path)
+            if self.image_for is not None:
+                data = self.image_for(it.index)  # in memory (the loop's collection)
+            elif not it.path:
+                data = None
+            else:  # a file: read in the prefetch thread, shown when read
+                fut = self._prefetch.get(it.path)
+                self._prefetch.warm(self._upcoming_paths())
+                if not fut.done():
+                    fut.add_done_callback(lambda _f, it=it: self._image_read(it))
+                    return
+                data = fut.result()
         except Exception as exc:  # unreadable file: say so, keep the queue usable
             notify("Review queue", f"cannot show {it.name}: {exc}")
             return
@@ -380,6 +433,12 @@ class ReviewQueueWidget(Container):
         ov.visible = True
         legend = self.key_legend().replace("; ", "\n")
         ov.text = f"{self.progress.value}\npredicted: {self.queue.class_names[it.predicted]}\n{legend}"
+
+    @ensure_main_thread
+    def _image_read(self, it) -> None:
+        """A prefetched file is read: show it if its item is still the current one."""
+        if self.queue is not None and self.queue.current is it and self.image_for is None:
+            self._show_image(it)
 
 
 class SemiAutoWidget(Container):
