@@ -303,3 +303,29 @@ def test_lazy_layers_are_read_in_the_worker_not_on_the_gui_thread(make_napari_vi
     # napari reads the planes it draws (the plane axis moves when the 4D features layer comes);
     # reading a whole layer on the GUI thread would touch all 4
     assert len(on_gui["image"]) <= 2 and len(on_gui["markers"]) <= 2, on_gui
+
+
+def test_folder_stack_contrast_is_computed_in_the_job_not_per_step(make_napari_viewer, qtbot, tmp_path,
+                                                                   record_threads):
+    """The per-plane limits of a folder stack are computed once, in the reading job: the layer
+    is added with explicit limits and moving through the planes reads no pixels on the GUI thread."""
+    import expertloop.widgets.flim as flim
+    from expertloop.widgets.flim import LIMITS_KEY, FlimEncoderWidget
+
+    ramp = np.linspace(0, 1, 16 * 16).reshape(16, 16)
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"img{i}.tif", (10 + ramp * 40 * (i + 1)).astype(np.uint8))
+    limits_at = record_threads(flim, "_plane_limits")
+    ranges_at = record_threads(flim, "_range")
+    viewer = make_napari_viewer()
+    w = FlimEncoderWidget(viewer)
+    w.folder.value = tmp_path
+    w.open_folder()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=10000)
+    layer = w.image.value
+    assert limits_at == [False], "plane limits not computed (once) in the worker"
+    np.testing.assert_allclose(layer.metadata[LIMITS_KEY], [[10, 50], [10, 90], [10, 130]])
+    for step in (0, 2, 1):
+        viewer.dims.set_current_step(0, step)
+        np.testing.assert_allclose(layer.contrast_limits, (10, 10 + 40 * (step + 1)))
+    assert ranges_at == [], "pixels read on the GUI thread to set a plane's contrast"

@@ -36,6 +36,22 @@ if TYPE_CHECKING:
     import napari
 
 FILES_KEY = "flim_files"
+LIMITS_KEY = "flim_plane_limits"  # per plane (min, max) of a folder stack, computed in the reading job
+
+
+def _plane_limits(stack) -> np.ndarray:
+    """(min, max) of each plane of a (N, H, W) stack (vectorised; run in the worker),
+    with max > min so a flat plane still has a usable contrast."""
+    flat = np.asarray(stack).reshape(len(stack), -1)
+    lims = np.stack([flat.min(axis=1), flat.max(axis=1)], axis=1).astype(float)
+    lims[:, 1] = np.where(lims[:, 1] > lims[:, 0], lims[:, 1], lims[:, 0] + 1)
+    return lims
+
+
+def _range(a) -> tuple[float, float]:
+    """Contrast limits of ``a`` (computed where ``a`` is made: napari would scan it on the GUI thread)."""
+    lo, hi = float(np.min(a)), float(np.max(a))
+    return lo, hi if hi > lo else lo + 1
 
 
 def _spec_from(config, ndim: int, path):
@@ -73,9 +89,13 @@ class _Base(Container):
         step = self._viewer.dims.current_step
         for layer in self._viewer.layers:
             if FILES_KEY in layer.metadata and getattr(layer, "ndim", 0) == 3 and not layer.rgb:
-                plane = np.asarray(layer.data[min(int(step[-3]), len(layer.data) - 1)])
-                lo, hi = float(plane.min()), float(plane.max())
-                layer.contrast_limits = (lo, hi if hi > lo else lo + 1)
+                i = min(int(step[-3]), len(layer.data) - 1)
+                lims = layer.metadata.get(LIMITS_KEY)
+                # limits read with the folder (no pixel read on the GUI thread per step)
+                limits = tuple(lims[i]) if lims is not None and len(lims) == len(layer.data) \
+                    else _range(layer.data[i])
+                if tuple(layer.contrast_limits) != limits:
+                    layer.contrast_limits = limits
 
     def _layer_combos(self):
         return []
@@ -116,17 +136,23 @@ class _Base(Container):
             notify("FLIM", "wait for the running step to finish (or cancel it)")
             return None
 
+        def job():
+            stack, names = yield from read_image_folder_job(folder)
+            lims = _plane_limits(stack) if stack.ndim == 3 else None  # greyscale planes
+            return stack, names, lims
+
         def show(result):
-            stack, names = result
-            layer = self._viewer.add_image(stack, name=f"{folder.name or 'images'} stack",
-                                           metadata={FILES_KEY: names})
+            stack, names, lims = result
+            meta = {FILES_KEY: names} if lims is None else {FILES_KEY: names, LIMITS_KEY: lims}
+            kw = {} if lims is None else {"contrast_limits": (float(lims[:, 0].min()), float(lims[:, 1].max()))}
+            layer = self._viewer.add_image(stack, name=f"{folder.name or 'images'} stack", metadata=meta, **kw)
             self.image.reset_choices()
             self.image.value = layer
             if hasattr(self, "stack"):
                 self.stack.value = True
             self._plane_contrast()
 
-        return self.runner.start(read_image_folder_job(folder), description=f"reading {folder}",
+        return self.runner.start(job(), description=f"reading {folder}",
                                  on_result=show)
 
     def new_markers(self, *_):
@@ -222,10 +248,11 @@ class FlimEncoderWidget(_Base):
 
         def job():
             enc, report = yield from fit_encoder(imgs, mks, spec)
-            return enc, report, feature_stack(enc, imgs[plane])
+            feats = feature_stack(enc, imgs[plane])
+            return enc, report, feats, _range(feats)
 
         def show(result):
-            self.encoder, self.report, feats = result
+            self.encoder, self.report, feats, limits = result
             self.network = None
             name = f"{layer.name} FLIM features"
             translate = list(layer.translate)
@@ -239,7 +266,7 @@ class FlimEncoderWidget(_Base):
             if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
             self._viewer.add_image(data, name=name, colormap="magma", blending="additive", opacity=0.6,
-                                   scale=scale, translate=translate)
+                                   scale=scale, translate=translate, contrast_limits=limits)
             r = self.report
             notify("FLIM", f"encoder fitted in {r.seconds:.2f} s: {r.filters_per_layer} filters, "
                    f"marker patches per layer {r.patches_per_layer}")
@@ -474,27 +501,29 @@ class FlimRecommendWidget(_Base):
             yield Progress(0, 2, f"reading image {i}")
             img = np.asarray(source)
             yield Progress(1, 2, f"heatmap of image {i}")
-            return img, heatmap(encoder, img)
+            h = heatmap(encoder, img)
+            return img, h, _range(img), _range(h)
 
         return self.runner.start(job(), description=f"heatmap of {self.names[i]}",
                                  on_result=lambda r: self._show_inspected(i, *r))
 
-    def _show_inspected(self, i: int, img, h) -> None:
+    def _show_inspected(self, i: int, img, h, img_limits=None, h_limits=None) -> None:
         self.inspected = i
         layer = self.image.value
         if layer is not None:
             step = list(self._viewer.dims.current_step)
             step[0] = int(i)
             self._viewer.dims.current_step = tuple(step)
-        for name, data, kw in (("FLIM inspected image", img, {"colormap": "gray"}),
-                               ("FLIM heatmap", h, {"colormap": "inferno", "blending": "additive",
-                                                    "opacity": 0.5})):
+        for name, data, limits, kw in (("FLIM inspected image", img, img_limits, {"colormap": "gray"}),
+                                       ("FLIM heatmap", h, h_limits, {"colormap": "inferno", "blending": "additive",
+                                                                     "opacity": 0.5})):
+            limits = limits or _range(data)  # this image's range (computed in the job), not the last one's
             if name in self._viewer.layers:
                 self._viewer.layers[name].data = data
-                self._viewer.layers[name].reset_contrast_limits()  # this image's range, not the last one's
+                self._viewer.layers[name].contrast_limits = limits
                 self._viewer.layers[name].visible = True
             else:
-                self._viewer.add_image(data, name=name, **kw)
+                self._viewer.add_image(data, name=name, contrast_limits=limits, **kw)
         self.hover.value = f"inspecting {self.names[i]} (image {i})"
 
     def mark_next(self, *_) -> None:
