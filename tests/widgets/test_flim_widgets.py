@@ -27,6 +27,7 @@ def test_marker_encoder_fit_features_decoder_segment_save(make_napari_viewer, qt
     from expertloop.widgets.flim import FlimEncoderWidget
 
     saves, loads = record_threads(flim, "save_network"), record_threads(flim, "load_network")
+    feature_maps = record_threads(flim, "feature_stack")
 
     img, mask, mk = _nuclei(data_dir)
     viewer = make_napari_viewer()
@@ -43,6 +44,8 @@ def test_marker_encoder_fit_features_decoder_segment_save(make_napari_viewer, qt
     assert w.encoder is not None and w.report.classes == [1, 2]
     feats = viewer.layers["nuclei FLIM features"]
     assert feats.data.shape == (8, 128, 128)  # 4 filters x 2 classes, channel slider first
+    assert feature_maps == [False]  # computed in the worker, with its contrast limits
+    np.testing.assert_allclose(feats.contrast_limits, (feats.data.min(), feats.data.max()), rtol=1e-5)
     w.decoder.value = "pixel"
     w.train()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=TIMEOUT)

@@ -318,20 +318,23 @@ class FlimEncoderWidget(_Base):
             return None
         data, scale, translate = layer_array(layer)  # level 0, read plane by plane in the worker
         imgs = list(data) if self.stack.value else [data]
-        bg = self.background.value
+        bg, stack = self.background.value, self.stack.value
 
-        def show(maps):
-            out = np.stack(maps) if self.stack.value else maps[0]
-            out = out.astype(np.int32)
+        def job():  # the label image is made in the worker too
+            maps = yield from segment(self.network, imgs)
+            out = (np.stack(maps) if stack else maps[0]).astype(np.int32)
             if bg:
                 out[out == 1] = 0
+            return out
+
+        def show(out):
             name = f"{layer.name} FLIM segmentation"
             if name in self._viewer.layers:
                 self._viewer.layers[name].data = out
             else:
                 self._viewer.add_labels(out, name=name, scale=scale, translate=translate)
 
-        return self.runner.start(segment(self.network, imgs), description="segmenting", on_result=show)
+        return self.runner.start(job(), description="segmenting", on_result=show)
 
     def save(self, *_):
         """Save the network (in the runner's worker); returns the worker."""
