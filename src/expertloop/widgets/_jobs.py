@@ -158,9 +158,13 @@ class JobRunner(Container):
         if self.worker is worker and self._pbr is None and not self._in_napari_update:
             self._in_napari_update = True
             try:
-                self._pbr = napari_progress(total=self._last_total, desc=self._status.value or self._description)
+                bar = napari_progress(total=self._last_total, desc=self._status.value or self._description)
             finally:
                 self._in_napari_update = False
+            if self.worker is worker:
+                self._pbr = bar
+            else:  # the job finished inside napari's processEvents while the bar was made
+                bar.close()
 
     def cancel(self, *_: Any) -> None:
         """Ask the running job to stop at its next yield."""
