@@ -55,14 +55,16 @@ def test_annotator_times_clicks_logs_them_and_restores(make_napari_viewer, qtbot
     assert f["contrast_lo"].iloc[0] == pytest.approx(0.1) and f["slice"].tolist() == [10, 12, 14]
     assert f["annotator"].tolist() == ["ana"] * 3
     log = tmp_path / "scan.spots.jsonl"
+    assert w.log.journal.flush(10)  # the journal's writer thread has written them
     assert w.log.path == log and len(read_clicks(log)["z"]) == 3
     # a click outside the image: refused, removed, said
     points.add(np.array([10, 500, 20], float))
-    assert len(points.data) == 3 and len(read_clicks(log)["z"]) == 3
+    assert w.log.journal.flush(10) and len(points.data) == 3 and len(read_clicks(log)["z"]) == 3
     assert any("outside the image" in m for m in _messages(notifications))
     # deleting a point writes a tombstone
     points.selected_data = {1}
     points.remove_selected()
+    assert w.log.journal.flush(10)
     table = read_clicks(log)
     assert len(table["z"]) == 2 and table["z"].tolist() == [10, 14]
     # export, then reopen: a new widget restores the layer with its features
@@ -78,12 +80,14 @@ def test_annotator_times_clicks_logs_them_and_restores(make_napari_viewer, qtbot
     assert any("restored 2 clicks" in m for m in _messages(notifications))
     # importing its own export back adds nothing twice (same click ids)
     w2.import_table(out)
+    assert w2.log.journal.flush(10)
     assert len(restored.data) == 2 and len(read_clicks(log)["z"]) == 2
     assert any("already here" in m for m in _messages(notifications))
     # another annotator's table joins the layer and the log, with its own ids
     other = tmp_path / "other.csv"
     other.write_text(out.read_text().replace(table["click_id"][0], "bob-1").replace(table["click_id"][1], "bob-2"))
     w2.import_table(other)
+    assert w2.log.journal.flush(10)
     assert len(restored.data) == 4 and len(read_clicks(log)["z"]) == 4
 
 
@@ -208,6 +212,36 @@ def test_annotator_on_the_sample_logs_to_the_user_data_folder(make_napari_viewer
     assert not path.is_relative_to(package)
     assert path == (tmp_path / "xdg" / "napari-expertloop" / "spot-logs"
                     / "colin27_t1_brain.spots.jsonl").resolve()
+    assert w.log.journal.flush(10)  # the session record, written by the journal's thread
     assert path.exists() and not list(package.rglob("*.spots.jsonl"))
     assert any(str(w.log.path) in m for m in _messages(notifications))
     assert str(w.log.path) in w.info.tooltip
+
+
+def test_annotator_clicks_and_import_are_written_off_the_gui_thread(make_napari_viewer, qtbot, tmp_path, phantom,
+                                                                   record_threads):
+    """Each click's (and each imported row's) journal write + fsync runs in the
+    journal's writer thread: the click returns before the disk does."""
+    import threading
+
+    from expertloop.io import journal
+    from expertloop.io.spots_clicks import export_csv
+
+    gate = threading.Event()
+    writes = record_threads(journal.Journal, "_write", gate)
+    viewer, w, points = _annotated_viewer(make_napari_viewer, phantom.volume, tmp_path)
+    for c in [(10, 20, 20), (12, 22, 25)]:
+        points.add(np.array(c, float))  # returns although the writer is held at the gate
+    assert len(points.data) == 2 and not w.log.journal.flush(0.2)
+    csv = export_csv(simulate_expert(phantom, seed=0), tmp_path / "other.csv")
+    w.import_table(csv)
+    gate.set()
+    assert w.log.journal.flush(10)
+    assert writes and not any(writes)  # every write ran off the GUI thread
+    assert len(read_clicks(w.log.path)["z"]) == len(points.data) > 2
+    # the table of the layer (export) is the log's table
+    assert table_equal(w.table(), read_clicks(w.log.path))
+
+
+def table_equal(a, b) -> bool:
+    return sorted(a["click_id"]) == sorted(b["click_id"]) and np.allclose(np.sort(a["z"]), np.sort(b["z"]))

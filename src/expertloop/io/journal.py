@@ -48,12 +48,26 @@ class Journal:
         self._lock = threading.Lock()
 
     def append(self, record: dict[str, Any]) -> None:
+        self._write(self._encode(record))
+
+    def extend(self, records) -> None:
+        for r in records:
+            self.append(r)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Every appended record is on disk (always true here: appends are synchronous)."""
+        return True
+
+    @staticmethod
+    def _encode(record: dict[str, Any]) -> bytes:
         if not isinstance(record, dict):
             raise TypeError("a journal record must be a dict")
         line = json.dumps(record, default=_default, ensure_ascii=False, allow_nan=True)
         if "\n" in line:  # json.dumps never emits raw newlines; guard anyway
             raise ValueError("a journal record must serialise to one line")
-        data = (line + "\n").encode("utf-8")
+        return (line + "\n").encode("utf-8")
+
+    def _write(self, data: bytes) -> None:
         with self._lock:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
@@ -66,15 +80,66 @@ class Journal:
             finally:
                 os.close(fd)
 
-    def extend(self, records) -> None:
-        for r in records:
-            self.append(r)
-
     def read(self) -> list[dict[str, Any]]:
         return read_journal(self.path)
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
+
+
+class BackgroundJournal(Journal):
+    """A :class:`Journal` whose :meth:`append` returns at once: the record is
+    checked and encoded on the caller's thread (a bad record raises there), then
+    written and ``fsync``-ed, in order, by one writer thread (records queued
+    meanwhile go out in one write + one ``fsync``). For a GUI: no disk wait per
+    click. :meth:`flush` waits until everything appended is on disk; a write that
+    failed is raised by the next :meth:`append` or :meth:`flush` (never dropped
+    silently)."""
+
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = True) -> None:
+        super().__init__(path, fsync=fsync)
+        self._pending: list[bytes] = []
+        self._cond = threading.Condition()
+        self._busy = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"journal {self.path.name}", daemon=True)
+        self._thread.start()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise OSError(f"writing the journal {self.path} failed: {exc}") from exc
+
+    def append(self, record: dict[str, Any]) -> None:
+        data = self._encode(record)
+        with self._cond:
+            self._raise_error()
+            self._pending.append(data)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                batch, self._pending, self._busy = self._pending, [], True
+            try:
+                self._write(b"".join(batch))
+            except Exception as exc:  # reported by the next append/flush
+                log.error("%s: writing %d records failed: %s", self.path, len(batch), exc)
+                with self._cond:
+                    self._error = exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` s) until every appended record is written; True if so."""
+        with self._cond:
+            done = self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+            self._raise_error()
+        return done
 
 
 def read_journal(path: str | os.PathLike, *, problems: list | None = None,

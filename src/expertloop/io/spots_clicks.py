@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import platformdirs
 
-from expertloop.io.journal import Journal, read_journal
+from expertloop.io.journal import BackgroundJournal, Journal, read_journal
 
 CLICK_COLUMNS = (
     "click_id", "z", "y", "x", "slice", "latency_s", "first_in_session", "timestamp",
@@ -116,13 +116,14 @@ class ClickLog:
 
     def __init__(self, path: str | os.PathLike, *, shape: Sequence[int] | None = None,
                  annotator: str = "expert", image: str | None = None, session_id: str | None = None,
-                 clock=time.monotonic, wallclock=time.time) -> None:
+                 clock=time.monotonic, wallclock=time.time, background: bool = False) -> None:
         if shape is not None:
             shape = tuple(int(s) for s in shape)
             if len(shape) not in (2, 3):
                 raise ValueError(f"spot annotation needs a 2D or 3D image, got shape {shape}")
         self.shape = shape
-        self.journal = Journal(path)
+        # background: appends return at once, a writer thread writes + fsyncs them in order
+        self.journal = (BackgroundJournal if background else Journal)(path)
         self.path = self.journal.path
         self.annotator = str(annotator)
         self.session_id = session_id or uuid.uuid4().hex[:12]
