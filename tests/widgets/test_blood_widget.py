@@ -129,7 +129,12 @@ def test_detect_overlay_matches_engine_and_slider_filters(make_napari_viewer, qt
     assert (tmp_path / "batch_out" / "regions.csv").is_file()
 
 
-def test_train_from_shapes_and_labels(make_napari_viewer, qtbot, model_file, notifications):
+def test_train_from_shapes_and_labels(make_napari_viewer, qtbot, model_file, notifications, record_threads):
+    from expertloop.engine.blood import pipeline
+
+    # the training sample (planes read, cells cropped) is built in the job's worker
+    from_rects = record_threads(pipeline, "sample_from_rectangles")
+    from_labels = record_threads(pipeline, "samples_from_instances")
     path, img = model_file
     viewer = make_napari_viewer()
     viewer.add_image(img, name="smear", rgb=True)
@@ -151,6 +156,7 @@ def test_train_from_shapes_and_labels(make_napari_viewer, qtbot, model_file, not
     assert w.model.trained_types == w.model.type_names
     assert w.model.train_image_size == (96, 96)
     assert any("trained: detector 1 iteration" in str(n.message) for n in notifications)
+    assert from_rects == [False]
     # a mask Labels layer: boxes from connected components, detector only (no types)
     _, inst, _ = synthetic_smear((96, 96), 4, seed=1)
     viewer.add_labels(inst, name="mask")
@@ -158,11 +164,14 @@ def test_train_from_shapes_and_labels(make_napari_viewer, qtbot, model_file, not
     w.head_epochs.value = 1
     w.train()
     _wait(qtbot, w, 120000)
-    assert w.runner.last_error is None
-    # an empty Labels layer is refused with a clear message
+    assert w.runner.last_error is None and from_labels == [False]
+    # an empty Labels layer is refused with a clear message (found by the job: nothing trained)
     viewer.add_labels(np.zeros((96, 96), np.int32), name="empty")
     w.annotations.value = "empty"
+    model = w.model
     w.train()
+    _wait(qtbot, w, 120000)
+    assert w.runner.last_error is not None and w.model is model
     assert any("is empty" in str(n.message) for n in notifications)
 
 

@@ -292,6 +292,7 @@ class BloodWidget(Container):
             scale=tuple(layer.scale[-2:]) if layer is not None else (1, 1),
             translate=tuple(layer.translate[-2:]) if layer is not None else (0, 0),
             metadata={"blood_result": True},
+            text={"string": "{label}", "size": 8, "color": "yellow", "anchor": "upper_left"},
         )
         self.refresh()
 
@@ -323,8 +324,7 @@ class BloodWidget(Container):
         layer.data = []
         if rects:
             layer.add_rectangles(rects, edge_color=np.array(colours), edge_width=2, face_color="transparent")
-        layer.features = feats
-        layer.text = {"string": "{label}", "size": 8, "color": "yellow", "anchor": "upper_left"}
+        layer.features = feats  # the text (set once, in _show) follows the 'label' feature
         s = res.summary(thr, tthr)
         per = ", ".join(f"{t}: {n}" for t, n in s["per_type"].items() if n)
         abnormal = f"{s['abnormal_regions']} abnormal" if s["abnormal_trained"] else "abnormal: not trained"
@@ -341,6 +341,8 @@ class BloodWidget(Container):
 
     # ------------------------------------------------------------ training
     def _samples(self):
+        """Check the chosen layers now (cheap) and return ``make()``, which builds the
+        training sample (reads the planes, crops the cells) in the job's worker."""
         from napari.layers import Labels, Shapes
 
         from expertloop.engine.blood.pipeline import (
@@ -352,50 +354,61 @@ class BloodWidget(Container):
         ann = layer_by_name(self._viewer, self.annotations.value)
         if img_layer is None or ann is None:
             raise ValueError("choose an image and an annotation layer (Shapes rectangles or Labels)")
-        image = np.asarray(_plane(img_layer, self._viewer))  # an annotated image: one plane, in memory
+        plane = _plane(img_layer, self._viewer)  # not read here: read by make(), in the worker
         feat = self.type_feature.value.strip()
+        name = ann.name
         if isinstance(ann, Labels):
-            lab = np.asarray(_plane(ann, self._viewer))
-            if lab.max() == 0:
-                raise ValueError(f"the Labels layer {ann.name!r} is empty")
+            lab_plane = _plane(ann, self._viewer)
             types = None
             f = ann.features
             if feat and feat in f and "index" in f:
                 types = {int(i): str(t) for i, t in zip(f["index"], f[feat]) if int(i) > 0}
             label = _names(self.det_classes.value)[0] if self.model is None else self.model.det_classes[0]
-            return image, samples_from_instances(image, lab, types, name=ann.name, label=label)
+
+            def make():
+                lab = np.asarray(lab_plane)
+                if lab.max() == 0:
+                    raise ValueError(f"the Labels layer {name!r} is empty")
+                return samples_from_instances(np.asarray(plane), lab, types, name=name, label=label)
+
+            return make
         if not isinstance(ann, Shapes) or not len(ann.data):
             raise ValueError(f"the annotation layer {ann.name!r} holds no shapes")
         det_classes = self.model.det_classes if self.model is not None else (_names(self.det_classes.value) or ["cell"])
         f = ann.features
-        return image, sample_from_rectangles(
-            image, ann.data, types=list(f[feat]) if feat in f else None,
-            classes=list(f["class"]) if "class" in f else None, det_classes=det_classes, name=ann.name)
+        shapes = list(ann.data)
+        types = list(f[feat]) if feat in f else None
+        classes = list(f["class"]) if "class" in f else None
+
+        def make():
+            return sample_from_rectangles(np.asarray(plane), shapes, types=types, classes=classes,
+                                          det_classes=det_classes, name=name)
+
+        return make
 
     def train(self, *_):
         from expertloop.engine.blood.model import new_blood_model
         from expertloop.engine.blood.pipeline import train_blood_model
+        from expertloop.engine.jobs import call_job
 
         try:
-            _, sample = self._samples()
+            make_sample = self._samples()
         except (ValueError, KeyError) as exc:
             notify("Blood cell detector", str(exc))
             return None
         kwargs = self._new_model_kwargs() if self.model is None else None
-        if kwargs is not None:
-            known = set(kwargs["type_names"])
-            kwargs["type_names"] += sorted({t for ts in sample.types for t in ts} - known)
-            bad = [t for t in kwargs["abnormal_types"] if t not in kwargs["type_names"]]
-            if bad:
-                notify("Blood cell detector", f"abnormal types {', '.join(bad)} are not among the cell types: "
-                       "edit 'new: abnormal types'")
-                return None
         det_epochs, head_epochs = int(self.det_epochs.value), int(self.head_epochs.value)
 
-        def job():
+        def job():  # the sample is built (planes read, cells cropped) here, in the worker
+            sample = yield from call_job("building the training sample", make_sample)
             model = self.model
             if model is None:
-                yield from ()
+                known = set(kwargs["type_names"])
+                kwargs["type_names"] += sorted({t for ts in sample.types for t in ts} - known)
+                bad = [t for t in kwargs["abnormal_types"] if t not in kwargs["type_names"]]
+                if bad:
+                    raise ValueError(f"abnormal types {', '.join(bad)} are not among the cell types: "
+                                     "edit 'new: abnormal types'")
                 model = new_blood_model(**kwargs)
             hist = yield from train_blood_model(model, [sample], det_epochs=det_epochs, head_epochs=head_epochs,
                                                 batch_size=1, train_detector_too=det_epochs > 0)
@@ -471,7 +484,9 @@ class BloodWidget(Container):
             notify("Blood cell detector", "choose where to export (export to)")
             return None
         out_dir = target if target.is_dir() else target.parent
-        self.refresh()  # the sliders' values are the model's thresholds
+        # the sliders' values are the model's thresholds (the overlay already shows them:
+        # not rebuilt here, that took ~250 ms of the GUI thread)
+        self.model.set_thresholds(score_threshold=float(self.score.value), type_threshold=float(self.type_thr.value))
         place = build(BatchPlace, self.batch_place.values())
         try:
             files = expand_inputs([folder]) if folder.is_dir() else []
