@@ -80,6 +80,18 @@ def test_gui_viewer_has_sample_file_and_widget(make_napari_viewer_proxy, data_di
     viewer = build_viewer([str(data_dir / "em_crop.png")], sample="nuclei", show=False)
     try:
         assert [layer.name for layer in viewer.layers] == ["em_crop", "dsb2018_nuclei"]
-        assert "Deep features (napari-expertloop)" in viewer.window.dock_widgets
+        # the nuclei sample opens the workflow that starts from it (issue 19 item 7)
+        assert "Marker encoder (FLIM) (napari-expertloop)" in viewer.window.dock_widgets
+        assert "Deep features (napari-expertloop)" not in viewer.window.dock_widgets
+    finally:
+        viewer.close()
+
+
+def test_gui_without_sample_or_widget_opens_start_here(make_napari_viewer_proxy):
+    from expertloop.cli import build_viewer
+
+    viewer = build_viewer([], show=False)
+    try:
+        assert list(viewer.window.dock_widgets) == ["Start here (napari-expertloop)"]
     finally:
         viewer.close()

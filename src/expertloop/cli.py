@@ -164,7 +164,11 @@ def build_viewer(paths: Sequence[str] = (), sample: str | None = None,
         viewer.open(path, plugin="napari-expertloop" if ours else None)
     if sample:
         viewer.open_sample("napari-expertloop", sample)
-    for widget in widgets or ["Deep features"]:
+    if not widgets:  # the sample's workflow, else the 'Start here' dock that lists them
+        from expertloop.widgets.start import docks_for_sample
+
+        widgets = docks_for_sample(sample) or ["Start here"]
+    for widget in widgets:
         viewer.window.add_plugin_dock_widget("napari-expertloop", widget)
     return viewer
 
@@ -227,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = action(sub, "gui", "open napari with the expertloop widgets", [
         "expertloop gui --sample blood --widget \"Blood cell detector\"",
         "expertloop gui scan.nii.gz --widget \"Spot annotator\" --widget \"Spot detector\"",
-    ], description="Open napari with files and/or a sample and dock expertloop widgets (default: Deep "
-                   "features). NIfTI and TIFF open with expertloop's reader, other files with napari's.")
+    ], description="Open napari with files and/or a sample and dock expertloop widgets (default: "
+                   "the sample's workflow, else 'Start here', which lists the workflows). NIfTI and TIFF open with expertloop's reader, other files with napari's.")
     s.add_argument("paths", nargs="*", help="images to open")
     s.add_argument("--sample", choices=["mri", "nuclei", "spots", "membranes", "flim", "blood", "semiauto"],
                    help="open a sample (one per workflow: spots, membranes, flim, blood, semiauto; "
