@@ -141,3 +141,24 @@ def test_napari_activity_bar_only_for_jobs_that_run_a_while(qtbot, runner, monke
     gate.set()
     qtbot.waitUntil(lambda: not r.running, timeout=10_000)
     assert r._pbr is None
+
+
+def test_a_dock_job_leaves_a_core_to_the_gui_thread(qtbot):
+    """A JobRunner (every dock has one) caps torch's threads at cpu_count - 1
+    for its jobs (issue 18 item 16: with all cores busy the GUI stalled)."""
+    import os
+
+    from expertloop.engine.backend import get_torch
+    from expertloop.widgets._jobs import JobRunner
+
+    runner = JobRunner()
+    seen = []
+
+    def job():
+        yield Progress(0, 1, "threads")
+        seen.append(get_torch().get_num_threads())
+        return "ok"
+
+    runner.start(job(), description="threads")
+    qtbot.waitUntil(lambda: not runner.running, timeout=30_000)
+    assert seen and seen[0] <= max(1, (os.cpu_count() or 1) - 1)

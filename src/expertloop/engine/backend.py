@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _triton_guard_done = False
+_policy_applied = False
+_cores_left_free = 0  # cores torch leaves to other threads (a GUI), see leave_cores_free
 
 
 def _triton_library() -> Path | None:
@@ -88,7 +90,38 @@ def guard_triton() -> bool:
 def get_torch() -> ModuleType:
     """Import and return torch (lazily)."""
     guard_triton()
-    return importlib.import_module("torch")
+    torch = importlib.import_module("torch")
+    if _cores_left_free and not _policy_applied:  # once, also if torch came in another way
+        _apply_thread_policy(torch)
+    return torch
+
+
+def _apply_thread_policy(torch: ModuleType) -> None:
+    global _policy_applied
+    _policy_applied = True
+    n = max(1, (os.cpu_count() or 1) - _cores_left_free)
+    if torch.get_num_threads() > n:
+        torch.set_num_threads(n)
+        log.debug("torch uses %d compute threads (%d core(s) left to the GUI)", n, _cores_left_free)
+
+
+def leave_cores_free(n: int = 1) -> None:
+    """Make torch use at most ``cpu_count - n`` compute threads (never fewer
+    than 1), now if torch is imported, else when it is.
+
+    napari's docks call this (through their job runner) so that a job in a
+    worker thread leaves a core to the GUI thread: with as many torch threads
+    as cores, the GUI thread waits for a core and the viewer stalls while the
+    job runs (``benchmarks/bench_responsiveness.py``). It does not import
+    torch. Scripts and the command line keep torch's default.
+    """
+    global _cores_left_free, _policy_applied
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n > _cores_left_free:
+        _cores_left_free, _policy_applied = n, False
+    if "torch" in sys.modules and _cores_left_free and not _policy_applied:
+        _apply_thread_policy(sys.modules["torch"])
 
 
 def get_torchvision() -> ModuleType:

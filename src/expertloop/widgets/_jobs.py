@@ -66,6 +66,9 @@ class JobRunner(Container):
             **kwargs,
         )
         self._cancel_btn.changed.connect(self.cancel)
+        from expertloop.engine.backend import leave_cores_free
+
+        leave_cores_free(1)  # jobs' torch threads leave a core to the GUI thread (no torch import)
         self.worker = None
         self._token: CancelToken | None = None
         self._pbr: napari_progress | None = None
