@@ -7,4 +7,13 @@ The compute engine lives in :mod:`expertloop.engine`, readers and writers in
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+#: the project's home (pyproject's [project.urls] Source); docs pages live under docs/
+REPO_URL = "https://github.com/napari-expertloop/napari-expertloop"
+
+
+def docs_url(page: str) -> str:
+    """The web address of ``docs/<page>`` (``page`` with or without ``.md``)."""
+    return f"{REPO_URL}/blob/main/docs/{page if page.endswith('.md') else page + '.md'}"
+
+
+__all__ = ["REPO_URL", "__version__", "docs_url"]

@@ -6,8 +6,8 @@ from pathlib import Path
 import npe2
 import pytest
 
+from expertloop import docs_url
 from expertloop.widgets.start import (
-    DOCS_URL,
     WORKFLOWS,
     StartHereWidget,
     docks_for_sample,
@@ -40,4 +40,15 @@ def test_each_button_opens_its_workflow(make_napari_viewer, qtbot, wf):
     for name in wf.docks:
         assert f"{name} (napari-expertloop)" in viewer.window.dock_widgets
     text = " ".join(w.native.text() for w in start if hasattr(w.native, "text"))
-    assert f'href="{DOCS_URL}{wf.docs}"' in text
+    assert f'href="{docs_url(wf.docs)}"' in text
+    assert docs_url(wf.docs).startswith("https://github.com/") and docs_url(wf.docs).endswith(f"/docs/{wf.docs}")
+
+
+def test_the_docs_links_point_at_the_project_in_pyproject():
+    import tomllib
+
+    from expertloop import REPO_URL
+
+    meta = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())
+    assert meta["project"]["urls"]["Source"] == REPO_URL
+    assert docs_url("spots") == docs_url("spots.md") == f"{REPO_URL}/blob/main/docs/spots.md"

@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from expertloop import docs_url
 from expertloop.engine.backend import get_torch
-
-REPO_URL = "https://github.com/napari-expertloop/napari-expertloop"
 
 
 class BioimageioError(ValueError):
@@ -65,7 +64,7 @@ class PackageKind:
 
     @property
     def docs_url(self) -> str:
-        return f"{REPO_URL}/blob/main/docs/{self.docs_page}.md"
+        return docs_url(self.docs_page)
 
     def rebuild(self, source: str | Path):
         """The module of a package of this kind, its weights loaded."""

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import Container, Label, PushButton
 
+from expertloop import docs_url
 from expertloop.widgets._common import fit_dock
 
 if TYPE_CHECKING:
     import napari
 
 PLUGIN = "napari-expertloop"
-DOCS_URL = "https://github.com/napari-expertloop/napari-expertloop/blob/main/docs/"
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class StartHereWidget(Container):
             btn = PushButton(text=f"Open {wf.title}")
             btn.changed.connect(lambda *_, wf=wf: open_workflow(self._viewer, wf))
             self.buttons[wf.title] = btn
-            link = Label(value=f'{wf.what}. <a href="{DOCS_URL}{wf.docs}">How to ({wf.docs})</a>')
+            link = Label(value=f'{wf.what}. <a href="{docs_url(wf.docs)}">How to ({wf.docs})</a>')
             link.native.setOpenExternalLinks(True)
             link.native.setWordWrap(True)
             rows += [btn, link]
