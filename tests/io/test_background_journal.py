@@ -29,3 +29,28 @@ def test_bad_record_raises_at_once_and_a_failed_write_is_raised_later(tmp_path):
     j.path.rmdir()
     j.append({"i": 2})  # the error was reported once; later records are written
     assert j.flush(10) and [r["i"] for r in read_journal(j.path)] == [2]
+
+
+def test_records_queued_at_interpreter_exit_reach_the_disk(tmp_path):
+    """napari closed right after a click: the daemon writer would be killed with
+    records still queued; the exit hook waits for them."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "j.jsonl"
+    code = textwrap.dedent(f"""
+        import time
+        from expertloop.io.journal import BackgroundJournal
+        slow = BackgroundJournal._write
+        def write(self, data):  # a slow disk
+            time.sleep(0.3)
+            slow(self, data)
+        BackgroundJournal._write = write
+        j = BackgroundJournal({str(path)!r})
+        for i in range(5):
+            j.append({{"i": i}})
+            time.sleep(0.05)
+    """)  # exits right after the last append, without flush
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert [r["i"] for r in read_journal(path)] == list(range(5))

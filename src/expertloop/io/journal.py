@@ -20,10 +20,12 @@ filesystems for lines below the pipe buffer size, 4 KiB).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,10 @@ class BackgroundJournal(Journal):
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"journal {self.path.name}", daemon=True)
         self._thread.start()
+        # the writer is a daemon thread: at interpreter exit (napari closed right after a
+        # click) wait for what is queued, or those clicks would be lost
+        ref = weakref.ref(self)
+        atexit.register(lambda: (j := ref()) is not None and j.flush(10))
 
     def _raise_error(self) -> None:
         if self._error is not None:
