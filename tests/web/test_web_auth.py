@@ -155,6 +155,49 @@ def test_initial_password_must_be_changed(served, client_for):
     assert auth.login(store, "dee", "mine-now-12").must_change is False
 
 
+def test_no_token_or_api_use_before_the_initial_password_is_changed(served, client_for):
+    store, app, _ = served
+    store.add_user("ada", "dee")
+    auth.set_password(store, "ada", "dee", "initial-pw-1")  # admin-set: must change
+    store.assign("ada", "scans", "dee")
+    token = auth.create_token(store, "ada", "dee", name="made by the admin")
+    api = TestClient(app)
+    hdr = {"Authorization": f"Bearer {token}"}
+    before = store.audit_log("ada", limit=1)[0]
+    for method, path, kw in (("GET", "/api/me", {}), ("GET", "/api/collections", {}),
+                             ("GET", "/api/c/1/images", {}), ("GET", "/img/1/1", {}),
+                             ("GET", "/", {}), ("GET", "/account", {}),
+                             ("POST", "/api/c/1/annotations",
+                              {"json": {"image_id": 1, "label": "normal"}}),
+                             ("POST", "/account/tokens", {"data": {"name": "x"}})):
+        r = api.request(method, path, headers=hdr, follow_redirects=False, **kw)
+        assert r.status_code == 403, (path, r.status_code)
+        assert "initial password" in r.text, path
+    assert store.annotations("ada", "scans") == []
+    assert store.audit_log("ada", limit=1)[0] == before  # nothing written
+    # the browser session of that account reaches its account page, not the API
+    c = TestClient(app)
+    page = c.get("/login")
+    c.post("/login", data={"username": "dee", "password": "initial-pw-1",
+                           "csrf": csrf_of(page.text)})
+    r = c.get("/api/me")
+    assert r.status_code == 403 and "initial password" in r.json()["detail"]
+    r = c.post("/api/c/1/annotations", json={"image_id": 1, "label": "normal"},
+               headers={"X-CSRF-Token": csrf_of(c.get("/account").text)})
+    assert r.status_code == 403 and store.annotations("ada", "scans") == []
+    # once the password is the user's own, the same token works
+    r = c.post("/account/password", data={"csrf": csrf_of(c.get("/account").text),
+                                          "old": "initial-pw-1", "new": "mine-now-12",
+                                          "again": "mine-now-12"})
+    assert r.status_code == 200 and r.url.path == "/"
+    assert api.get("/api/me", headers=hdr).json()["name"] == "dee"
+    r = api.post("/api/c/1/annotations", headers=hdr, json={"image_id": 1, "label": "normal"})
+    assert r.status_code == 200 and r.json()["annotator"] == "dee"
+    # an admin resetting the password makes it initial again: the token stops working
+    auth.set_password(store, "ada", "dee", "reset-pw-123")
+    assert api.get("/api/me", headers=hdr).status_code == 403
+
+
 def test_api_tokens(served, client_for):
     store, app, _ = served
     c = client_for("bob")

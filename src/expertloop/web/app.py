@@ -49,6 +49,10 @@ SESSION_COOKIE = "el_session"
 LOGIN_COOKIE = "el_login"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 PAGE_SIZES = (10, 20, 50, 100)
+#: what a browser session with an admin-set initial password may still do
+BEFORE_PASSWORD_CHANGE = ("/account", "/account/password", "/logout")
+MUST_CHANGE = ("this account still has the initial password an admin set: log in on the "
+               "web page and choose your own password before using the API or a token")
 CSP = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
@@ -209,10 +213,16 @@ def create_app(store: Store, config: WebConfig | None = None) -> FastAPI:
         return Caller(identity, csrf)
 
     def reader(request: Request, me: Caller = Depends(caller)) -> Caller:
-        if me.identity.must_change and me.csrf is not None and not is_api(request) \
-                and request.url.path not in ("/account", "/account/password", "/logout"):
-            raise LoginRequired("/account")
-        return me
+        """``me`` unless the account still has its admin-set initial password: then a
+        browser session may only open its account page to change it (pages redirect
+        there), and every API, image or API-token request is refused with 403."""
+        if not me.identity.must_change:
+            return me
+        if me.csrf is not None and not is_api(request):
+            if request.url.path not in BEFORE_PASSWORD_CHANGE:
+                raise LoginRequired("/account")
+            return me
+        raise HTTPException(403, MUST_CHANGE)
 
     async def body(request: Request) -> dict:
         """The request's form or JSON body as a dict (lists for repeated fields)."""
