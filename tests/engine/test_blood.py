@@ -209,6 +209,36 @@ def test_detector_progress_moves_with_the_time_limit():
     assert "s left" in seen[1].message
 
 
+def test_detector_progress_comes_while_an_iteration_runs():
+    """Issue 19 item 3: an iteration runs in a helper thread and progress comes
+    every ``heartbeat`` seconds meanwhile (a slow CPU iteration does not freeze
+    the bar); closing the job (Cancel) mid-iteration waits for it and leaves
+    the detector in eval mode with no helper thread behind."""
+    import threading
+
+    img, inst, kinds = synthetic_smear((96, 96), 4, touching=0.0, radius=8, seed=2)
+    s = samples_from_instances(img, inst, kinds)
+    m = _tiny_model()
+    job = train_detector(m, [s], epochs=3, batch_size=1, augment=False, heartbeat=0.005)
+    seen = []
+    for p in job:
+        seen.append(p)
+    running = [p for p in seen if "running" in p.message]
+    assert running, [p.message for p in seen]
+    assert "iteration 1 running" in running[0].message
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert max(fractions[i] for i, p in enumerate(seen) if "iteration 1 running" in p.message) == 0.0
+    # cancel while the second iteration runs
+    job = train_detector(m, [s], epochs=50, batch_size=1, augment=False, heartbeat=0.005)
+    for p in job:
+        if "iteration 2 running" in p.message:
+            break
+    job.close()
+    assert not m.detector.training
+    assert not [t for t in threading.enumerate() if t.name.startswith("blood-detector")]
+
+
 def test_detector_rejects_bad_annotations():
     m = _tiny_model()
     img = np.zeros((64, 64, 3), np.uint8)

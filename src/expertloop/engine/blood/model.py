@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,11 +222,15 @@ class BloodSample:
 def train_detector(model: BloodModel, samples: Sequence[BloodSample], *, epochs: int = 10,
                    batch_size: int = 2, lr: float = 0.005, momentum: float = 0.9,
                    weight_decay: float = 1e-4, augment: bool = True, seed: int | None = 0,
-                   time_limit: float | None = None, device=None) -> Job[list[float]]:
+                   time_limit: float | None = None, device=None, heartbeat: float = 1.0) -> Job[list[float]]:
     """Job: train (or fine-tune) the bundle's Faster R-CNN; returns the loss per iteration.
 
     SGD with momentum (as in the paper), a step every ``batch_size`` images.
-    ``time_limit`` (seconds) stops early after the current iteration.
+    ``time_limit`` (seconds) stops early after the current iteration. A
+    progress record comes at least every ``heartbeat`` seconds, also while
+    one iteration runs (its fraction follows the iterations, estimated within
+    one from the last one's duration, or the clock against ``time_limit``,
+    whichever is further).
     """
     torch = get_torch()
     samples = [s if isinstance(s, BloodSample) else BloodSample(*s) for s in samples]
@@ -249,11 +254,29 @@ def train_detector(model: BloodModel, samples: Sequence[BloodSample], *, epochs:
     n_iter = epochs * -(-len(samples) // batch_size)
     warm = min(50, max(1, n_iter // 10))
     losses: list[float] = []
+
+    def step(imgs, targets, lr_now):  # one SGD iteration (run in the helper thread)
+        for g in opt.param_groups:
+            g["lr"] = lr_now
+        loss_dict = det(imgs, targets)
+        loss = sum(loss_dict.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"detector loss became {float(loss)}; try a lower learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
     t0 = time.perf_counter()
     it = 0
+    last_dt = None  # seconds the last iteration took (to estimate progress within one)
     det.train()
     yield Progress(0, n_iter, f"detector: first of {n_iter} iterations"
                    + (f" (at most {time_limit:g} s)" if time_limit is not None else ""))
+    # each iteration runs in a helper thread while this generator yields a record every
+    # ``heartbeat`` seconds: on a loaded CPU one iteration can take many seconds, and the
+    # progress bar (and Cancel) must not wait for it
+    pool = ThreadPoolExecutor(1, thread_name_prefix="blood-detector")
     try:
         for epoch in range(epochs):
             order = rng.permutation(len(samples))
@@ -267,33 +290,35 @@ def train_detector(model: BloodModel, samples: Sequence[BloodSample], *, epochs:
                         "boxes": torch.as_tensor(b, dtype=torch.float32, device=dev),
                         "labels": torch.as_tensor([cls_index[x] for x in s.labels], dtype=torch.int64, device=dev),
                     })
-                for g in opt.param_groups:
-                    g["lr"] = lr * min(1.0, (it + 1) / warm)
-                loss_dict = det(imgs, targets)
-                loss = sum(loss_dict.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"detector loss became {float(loss)}; try a lower learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                t_it = time.perf_counter()
+                fut = pool.submit(step, imgs, targets, lr * min(1.0, (it + 1) / warm))
+                while not wait([fut], timeout=heartbeat).done:
+                    el = time.perf_counter() - t_it
+                    within = min(el / last_dt, 0.9) if last_dt else 0.0
+                    yield _detector_progress(it + within, n_iter, time.perf_counter() - t0, time_limit,
+                                             f"epoch {epoch + 1}/{epochs}, iteration {it + 1} running "
+                                             f"({el:.0f} s)")
+                losses.append(fut.result())
+                last_dt = time.perf_counter() - t_it
                 it += 1
-                losses.append(float(loss.detach()))
                 yield _detector_progress(it, n_iter, time.perf_counter() - t0, time_limit,
                                          f"epoch {epoch + 1}/{epochs}, loss {losses[-1]:.3f}")
                 if time_limit is not None and time.perf_counter() - t0 > time_limit:
                     yield Progress(it, it, f"detector: time limit reached after {it} iterations")
                     return losses
     finally:
+        pool.shutdown(wait=True)  # a cancelled job: the running iteration ends first
         det.eval()
     return losses
 
 
-def _detector_progress(it: int, n_iter: int, elapsed: float, time_limit: float | None,
+def _detector_progress(done: float, n_iter: int, elapsed: float, time_limit: float | None,
                        what: str) -> Progress:
-    """Progress of detector training: iterations done, or time used when a
-    time limit will stop it first, whichever is further (per mille)."""
-    frac = it / n_iter
-    msg = f"detector: iteration {it}/{n_iter}, {what}"
+    """Progress of detector training: iterations done (``done`` may be
+    fractional while one runs), or time used when a time limit will stop it
+    first, whichever is further (per mille)."""
+    frac = min(done / n_iter, 1.0)
+    msg = f"detector: iteration {int(done)}/{n_iter}, {what}"
     if time_limit is not None and time_limit > 0:
         frac = max(frac, min(elapsed / time_limit, 1.0))
         msg += f", {max(time_limit - elapsed, 0):.0f} s left"
